@@ -1,0 +1,224 @@
+"""The public Python API shared by the widgets, the command line and notebooks.
+
+- :func:`get_model`: load once, cached by (model folder, device).
+- :func:`segment` / :func:`segment_file`: stack -> mask or instance labels (+ scores).
+- :func:`changed_slices`, :func:`merge_unpainted`: find and keep the user's corrections.
+- :func:`iter_finetune`: fine-tune on corrected slices, save a new user model version.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .inference import PredictOptions, check_stack, iter_predict
+from .metrics import Report, evaluate, score
+from .model import (
+    DEFAULT_MODEL,
+    LoadedModel,
+    load_model,
+    next_version_name,
+    resolve_model_path,
+    save_model,
+    user_model_dir,
+)
+
+logger = logging.getLogger(__name__)
+
+_CACHE: dict[tuple[str, str, float], LoadedModel] = {}
+
+
+def get_model(source: str | os.PathLike | None = None, device: str = "auto") -> LoadedModel:
+    """Load ``source`` (name or folder; default the shipped model) once per (folder, device)."""
+    path = resolve_model_path(source or DEFAULT_MODEL).resolve()
+    key = (str(path), device, (path / "model.safetensors").stat().st_mtime)
+    if key not in _CACHE:
+        _CACHE[key] = load_model(path, device)
+    return _CACHE[key]
+
+
+def segment(
+    image, model: LoadedModel, options: PredictOptions | None = None, instances: bool = False,
+    min_size: int = 64,
+) -> np.ndarray:
+    """(Z, Y, X) image -> (Z, Y, X) uint8 mask (0/1) or int32 instance labels."""
+    mask = np.zeros(image.shape if image.ndim == 3 else (1, *image.shape), np.uint8)
+    for r in iter_predict(model, image, options):
+        mask[r.index] = r.mask
+    if instances:
+        from .postprocess import instances as to_instances
+
+        return to_instances(mask, min_size=min_size)
+    return mask
+
+
+@dataclass
+class SegmentResult:
+    labels: np.ndarray
+    model_name: str
+    report: Report | None
+
+
+def segment_file(
+    image_path, *, model=None, device="auto", threshold=None, tta=False, instances=False,
+    out=None, gt=None,
+) -> SegmentResult:
+    """Read, segment, optionally score against ``gt`` and write ``out`` (atomically)."""
+    from .io import read_stack, write_labels
+
+    image = read_stack(image_path)
+    gt_arr = None
+    if gt is not None:
+        gt_arr = np.asarray(read_stack(gt))
+        if gt_arr.shape != tuple(image.shape):
+            from .metrics import ShapeMismatchError
+
+            raise ShapeMismatchError(
+                f"ground truth shape {gt_arr.shape} does not match image shape {tuple(image.shape)}"
+            )
+    m = get_model(model, device)
+    labels = segment(image, m, PredictOptions(threshold=threshold, tta=tta), instances=instances)
+    report = evaluate(labels > 0, gt_arr > 0) if gt_arr is not None else None
+    if out:
+        write_labels(out, labels)
+    return SegmentResult(labels, m.name, report)
+
+
+# --------------------------------------------------------------------------- corrections
+
+
+def changed_slices(current, reference) -> list[int]:
+    """Indices of the slices where ``current`` (e.g. painted labels) differs from ``reference``
+    (the model's output), comparing foreground (``> 0``) only."""
+    a, b = np.asarray(current) > 0, np.asarray(reference) > 0
+    if a.shape != b.shape:
+        raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
+    if a.ndim == 2:
+        a, b = a[None], b[None]
+    return [int(i) for i in np.flatnonzero((a != b).reshape(a.shape[0], -1).any(axis=1))]
+
+
+def merge_unpainted(new, painted, keep_slices: Sequence[int]) -> np.ndarray:
+    """``new`` everywhere except the slices in ``keep_slices``, which are copied from ``painted``
+    exactly (the user's corrections are never overwritten)."""
+    out = np.array(new, copy=True)
+    painted = np.asarray(painted)
+    for z in keep_slices:
+        out[z] = painted[z]
+    return out
+
+
+@dataclass
+class FinetuneResult:
+    name: str
+    path: Path
+    slices: list[int]
+    iou_before: float
+    iou_after: float
+    seconds: float
+    steps: int
+
+
+def iter_finetune(
+    image,
+    labels,
+    slices: Sequence[int],
+    *,
+    base: str | os.PathLike | None = None,
+    config=None,
+    device: str = "auto",
+    name: str | None = None,
+    out_root: str | os.PathLike | None = None,
+) -> Iterator:
+    """Fine-tune ``base`` on the corrected ``slices`` of (Z, Y, X) ``image`` / ``labels``.
+
+    Yields :class:`~napari_mitoseg.training.TrainProgress` per step; returns (as the
+    generator's value) a :class:`FinetuneResult`. The new model is saved as a new version in
+    the user's model folder (``<base>-ftN``), never over an existing model; its card records
+    the base, the slices, the steps, the time and the IoU on those slices before and after.
+    """
+    from .training import FINETUNE, iter_train
+
+    if not slices:
+        raise ValueError("no corrected slices: paint corrections on at least one slice first")
+    image = np.asarray(image)
+    labels = np.asarray(labels)
+    check_stack(image)
+    if image.ndim == 2:
+        image, labels = image[None], labels[None]
+    if labels.shape != image.shape:
+        raise ValueError(f"labels {labels.shape} and image {image.shape} differ in shape")
+    cfg = config or FINETUNE
+    sl = sorted({int(s) for s in slices})
+    base_model = get_model(base, device)
+    ims, mks = image[sl], np.where(labels[sl] == 255, 255, labels[sl] > 0).astype(np.uint8)
+    before = score(segment(ims, base_model) > 0, mks == 1, ignore=mks == 255).iou
+    root = Path(out_root) if out_root else user_model_dir()
+    name = name or next_version_name(base_model.name, root)
+    if (root / name).exists():
+        raise FileExistsError(f"model {name!r} already exists in {root}; choose another name")
+    t0 = time.perf_counter()
+    gen = iter_train(ims, mks, config=cfg, base=base_model.path, device=device)
+    while True:
+        try:
+            yield next(gen)
+        except StopIteration as stop:
+            tuned: LoadedModel = stop.value
+            break
+    seconds = time.perf_counter() - t0
+    after = score(segment(ims, tuned) > 0, mks == 1, ignore=mks == 255).iou
+    info = {
+        "summary": f"fine-tuned from {base_model.name} on {len(sl)} slice(s), IoU on them "
+                   f"{before:.3f} -> {after:.3f}",
+        "base_model": base_model.name, "slices": sl, "steps": cfg.steps,
+        "train_seconds": round(seconds, 1), "iou_before": before, "iou_after": after,
+        "train_config": dataclasses.asdict(cfg),
+    }
+    card = (
+        f"# {name}\n\nFine-tuned from `{base_model.name}` on slices {sl} "
+        f"({cfg.steps} steps, {seconds:.0f} s).\n\n| | IoU on the corrected slices |\n|---|---|\n"
+        f"| before | {before:.4f} |\n| after | {after:.4f} |\n"
+    )
+    path = save_model(tuned.net, tuned.spec, root / name, info=info, card=card)
+    return FinetuneResult(name, path, sl, before, after, seconds, cfg.steps)
+
+
+def sbem_dir() -> Path | None:
+    """The SBEM data folder (``$MITOSEG_SBEM_DIR``, else ``shared/data/sbem`` beside the
+    checkout) when it holds the testing stack, else None."""
+    env = os.environ.get("MITOSEG_SBEM_DIR")
+    cand = Path(env) if env else Path(__file__).resolve().parents[3] / "shared" / "data" / "sbem"
+    return cand if (cand / "test_image.tif").exists() else None
+
+
+def demo(out: str | os.PathLike | None = None) -> dict:
+    """Segment the sample data (the SBEM testing stack when present, else the synthetic volume),
+    score it against its ground truth and optionally write the labels; returns the figures."""
+    from .io import write_labels
+    from .synthetic import make_sample
+
+    sbem = sbem_dir()
+    if sbem is not None:
+        import tifffile
+
+        image, gt = tifffile.imread(sbem / "test_image.tif"), tifffile.imread(sbem / "test_mask.tif")
+        source = "SBEM testing stack"
+    else:
+        image, gt = make_sample()
+        source = "synthetic sample"
+    t0 = time.perf_counter()
+    m = get_model()
+    mask = segment(image, m)
+    rep = evaluate(mask, gt)
+    if out:
+        write_labels(out, mask)
+    return {"data": source, "model": m.name, "slices": int(image.shape[0]),
+            "seconds": round(time.perf_counter() - t0, 2),
+            **{k: round(v, 4) for k, v in rep.overall.as_dict().items()}}

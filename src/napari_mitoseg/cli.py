@@ -1,0 +1,204 @@
+"""The ``mitoseg`` command line: segment, evaluate, train, models, info, demo.
+
+``main(argv) -> int`` parses and delegates to the public API; every expected error prints one
+line (``mitoseg: error: ...``) and returns a non-zero code, with no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+
+logger = logging.getLogger(__name__)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mitoseg", description=__doc__.splitlines()[0])
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("segment", help="segment an EM stack")
+    s.add_argument("image", help="TIFF, zarr/OME-Zarr or folder of slices")
+    s.add_argument("-o", "--out", help="labels to write (.tif or .zarr)")
+    s.add_argument("--model", default=None, help="model name or folder (default: shipped model)")
+    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    s.add_argument("--threshold", type=float, default=None, help="default: the model's")
+    s.add_argument("--tta", action="store_true", help="test-time augmentation (8 views)")
+    s.add_argument("--instances", action="store_true", help="one id per mitochondrion (3D)")
+    s.add_argument("--gt", help="ground truth to score against")
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+
+    e = sub.add_parser("evaluate", help="score a prediction against ground truth")
+    e.add_argument("pred")
+    e.add_argument("gt")
+    e.add_argument("--json", action="store_true")
+
+    t = sub.add_parser("train", help="train a model, or fine-tune one with --base")
+    t.add_argument("--image", required=True)
+    t.add_argument("--mask", required=True, help="0 background, >0 mitochondrion, 255 ignore")
+    t.add_argument("--val-image")
+    t.add_argument("--val-mask")
+    t.add_argument("--val-fraction", type=float, default=0.0,
+                   help="hold out the last fraction of slices for validation")
+    t.add_argument("--base", help="start from this model (fine-tuning)")
+    t.add_argument("--spec", help="JSON model spec, e.g. '{\"encoder\": \"resnet18\"}'")
+    t.add_argument("--steps", type=int, default=None)
+    t.add_argument("--batch-size", type=int, default=None)
+    t.add_argument("--lr", type=float, default=None)
+    t.add_argument("--augment", choices=["full", "basic"], default=None)
+    t.add_argument("--minutes", type=float, default=None, help="pause after this long")
+    t.add_argument("--out", required=True, help="run folder (checkpoint, best/, last/)")
+    t.add_argument("--resume", action="store_true")
+    t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    t.add_argument("--seed", type=int, default=0)
+
+    sub.add_parser("models", help="list shipped and fine-tuned models")
+    sub.add_parser("info", help="versions, device and threads")
+    d = sub.add_parser("demo", help="segment the sample data and score it")
+    d.add_argument("-o", "--out", default=None)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    from .inference import InputError
+    from .io import ReadError
+    from .metrics import ShapeMismatchError
+    from .model import ModelError
+    from .training import TrainingError
+
+    expected = (InputError, ReadError, ShapeMismatchError, ModelError, TrainingError,
+                FileNotFoundError, PermissionError)
+    try:
+        return _COMMANDS[args.command](args)
+    except expected as exc:
+        print(f"mitoseg: error: {exc}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print("mitoseg: error: out of memory; use a smaller stack or a zarr store", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        print("mitoseg: interrupted; nothing was written", file=sys.stderr)
+        return 130
+
+
+def _report(scores: dict, args, extra: dict | None = None) -> None:
+    if args.json:
+        print(json.dumps({**scores, **(extra or {})}))
+    else:
+        print("  ".join(f"{k}={scores[k]:.4f}" for k in ("iou", "dice", "precision", "recall")))
+
+
+def cmd_segment(args) -> int:
+    from . import api
+
+    t0 = time.perf_counter()
+    result = api.segment_file(
+        args.image, model=args.model, device=args.device, threshold=args.threshold,
+        tta=args.tta, instances=args.instances, out=args.out, gt=args.gt,
+    )
+    extra = {"seconds": round(time.perf_counter() - t0, 3), "model": result.model_name,
+             "shape": list(result.labels.shape), "tta": args.tta}
+    if result.report is not None:
+        _report(result.report.as_dict(), args, extra)
+    elif args.json:
+        print(json.dumps(extra))
+    elif args.out:
+        print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    import numpy as np
+
+    from .io import read_stack
+    from .metrics import evaluate
+
+    rep = evaluate(np.asarray(read_stack(args.pred)), np.asarray(read_stack(args.gt)))
+    _report(rep.as_dict(), args)
+    return 0
+
+
+def cmd_train(args) -> int:
+    import dataclasses
+
+    import numpy as np
+
+    from .io import read_stack
+    from .model import ModelSpec
+    from .training import FINETUNE, TrainConfig, iter_train, split_validation
+
+    base_cfg = FINETUNE if args.base else TrainConfig()
+    overrides = {k: v for k, v in {"steps": args.steps, "batch_size": args.batch_size,
+                                   "lr": args.lr, "augment": args.augment,
+                                   "seed": args.seed}.items() if v is not None}
+    cfg = dataclasses.replace(base_cfg, **overrides)
+    spec = ModelSpec.from_dict(json.loads(args.spec)) if args.spec else None
+    image, mask = np.asarray(read_stack(args.image)), np.asarray(read_stack(args.mask))
+    if args.val_image and args.val_mask:
+        tr_i, tr_m = image, mask
+        va_i, va_m = np.asarray(read_stack(args.val_image)), np.asarray(read_stack(args.val_mask))
+    else:
+        tr_i, tr_m, va_i, va_m = split_validation(image, mask, args.val_fraction)
+    info = {"command": "mitoseg " + " ".join(sys.argv[1:]) if sys.argv else "",
+            "train_image": str(args.image), "train_slices": len(tr_i), "val_slices": len(va_i)}
+    gen = iter_train(
+        tr_i, tr_m, spec=spec, config=cfg, base=args.base,
+        val_images=va_i if len(va_i) else None, val_masks=va_m if len(va_m) else None,
+        out_dir=args.out, resume=args.resume,
+        max_seconds=args.minutes * 60 if args.minutes else None, device=args.device, info=info,
+    )
+    last = None
+    for prog in gen:
+        last = prog
+        if prog.val_iou is not None or prog.step % 50 == 0 or prog.done:
+            val = f" val_iou={prog.val_iou:.4f}" if prog.val_iou is not None else ""
+            print(f"step {prog.step}/{prog.total} loss={prog.loss:.4f}{val} "
+                  f"t={prog.seconds:.0f}s", flush=True)
+    if last is not None and not last.done:
+        print(f"paused at step {last.step}; continue with --resume", flush=True)
+    return 0
+
+
+def cmd_models(args) -> int:
+    from .model import list_models
+
+    for m in list_models():
+        print(f"{m.name}\t{'shipped' if m.shipped else 'user'}\t{m.path}\t{m.summary}")
+    return 0
+
+
+def cmd_info(args) -> int:
+    import platform
+
+    import torch
+
+    from . import __version__
+    from .model import available_devices, user_model_dir
+
+    print(f"napari-mitoseg {__version__}  python {platform.python_version()}  torch "
+          f"{torch.__version__}")
+    print(f"devices: {', '.join(available_devices())}  threads: {torch.get_num_threads()}")
+    print(f"user models: {user_model_dir()}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from . import api
+
+    rep = api.demo(out=args.out)
+    print(json.dumps(rep, indent=1))
+    return 0
+
+
+_COMMANDS = {"segment": cmd_segment, "evaluate": cmd_evaluate, "train": cmd_train,
+             "models": cmd_models, "info": cmd_info, "demo": cmd_demo}
+
+
+def run() -> None:  # console-script entry point
+    sys.exit(main())

@@ -1,0 +1,209 @@
+"""Stack inference: normalise, pad to the encoder stride, tile large slices, yield per slice.
+
+:func:`iter_predict` is a generator that yields one :class:`SliceResult` per slice, so a
+widget can show progress and cancel between slices; :func:`predict` drains it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from .model import LoadedModel, ModelSpec
+
+logger = logging.getLogger(__name__)
+
+
+class InputError(ValueError):
+    """The image cannot be segmented as given; the message says why."""
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """How to run a model over a stack.
+
+    threshold : None uses the model's own threshold.
+    tta : average over the 8 flips/rotations (dihedral group); 8x slower.
+    batch_size : slices per forward pass (GPU); the CPU uses 1.
+    """
+
+    threshold: float | None = None
+    tta: bool = False
+    batch_size: int = 4
+
+
+@dataclass
+class SliceResult:
+    """One finished slice: its index, probability map (Y, X) float32 and binary mask (Y, X) bool."""
+
+    index: int
+    total: int
+    prob: np.ndarray
+    mask: np.ndarray
+
+
+def check_stack(image) -> None:
+    """Raise :class:`InputError` unless ``image`` is a (Z, Y, X) or (Y, X) grey-scale stack."""
+    shape = tuple(getattr(image, "shape", ()))
+    if len(shape) not in (2, 3):
+        hint = " (RGB? convert to grey first)" if len(shape) == 3 + 1 and shape[-1] in (3, 4) else ""
+        raise InputError(f"expected a (Z, Y, X) or (Y, X) grey-scale image, got shape {shape}{hint}")
+    if 0 in shape:
+        raise InputError(f"the image is empty (shape {shape})")
+    dtype = np.dtype(image.dtype)
+    if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
+        raise InputError(f"unsupported dtype {dtype}; use uint8, uint16 or float")
+    if shape[-1] < 8 or shape[-2] < 8:
+        raise InputError(f"slices of {shape[-2]}x{shape[-1]} are too small to segment (min 8x8)")
+
+
+def normalise01(slice_: np.ndarray, mode: str = "percentile") -> np.ndarray:
+    """Map one (Y, X) slice of any numeric dtype to float32 in [0, 1].
+
+    ``percentile``: the slice's 0.5th..99.5th percentile -> [0, 1], clipped (robust to dtype,
+    brightness and contrast, so stacks from other microscopes land in the same range);
+    ``none``: integer images divided by their dtype maximum, floats clipped to [0, 1].
+    """
+    x = np.asarray(slice_, dtype=np.float32)
+    if mode == "none":
+        dt = np.asarray(slice_).dtype
+        scale = float(np.iinfo(dt).max) if np.issubdtype(dt, np.integer) else 1.0
+        return np.clip(x / scale, 0.0, 1.0)
+    sub = x[:: max(1, x.shape[0] // 512), :: max(1, x.shape[1] // 512)]
+    lo, hi = np.percentile(sub, (0.5, 99.5))
+    if hi - lo < 1e-6:
+        return np.zeros_like(x)
+    return np.clip((x - np.float32(lo)) / np.float32(hi - lo), 0.0, 1.0, dtype=np.float32)
+
+
+def normalise(slice_: np.ndarray, mode: str = "percentile") -> np.ndarray:
+    """(Y, X) slice -> float32 network input in [-1, 1] (see :func:`normalise01`)."""
+    return normalise01(slice_, mode) * np.float32(2.0) - np.float32(1.0)
+
+
+def pad_to_stride(x: np.ndarray, stride: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """Reflect-pad the last two axes up to multiples of ``stride``; return padded and (Y, X)."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % stride, (-w) % stride
+    if ph or pw:
+        pad = [(0, 0)] * (x.ndim - 2) + [(0, ph), (0, pw)]
+        mode = "reflect" if ph < h and pw < w else "edge"
+        x = np.pad(x, pad, mode=mode)
+    return x, (h, w)
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of tiles of size ``tile`` covering ``length`` with at least ``overlap``."""
+    if length <= tile:
+        return [0]
+    step = tile - overlap
+    starts = list(range(0, length - tile, step))
+    starts.append(length - tile)
+    return starts
+
+
+def blend_window(tile: int, overlap: int) -> np.ndarray:
+    """(tile, tile) float32 weights: 1 inside, a cosine ramp over ``overlap`` at the edges."""
+    ramp = np.ones(tile, np.float32)
+    if overlap > 0:
+        t = (np.arange(overlap, dtype=np.float32) + 0.5) / overlap
+        ramp[:overlap] = 0.5 - 0.5 * np.cos(np.pi * t)
+        ramp[-overlap:] = ramp[:overlap][::-1]
+    return np.outer(ramp, ramp)
+
+
+def tiled_apply(x: np.ndarray, fn, tile: int, overlap: int) -> np.ndarray:
+    """Apply ``fn`` ((tile, tile) -> (tile, tile)) over overlapping tiles of (Y, X) ``x``, blended.
+
+    Memory stays bounded by the tile size whatever the slice size. With an identity ``fn``
+    the result equals ``x`` (the weights are normalised).
+    """
+    h, w = x.shape
+    if h <= tile and w <= tile:
+        return fn(x)
+    th, tw = min(tile, h), min(tile, w)
+    out = np.zeros((h, w), np.float32)
+    weight = np.zeros((h, w), np.float32)
+    win_full = blend_window(tile, overlap)
+    for y in tile_starts(h, th, overlap):
+        for xs in tile_starts(w, tw, overlap):
+            win = win_full[:th, :tw] if (th, tw) != (tile, tile) else win_full
+            out[y : y + th, xs : xs + tw] += fn(x[y : y + th, xs : xs + tw]) * win
+            weight[y : y + th, xs : xs + tw] += win
+    return out / np.maximum(weight, 1e-8)
+
+
+def _forward(model: LoadedModel, batch: np.ndarray, tta: bool) -> np.ndarray:
+    """(B, Y, X) normalised float32 -> (B, Y, X) probabilities, padded to stride inside."""
+    import torch
+
+    net, spec = model.net, model.spec
+    dev = model.device
+    padded, (h, w) = pad_to_stride(batch, spec.stride)
+    t = torch.from_numpy(np.ascontiguousarray(padded))[:, None].to(dev)
+    if dev.type == "cpu":
+        t = t.contiguous(memory_format=torch.channels_last)
+    use_amp = dev.type == "cuda"
+    views = [(k, f) for k in range(4) for f in (False, True)] if tta else [(0, False)]
+    acc = None
+    with torch.inference_mode(), torch.autocast(dev.type, enabled=use_amp):
+        for k, flip in views:
+            v = torch.rot90(t, k, (2, 3)) if k else t
+            v = torch.flip(v, (3,)) if flip else v
+            y = torch.sigmoid(net(v).float())
+            y = torch.flip(y, (3,)) if flip else y
+            y = torch.rot90(y, -k, (2, 3)) if k else y
+            acc = y if acc is None else acc + y
+    prob = (acc / len(views))[:, 0, :h, :w]
+    return prob.cpu().numpy().astype(np.float32)
+
+
+def predict_slice(model: LoadedModel, slice_: np.ndarray, tta: bool = False) -> np.ndarray:
+    """(Y, X) raw slice -> (Y, X) float32 foreground probability."""
+    spec: ModelSpec = model.spec
+    x = normalise(slice_, spec.normalisation)
+    return tiled_apply(x, lambda t: _forward(model, t[None], tta)[0], spec.tile_size, spec.tile_overlap)
+
+
+def iter_predict(
+    model: LoadedModel, image, options: PredictOptions | None = None
+) -> Iterator[SliceResult]:
+    """Yield a :class:`SliceResult` per slice of a (Z, Y, X) or (Y, X) ``image``.
+
+    ``image`` may be a numpy, dask or zarr array: slices are read one at a time, so a stack
+    larger than memory streams through. Cancel by closing the generator (or stop iterating).
+    """
+    options = options or PredictOptions()
+    check_stack(image)
+    if image.ndim == 2:
+        image = image[None]
+    thr = model.spec.threshold if options.threshold is None else options.threshold
+    z = image.shape[0]
+    spec = model.spec
+    small = max(image.shape[1:]) <= spec.tile_size
+    bs = options.batch_size if (model.device.type != "cpu" and small) else 1
+    for start in range(0, z, bs):
+        raw = [np.asarray(image[i]) for i in range(start, min(z, start + bs))]
+        if bs > 1:
+            batch = np.stack([normalise(r, spec.normalisation) for r in raw])
+            probs = list(_forward(model, batch, options.tta))
+        else:
+            probs = [predict_slice(model, raw[0], options.tta)]
+        for j, p in enumerate(probs):
+            yield SliceResult(start + j, z, p, p > thr)
+
+
+def predict(model: LoadedModel, image, options: PredictOptions | None = None):
+    """Run :func:`iter_predict` to the end: returns (probabilities (Z,Y,X) float16, mask uint8)."""
+    if getattr(image, "ndim", 0) == 2:
+        image = image[None]
+    check_stack(image)
+    prob = np.zeros(image.shape, np.float16)
+    mask = np.zeros(image.shape, np.uint8)
+    for r in iter_predict(model, image, options):
+        prob[r.index] = r.prob
+        mask[r.index] = r.mask
+    return prob, mask

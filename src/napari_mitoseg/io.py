@@ -1,0 +1,198 @@
+"""Read EM stacks as (Z, Y, X) arrays and write label volumes atomically.
+
+Readers: TIFF (single page, multipage, ImageJ hyperstacks), zarr / OME-Zarr, and folders of
+PNG/TIFF slices. Large TIFFs and zarr open lazily (tifffile ``aszarr`` / zarr / dask) so a
+stack larger than memory is read slice by slice. Writers: compressed TIFF and zarr, each first
+written to a temporary path and then renamed, so a crash never leaves half a file where a good
+one was.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+TIFF_SUFFIXES = (".tif", ".tiff")
+SLICE_SUFFIXES = (".tif", ".tiff", ".png")
+#: TIFFs larger than this (bytes) open lazily instead of loading whole.
+LAZY_BYTES = 1 << 30
+
+
+class ReadError(ValueError):
+    """A file could not be read as an EM stack; the message says why."""
+
+
+def _to_zyx(arr, source: str, rgb: str = "refuse"):
+    """Bring an array to (Z, Y, X): 2D becomes one slice; singleton axes dropped; RGB refused."""
+    shape = tuple(arr.shape)
+    if len(shape) >= 3 and shape[-1] in (3, 4) and rgb == "refuse":
+        raise ReadError(
+            f"{source} looks like an RGB(A) image (shape {shape}); EM stacks are grey-scale: "
+            "convert it to grey first"
+        )
+    while arr.ndim > 3 and 1 in arr.shape:  # ImageJ hyperstack: drop singleton T / C axes
+        axis = list(arr.shape).index(1)
+        arr = arr[(slice(None),) * axis + (0,)]
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim != 3:
+        raise ReadError(
+            f"{source} has shape {shape}; expected (Z, Y, X), (Y, X) or a hyperstack with a "
+            "single channel and time point"
+        )
+    dtype = np.dtype(arr.dtype)
+    if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
+        raise ReadError(f"{source} has unsupported dtype {dtype}")
+    if 0 in arr.shape:
+        raise ReadError(f"{source} is empty (shape {shape})")
+    return arr
+
+
+def read_stack(path: str | os.PathLike, lazy: bool | None = None):
+    """Read ``path`` as a (Z, Y, X) array (numpy, or dask when lazy).
+
+    ``lazy=None`` opens files larger than :data:`LAZY_BYTES` and every zarr lazily.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise ReadError(f"{p} does not exist")
+    if p.is_dir() and not _is_zarr(p):
+        return _read_folder(p)
+    if _is_zarr(p):
+        return _read_zarr(p, lazy=lazy is not False)
+    if p.suffix.lower() in TIFF_SUFFIXES:
+        return _read_tiff(p, lazy)
+    if p.suffix.lower() == ".png":
+        import skimage.io
+
+        return _to_zyx(_read_image_file(p, skimage.io), str(p))
+    raise ReadError(f"{p}: unsupported format; use TIFF, zarr/OME-Zarr or a folder of PNG/TIFF")
+
+
+def _read_image_file(p: Path, skio):
+    try:
+        return np.asarray(skio.imread(str(p)))
+    except Exception as exc:  # noqa: BLE001 - any decoder error becomes one clear message
+        raise ReadError(f"{p} could not be read: {exc}") from exc
+
+
+def _read_tiff(p: Path, lazy: bool | None):
+    import tifffile
+
+    if lazy is None:
+        lazy = p.stat().st_size > LAZY_BYTES
+    try:
+        if lazy:
+            import dask.array as da
+            import zarr
+
+            store = tifffile.imread(str(p), aszarr=True)
+            z = zarr.open(store, mode="r")
+            if hasattr(z, "shape"):
+                arr = da.from_zarr(z)
+            else:  # multiscale group: level 0
+                arr = da.from_zarr(z[0] if "0" in z else z[next(iter(z.array_keys()))])
+        else:
+            arr = tifffile.imread(str(p))
+    except (tifffile.TiffFileError, ValueError, OSError) as exc:
+        raise ReadError(f"{p} is not a readable TIFF: {exc}") from exc
+    return _to_zyx(arr, str(p))
+
+
+def _is_zarr(p: Path) -> bool:
+    return p.is_dir() and (
+        p.suffix.lower() == ".zarr"
+        or any((p / n).exists() for n in (".zarray", ".zgroup", "zarr.json"))
+    )
+
+
+def _read_zarr(p: Path, lazy: bool = True):
+    import dask.array as da
+    import zarr
+
+    try:
+        node = zarr.open(str(p), mode="r")
+    except Exception as exc:  # noqa: BLE001
+        raise ReadError(f"{p} is not a readable zarr store: {exc}") from exc
+    if not hasattr(node, "shape"):  # group: OME-Zarr multiscales, take the full resolution
+        attrs = dict(node.attrs)
+        ms = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
+        key = ms[0]["datasets"][0]["path"] if ms else sorted(node.array_keys())[0]
+        node = node[key]
+    arr = da.from_zarr(node)
+    arr = _to_zyx(arr, str(p))
+    return arr if lazy else np.asarray(arr)
+
+
+def _read_folder(p: Path):
+    import skimage.io
+
+    files = sorted(f for f in p.iterdir() if f.suffix.lower() in SLICE_SUFFIXES)
+    if not files:
+        raise ReadError(f"{p} holds no PNG or TIFF slices")
+    slices = [_read_image_file(f, skimage.io) for f in files]
+    shapes = {s.shape for s in slices}
+    if len(shapes) != 1:
+        raise ReadError(f"slices in {p} differ in shape: {sorted(shapes)}")
+    return _to_zyx(np.stack(slices), str(p))
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _atomic_file(path: Path, write) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_labels(path: str | os.PathLike, labels, voxel_size=None) -> Path:
+    """Write a (Z, Y, X) label volume to ``.tif``/``.tiff`` (zlib) or ``.zarr``, atomically."""
+    p = Path(path)
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "biu":
+        raise ValueError(f"labels must be integer, got {labels.dtype}")
+    if labels.dtype == bool:
+        labels = labels.astype(np.uint8)
+    if p.suffix.lower() in TIFF_SUFFIXES:
+        import tifffile
+
+        meta = {"axes": "ZYX"}
+        return _atomic_file(
+            p, lambda t: tifffile.imwrite(str(t), labels, compression="zlib", metadata=meta)
+        )
+    if p.suffix.lower() == ".zarr":
+        import zarr
+
+        tmp = Path(tempfile.mkdtemp(prefix=f".{p.name}.", suffix=".zarr", dir=p.parent or "."))
+        try:
+            arr = zarr.open(str(tmp), mode="w", shape=labels.shape, dtype=labels.dtype,
+                            chunks=(1, *labels.shape[1:]))
+            arr[:] = labels
+            if p.exists():
+                old = p.with_name(f".{p.name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(p, old)
+                os.replace(tmp, p)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, p)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return p
+    raise ValueError(f"{p}: write labels as .tif, .tiff or .zarr")

@@ -1,0 +1,112 @@
+"""Foreground segmentation scores (numpy only): IoU, Dice, precision, recall.
+
+Inputs are binarised explicitly (``> 0``). Empty cases are defined: when both prediction and
+ground truth are empty every score is 1.0 (nothing to find, nothing found); when only one is
+empty the undefined ratios are 0.0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+
+class ShapeMismatchError(ValueError):
+    """Prediction and ground truth differ in shape."""
+
+
+@dataclass(frozen=True)
+class Counts:
+    tp: int
+    fp: int
+    fn: int
+    tn: int
+
+    def __add__(self, other: Counts) -> Counts:
+        return Counts(self.tp + other.tp, self.fp + other.fp, self.fn + other.fn, self.tn + other.tn)
+
+
+@dataclass(frozen=True)
+class Scores:
+    iou: float
+    dice: float
+    precision: float
+    recall: float
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def _ratio(num: int, den: int, both_empty: bool) -> float:
+    if den == 0:
+        return 1.0 if both_empty else 0.0
+    return num / den
+
+
+def counts(pred, gt, ignore=None) -> Counts:
+    """Confusion counts of binarised ``pred`` against ``gt``; ``ignore`` (bool) pixels skipped."""
+    pred = np.asarray(pred)
+    gt = np.asarray(gt)
+    if pred.shape != gt.shape:
+        raise ShapeMismatchError(
+            f"prediction shape {pred.shape} does not match ground truth shape {gt.shape}"
+        )
+    p = pred > 0
+    g = gt > 0
+    if ignore is not None:
+        keep = ~np.asarray(ignore, bool)
+        p, g = p[keep], g[keep]
+    tp = int(np.count_nonzero(p & g))
+    fp = int(np.count_nonzero(p & ~g))
+    fn = int(np.count_nonzero(~p & g))
+    return Counts(tp, fp, fn, int(p.size) - tp - fp - fn)
+
+
+def scores_from_counts(c: Counts) -> Scores:
+    empty = c.tp + c.fp + c.fn == 0
+    return Scores(
+        iou=_ratio(c.tp, c.tp + c.fp + c.fn, empty),
+        dice=_ratio(2 * c.tp, 2 * c.tp + c.fp + c.fn, empty),
+        precision=_ratio(c.tp, c.tp + c.fp, empty),
+        recall=_ratio(c.tp, c.tp + c.fn, empty),
+    )
+
+
+def score(pred, gt, ignore=None) -> Scores:
+    """Overall scores of ``pred`` against ``gt`` (any equal shapes)."""
+    return scores_from_counts(counts(pred, gt, ignore))
+
+
+def iou(pred, gt) -> float:
+    return score(pred, gt).iou
+
+
+def score_per_slice(pred, gt) -> list[Scores]:
+    """Scores of each slice of (Z, Y, X) stacks (a 2D pair counts as one slice)."""
+    pred = np.asarray(pred)
+    gt = np.asarray(gt)
+    if pred.shape != gt.shape:
+        raise ShapeMismatchError(
+            f"prediction shape {pred.shape} does not match ground truth shape {gt.shape}"
+        )
+    if pred.ndim == 2:
+        pred, gt = pred[None], gt[None]
+    return [score(p, g) for p, g in zip(pred, gt, strict=True)]
+
+
+@dataclass(frozen=True)
+class Report:
+    overall: Scores
+    per_slice: list[Scores]
+
+    def as_dict(self) -> dict:
+        d = self.overall.as_dict()
+        d["slices"] = [s.as_dict() for s in self.per_slice]
+        return d
+
+
+def evaluate(pred, gt) -> Report:
+    """Overall and per-slice scores of (Z, Y, X) ``pred`` against ``gt``."""
+    per = score_per_slice(pred, gt)
+    return Report(score(pred, gt), per)
