@@ -56,6 +56,10 @@ def check_stack(image) -> None:
     dtype = np.dtype(image.dtype)
     if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
         raise InputError(f"unsupported dtype {dtype}; use uint8, uint16 or float")
+    if len(shape) == 3 and shape[-1] in (3, 4) and shape[-2] >= 8:
+        raise InputError(
+            f"shape {shape} looks like an RGB(A) image (colour last); convert it to grey first"
+        )
     if shape[-1] < 8 or shape[-2] < 8:
         raise InputError(f"slices of {shape[-2]}x{shape[-1]} are too small to segment (min 8x8)")
 
