@@ -71,8 +71,10 @@ def segment_file(
     out=None, gt=None,
 ) -> SegmentResult:
     """Read, segment, optionally score against ``gt`` and write ``out`` (atomically)."""
-    from .io import read_stack, write_labels
+    from .io import check_label_path, read_stack, write_labels
 
+    if out:
+        check_label_path(out)
     image = read_stack(image_path)
     gt_arr = None
     if gt is not None:

@@ -67,12 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     from .inference import InputError
-    from .io import ReadError
+    from .io import ReadError, WriteError
     from .metrics import ShapeMismatchError
     from .model import ModelError
     from .training import TrainingError
 
-    expected = (InputError, ReadError, ShapeMismatchError, ModelError, TrainingError,
+    expected = (InputError, ReadError, WriteError, ShapeMismatchError, ModelError, TrainingError,
                 FileNotFoundError, PermissionError)
     try:
         return _COMMANDS[args.command](args)
@@ -130,7 +130,7 @@ def cmd_train(args) -> int:
     import numpy as np
 
     from .io import read_stack
-    from .model import ModelSpec
+    from .model import ModelError, ModelSpec
     from .training import FINETUNE, TrainConfig, iter_train, split_validation
 
     base_cfg = FINETUNE if args.base else TrainConfig()
@@ -138,7 +138,10 @@ def cmd_train(args) -> int:
                                    "lr": args.lr, "augment": args.augment,
                                    "seed": args.seed}.items() if v is not None}
     cfg = dataclasses.replace(base_cfg, **overrides)
-    spec = ModelSpec.from_dict(json.loads(args.spec)) if args.spec else None
+    try:
+        spec = ModelSpec.from_dict(json.loads(args.spec)) if args.spec else None
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise ModelError(f"--spec must be a JSON object of model spec fields: {exc}") from exc
     image, mask = np.asarray(read_stack(args.image)), np.asarray(read_stack(args.mask))
     if args.val_image and args.val_mask:
         tr_i, tr_m = image, mask

@@ -30,6 +30,24 @@ class ReadError(ValueError):
     """A file could not be read as an EM stack; the message says why."""
 
 
+class WriteError(ValueError):
+    """Labels cannot be written as asked; the message says why."""
+
+
+LABEL_SUFFIXES = (".tif", ".tiff", ".zarr")
+
+
+def check_label_path(path: str | os.PathLike) -> Path:
+    """Raise :class:`WriteError` unless :func:`write_labels` can write ``path`` (by suffix).
+
+    Call it before long work, so a bad output name fails at once, not after the work.
+    """
+    p = Path(path)
+    if p.suffix.lower() not in LABEL_SUFFIXES:
+        raise WriteError(f"{p}: write labels as {', '.join(LABEL_SUFFIXES)}")
+    return p
+
+
 def _to_zyx(arr, source: str, rgb: str = "refuse"):
     """Bring an array to (Z, Y, X): 2D becomes one slice; singleton axes dropped; RGB refused."""
     shape = tuple(arr.shape)
@@ -165,10 +183,10 @@ def _atomic_file(path: Path, write) -> Path:
 
 def write_labels(path: str | os.PathLike, labels, voxel_size=None) -> Path:
     """Write a (Z, Y, X) label volume to ``.tif``/``.tiff`` (zlib) or ``.zarr``, atomically."""
-    p = Path(path)
+    p = check_label_path(path)
     labels = np.asarray(labels)
     if labels.dtype.kind not in "biu":
-        raise ValueError(f"labels must be integer, got {labels.dtype}")
+        raise WriteError(f"labels must be integer, got {labels.dtype}")
     if labels.dtype == bool:
         labels = labels.astype(np.uint8)
     if p.suffix.lower() in TIFF_SUFFIXES:
@@ -178,24 +196,23 @@ def write_labels(path: str | os.PathLike, labels, voxel_size=None) -> Path:
         return _atomic_file(
             p, lambda t: tifffile.imwrite(str(t), labels, compression="zlib", metadata=meta)
         )
-    if p.suffix.lower() == ".zarr":
-        import zarr
+    import zarr  # .zarr: a folder, written beside and swapped in
 
-        tmp = Path(tempfile.mkdtemp(prefix=f".{p.name}.", suffix=".zarr", dir=p.parent or "."))
-        try:
-            arr = zarr.open(str(tmp), mode="w", shape=labels.shape, dtype=labels.dtype,
-                            chunks=(1, *labels.shape[1:]))
-            arr[:] = labels
-            if p.exists():
-                old = p.with_name(f".{p.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(p, old)
-                os.replace(tmp, p)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, p)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return p
-    raise ValueError(f"{p}: write labels as .tif, .tiff or .zarr")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{p.name}.", suffix=".zarr", dir=p.parent))
+    try:
+        arr = zarr.open(str(tmp), mode="w", shape=labels.shape, dtype=labels.dtype,
+                        chunks=(1, *labels.shape[1:]))
+        arr[:] = labels
+        if p.exists():
+            old = p.with_name(f".{p.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(p, old)
+            os.replace(tmp, p)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, p)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return p
