@@ -13,6 +13,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -329,10 +330,13 @@ def resolve_model_path(source: str | os.PathLike) -> Path:
 
 
 def next_version_name(base: str, root: Path | None = None) -> str:
-    """``<base>-ft1``, ``-ft2`` ...: a fresh name in the user's folder, never an existing one."""
+    """``<base>-ft1``, ``-ft2`` ...: one past the highest version in the user's folder.
+
+    A fine-tuned base (``x-ft2``) counts on from its stem (``x-ft3``). Taking the highest, not
+    the first gap, keeps versions in order and never hands out a name that still exists.
+    """
     root = root or user_model_dir()
-    stem = base.split("-ft")[0]
-    i = 1
-    while (root / f"{stem}-ft{i}").exists():
-        i += 1
-    return f"{stem}-ft{i}"
+    stem = re.sub(r"-ft\d+$", "", base)
+    pattern = re.compile(rf"{re.escape(stem)}-ft(\d+)")
+    found = [pattern.fullmatch(p.name) for p in root.iterdir()] if root.is_dir() else []
+    return f"{stem}-ft{max((int(m.group(1)) for m in found if m), default=0) + 1}"
