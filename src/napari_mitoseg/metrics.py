@@ -110,3 +110,23 @@ def evaluate(pred, gt) -> Report:
     """Overall and per-slice scores of (Z, Y, X) ``pred`` against ``gt``."""
     per = score_per_slice(pred, gt)
     return Report(score(pred, gt), per)
+
+
+#: Values of :func:`error_map`.
+FALSE_POSITIVE, FALSE_NEGATIVE = 1, 2
+
+
+def error_map(pred, gt) -> np.ndarray:
+    """Where binarised ``pred`` and ``gt`` disagree, same shape, uint8: 0 agree,
+    :data:`FALSE_POSITIVE` (1) predicted but not true, :data:`FALSE_NEGATIVE` (2) missed."""
+    pred = np.asarray(pred)
+    gt = np.asarray(gt)
+    if pred.shape != gt.shape:
+        raise ShapeMismatchError(
+            f"prediction shape {pred.shape} does not match ground truth shape {gt.shape}"
+        )
+    p, g = pred > 0, gt > 0
+    out = np.zeros(p.shape, np.uint8)
+    out[p & ~g] = FALSE_POSITIVE
+    out[~p & g] = FALSE_NEGATIVE
+    return out
