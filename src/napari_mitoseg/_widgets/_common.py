@@ -1,0 +1,196 @@
+"""Small Qt pieces shared by the dock widgets: layer, model and device choices, a plot canvas.
+
+No numerics here; only mapping between napari layers / the model registry and Qt controls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from qtpy.QtCore import Qt, Signal
+from qtpy.QtWidgets import QComboBox, QLabel, QSizePolicy, QWidget
+
+#: layer.metadata key holding the last model output (numpy array) of a result layer.
+MODEL_OUTPUT = "mitoseg_model_output"
+#: layer.metadata key: name of the model that made the result layer.
+MODEL_NAME = "mitoseg_model"
+#: layer.metadata key: whether the result layer holds instance ids (one per mitochondrion).
+INSTANCES = "mitoseg_instances"
+
+
+def layer_array(layer):
+    """The (Z, Y, X) or (Y, X) data of a layer (full resolution for multiscale), unread if lazy."""
+    return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+
+
+def model_output(layer) -> np.ndarray | None:
+    """The model output recorded on a result layer, when it still fits the layer's shape."""
+    ref = layer.metadata.get(MODEL_OUTPUT) if layer is not None else None
+    if ref is None or np.shape(ref) != np.shape(layer.data):
+        return None
+    return ref
+
+
+def message_label() -> QLabel:
+    """A word-wrapped, selectable label for status and error messages."""
+    lab = QLabel("")
+    lab.setWordWrap(True)
+    lab.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+    lab.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Minimum)
+    return lab
+
+
+class LayerChoice(QComboBox):
+    """A combo box of the viewer's layers of some type(s), kept in sync with the layer list.
+
+    ``layer_changed`` fires (with the layer or None) whenever the chosen layer changes, whether
+    by the user or because layers were added, removed or renamed.
+    """
+
+    layer_changed = Signal(object)
+
+    def __init__(
+        self, viewer, types: type | tuple[type, ...], prefer: Callable[[object], bool] | None = None,
+        parent: QWidget | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self._viewer, self._types, self._prefer = viewer, types, prefer
+        self._last: str | None = None
+        self.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.setMinimumContentsLength(12)
+        events = viewer.layers.events
+        for emitter in (events.inserted, events.removed, events.reordered, events.renamed):
+            emitter.connect(self.refresh)
+        self.currentTextChanged.connect(self._emit_if_changed)
+        self.refresh()
+
+    def refresh(self, event=None) -> None:
+        names = [ly.name for ly in self._viewer.layers if isinstance(ly, self._types)]
+        current = self.currentText()
+        if current not in names:
+            preferred = [ly.name for ly in self._viewer.layers
+                         if isinstance(ly, self._types) and self._prefer and self._prefer(ly)]
+            current = preferred[-1] if preferred else (names[-1] if names else "")
+        self.blockSignals(True)
+        self.clear()
+        self.addItems(names)
+        if current:
+            self.setCurrentText(current)
+        self.blockSignals(False)
+        self._emit_if_changed(self.currentText())
+
+    def _emit_if_changed(self, text: str) -> None:
+        if text != self._last:
+            self._last = text
+            self.layer_changed.emit(self.layer())
+
+    def layer(self):
+        """The chosen layer, or None."""
+        name = self.currentText()
+        if name and name in self._viewer.layers and isinstance(self._viewer.layers[name], self._types):
+            return self._viewer.layers[name]
+        return None
+
+    def set_layer(self, layer) -> None:
+        """Choose ``layer`` (a layer or its name)."""
+        self.setCurrentText(getattr(layer, "name", layer))
+
+
+class ModelChoice(QComboBox):
+    """The registry's models (shipped first, then the user's), re-listed when the list opens.
+
+    Each item's data is the model folder; its tooltip is the model card summary.
+    ``availability_changed(bool)`` says whether any model exists.
+    """
+
+    availability_changed = Signal(bool)
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._available: bool | None = None
+        self.refresh()
+
+    def showPopup(self) -> None:  # noqa: N802 - Qt override
+        self.refresh()
+        super().showPopup()
+
+    def refresh(self) -> None:
+        from ..model import list_models
+
+        entries = list_models()
+        current = self.currentText()
+        self.blockSignals(True)
+        self.clear()
+        for i, e in enumerate(entries):
+            self.addItem(e.name, str(e.path))
+            origin = "shipped model" if e.shipped else f"your model ({e.path.parent})"
+            tip = f"{e.summary}\n{origin}" if e.summary else origin
+            self.setItemData(i, tip, Qt.ItemDataRole.ToolTipRole)
+        if not entries:
+            self.addItem("no model installed", None)
+        if current and self.findText(current) >= 0:
+            self.setCurrentText(current)
+        self.blockSignals(False)
+        self.setEnabled(bool(entries))
+        self.setToolTip(self.itemData(self.currentIndex(), Qt.ItemDataRole.ToolTipRole) or "")
+        if self._available is not bool(entries):
+            self._available = bool(entries)
+            self.availability_changed.emit(self._available)
+
+    def source(self) -> str | None:
+        """The chosen model folder, or None when there is no model."""
+        return self.currentData()
+
+    def select(self, name: str) -> bool:
+        """Choose the model called ``name`` (re-listing first); False if it is not there."""
+        self.refresh()
+        i = self.findText(name)
+        if i >= 0:
+            self.setCurrentIndex(i)
+        return i >= 0
+
+
+def no_model_message() -> str:
+    from ..model import DEFAULT_MODEL, SHIPPED_DIR, user_model_dir
+
+    return (
+        f"No model is installed yet. The shipped model '{DEFAULT_MODEL}' belongs in "
+        f"{SHIPPED_DIR / DEFAULT_MODEL}; fine-tuned models are read from {user_model_dir()} "
+        "(or $MITOSEG_MODEL_DIR). Put a model folder there and open the model list again."
+    )
+
+
+class DeviceChoice(QComboBox):
+    """'auto' plus the devices torch can use here (CUDA, MPS, CPU)."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        from ..model import available_devices
+
+        self.addItems(["auto", *available_devices()])
+        self.setToolTip("auto: CUDA if present, else Apple MPS, else the CPU")
+
+    def device(self) -> str:
+        return self.currentText()
+
+
+class PlotCanvas(QWidget):
+    """A small matplotlib figure (FigureCanvasQTAgg) with one axes, sized for a dock widget."""
+
+    def __init__(self, parent: QWidget | None = None, height: float = 2.2) -> None:
+        super().__init__(parent)
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from matplotlib.figure import Figure
+        from qtpy.QtWidgets import QVBoxLayout
+
+        self.figure = Figure(figsize=(4.0, height), dpi=90, layout="constrained")
+        self.axes = self.figure.add_subplot(111)
+        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas.setMinimumHeight(int(height * 70))
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self.canvas)
+
+    def draw(self) -> None:
+        self.canvas.draw_idle()

@@ -1,0 +1,192 @@
+"""Dock widget "Evaluate segmentation": scores, a per-slice IoU plot and an error overlay."""
+
+from __future__ import annotations
+
+import napari
+import numpy as np
+from napari.layers import Image, Labels
+from napari.utils.notifications import show_error, show_warning
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QFormLayout,
+    QLabel,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ._common import LayerChoice, PlotCanvas, layer_array, message_label
+
+#: colours of the error overlay: 1 false positive, 2 false negative
+ERROR_COLOURS = {1: "magenta", 2: "cyan"}
+
+
+def evaluate_job(pred, gt):
+    """Worker: scores of binarised ``pred`` against ``gt``, the error map and emptiness flags."""
+    from ..metrics import error_map, evaluate
+
+    p = np.asarray(pred) > 0
+    g = np.asarray(gt) > 0
+    return evaluate(p, g), error_map(p, g), not p.any(), not g.any()
+
+
+def _is_prediction(layer) -> bool:
+    return layer.name.endswith("mitochondria")
+
+
+def _is_ground_truth(layer) -> bool:
+    name = layer.name.lower()
+    return "ground truth" in name or name.endswith((" gt", "_gt", "mask"))
+
+
+class EvaluateWidget(QWidget):
+    """Score a prediction (labels) against ground truth (labels or image, both binarised ``> 0``).
+
+    Shows IoU, Dice, precision and recall over the stack, a per-slice IoU bar plot (click a bar
+    to go to that slice) and adds an error layer "<prediction> errors": 1 = false positive
+    (magenta), 2 = false negative (cyan). ``evaluated`` fires with the report (None on error).
+    """
+
+    evaluated = Signal(object)
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.report = None
+        self.worker = None
+        self._scored_layer = None
+
+        self.pred_choice = LayerChoice(self.viewer, Labels, prefer=_is_prediction, parent=self)
+        self.pred_choice.setToolTip("The segmentation to score (any label > 0 is mitochondrion)")
+        self.gt_choice = LayerChoice(self.viewer, (Labels, Image), prefer=_is_ground_truth, parent=self)
+        self.gt_choice.setToolTip("The ground truth: a labels or image layer, > 0 is mitochondrion")
+        self.show_errors = QCheckBox("Add an error layer (magenta: false positive, cyan: missed)")
+        self.show_errors.setChecked(True)
+        self.run_button = QPushButton("Evaluate")
+        self.run_button.clicked.connect(self.start)
+
+        self.values = {k: QLabel("-") for k in ("iou", "dice", "precision", "recall")}
+        scores = QFormLayout()
+        for key, title in (("iou", "IoU"), ("dice", "Dice"), ("precision", "Precision"),
+                           ("recall", "Recall")):
+            scores.addRow(title, self.values[key])
+        self.plot = PlotCanvas(self)
+        self.plot.axes.set_axis_off()
+        self.plot.canvas.mpl_connect("button_press_event", self._on_click)
+        self.plot.canvas.setToolTip("IoU per slice: click a bar to go to that slice")
+        self.message = message_label()
+
+        form = QFormLayout()
+        form.addRow("Prediction", self.pred_choice)
+        form.addRow("Ground truth", self.gt_choice)
+        form.addRow(self.show_errors)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(self.run_button)
+        layout.addLayout(scores)
+        layout.addWidget(self.plot)
+        layout.addWidget(self.message)
+        layout.addStretch(1)
+
+    # ------------------------------------------------------------------ actions
+
+    def start(self):
+        """Check the chosen layers and score them in a worker thread."""
+        from napari.qt.threading import create_worker
+
+        pred, gt = self.pred_choice.layer(), self.gt_choice.layer()
+        if pred is None or gt is None:
+            return self._fail("Choose a prediction (labels) layer and a ground-truth layer.")
+        if pred is gt:
+            return self._fail("The prediction and the ground truth are the same layer; choose two.")
+        p, g = layer_array(pred), layer_array(gt)
+        for layer, arr in ((pred, p), (gt, g)):
+            if 0 in arr.shape:
+                return self._fail(f"Layer '{layer.name}' is empty (shape {tuple(arr.shape)}).")
+        if tuple(p.shape) != tuple(g.shape):
+            return self._fail(
+                f"Shape mismatch: prediction '{pred.name}' is {tuple(p.shape)} but ground truth "
+                f"'{gt.name}' is {tuple(g.shape)}; they must cover the same voxels."
+            )
+        self._scored_layer = pred
+        self.run_button.setEnabled(False)
+        self.message.setText(f"Scoring '{pred.name}' against '{gt.name}'...")
+        self.worker = create_worker(evaluate_job, p, g, _ignore_errors=True, _start_thread=False)
+        self.worker.returned.connect(self._on_returned)
+        self.worker.errored.connect(lambda exc: self._fail(f"Evaluation failed: {exc}"))
+        self.worker.finished.connect(lambda: self.run_button.setEnabled(True))
+        self.worker.start()
+        return self.worker
+
+    def go_to_slice(self, z: int) -> None:
+        """Move the viewer to slice ``z`` of the scored layer."""
+        layer = self._scored_layer
+        if layer is None or layer.ndim < 3:
+            return
+        axis = self.viewer.dims.ndim - layer.ndim
+        self.viewer.dims.set_point(axis, float(layer.translate[0] + z * layer.scale[0]))
+
+    # ------------------------------------------------------------------ handlers
+
+    def _fail(self, text: str):
+        self.message.setText(text)
+        show_error(text)
+        self.evaluated.emit(None)
+        return None
+
+    def _on_returned(self, result) -> None:
+        report, errors, pred_empty, gt_empty = result
+        self.report = report
+        for key, value in report.overall.as_dict().items():
+            self.values[key].setText(f"{value:.3f}")
+        self._plot(report)
+        pred = self._scored_layer
+        if self.show_errors.isChecked() and pred is not None:
+            self._show_errors(pred, errors)
+        notes = []
+        if gt_empty:
+            notes.append("The ground truth is empty (no pixel > 0): the scores say only whether "
+                         "the prediction is empty too.")
+        if pred_empty:
+            notes.append("The prediction is empty (no pixel > 0).")
+        text = " ".join(notes) or (f"{len(report.per_slice)} slice(s) scored; click a bar to go "
+                                   "to that slice.")
+        self.message.setText(text)
+        if notes:
+            show_warning(" ".join(notes))
+        self.evaluated.emit(report)
+
+    def _plot(self, report) -> None:
+        ax = self.plot.axes
+        ax.clear()
+        ax.set_axis_on()
+        ious = [s.iou for s in report.per_slice]
+        ax.bar(range(len(ious)), ious, width=0.8, color="#3b8bd0", picker=True)
+        ax.axhline(report.overall.iou, color="#d05a3b", lw=1, label=f"overall {report.overall.iou:.3f}")
+        ax.set_xlim(-0.6, len(ious) - 0.4)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("slice")
+        ax.set_ylabel("IoU")
+        ax.legend(loc="lower right", fontsize="small")
+        self.plot.draw()
+
+    def _on_click(self, event) -> None:
+        if self.report is None or event.inaxes is not self.plot.axes or event.xdata is None:
+            return
+        z = int(np.clip(round(event.xdata), 0, len(self.report.per_slice) - 1))
+        self.go_to_slice(z)
+
+    def _show_errors(self, pred, errors: np.ndarray) -> None:
+        from napari.utils.colormaps import DirectLabelColormap
+
+        name = f"{pred.name} errors"
+        colours = {None: "transparent", 0: "transparent", **ERROR_COLOURS}
+        if name in self.viewer.layers and isinstance(self.viewer.layers[name], Labels):
+            layer = self.viewer.layers[name]
+            layer.data = errors
+        else:
+            layer = self.viewer.add_labels(
+                errors, name=name, colormap=DirectLabelColormap(color_dict=colours), opacity=0.8,
+            )
+        layer.scale, layer.translate = pred.scale, pred.translate

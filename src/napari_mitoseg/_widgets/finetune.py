@@ -1,0 +1,374 @@
+"""Dock widget "Fine-tune model": learn from the slices you corrected, then segment again."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import napari
+import numpy as np
+from napari.layers import Image, Labels
+from napari.utils.notifications import show_error
+from qtpy.QtCore import Qt, QTimer, Signal
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ._common import (
+    INSTANCES,
+    MODEL_NAME,
+    DeviceChoice,
+    LayerChoice,
+    ModelChoice,
+    PlotCanvas,
+    layer_array,
+    message_label,
+    model_output,
+    no_model_message,
+)
+from ._segment_run import SegmentationRun
+
+
+def finetune_job(image, labels, slices, base, config, device):
+    """Worker: :func:`api.iter_finetune`, yielding ``TrainProgress``; returns ``FinetuneResult``."""
+    from ..api import iter_finetune
+
+    return (yield from iter_finetune(image, labels, slices, base=base, config=config, device=device))
+
+
+def _is_result(layer) -> bool:
+    return layer.name.endswith("mitochondria")
+
+
+class FinetuneWidget(QWidget):
+    """Fine-tune a model on the slices corrected in a result layer, then segment again.
+
+    Corrected slices are found by comparing the layer with the model output recorded when it
+    was segmented (``api.changed_slices``); add or drop slices by hand. The new model is saved
+    as a new version in the user's model folder, never over an existing one. ``base_config``
+    (a ``TrainConfig``) holds the training settings other than the number of steps.
+    ``finetuned`` fires with the ``FinetuneResult`` (None if cancelled or failed);
+    ``resegmented`` with the result layer after "Segment again" (None if it stopped).
+    """
+
+    finetuned = Signal(object)
+    resegmented = Signal(object)
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        from ..training import FINETUNE
+
+        self.viewer = napari_viewer
+        self.base_config = FINETUNE
+        self.result = None
+        self.worker = None
+        self.segment_run: SegmentationRun | None = None
+        self.losses: list[float] = []
+        self._watched = None
+        self._debounce = QTimer(self)
+        self._debounce.setSingleShot(True)
+        self._debounce.setInterval(400)
+        self._debounce.timeout.connect(self.find_corrected_slices)
+
+        self.image_choice = LayerChoice(self.viewer, Image, parent=self)
+        self.labels_choice = LayerChoice(self.viewer, Labels, prefer=_is_result, parent=self)
+        self.labels_choice.setToolTip("The segmentation you corrected by painting")
+        self.find_button = QPushButton("Find corrected slices")
+        self.find_button.setToolTip("Compare the layer with the model's output to find painted slices")
+        self.find_button.clicked.connect(self.find_corrected_slices)
+        self.slice_list = QListWidget()
+        self.slice_list.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
+        self.slice_list.setMaximumHeight(110)
+        self.slice_spin = QSpinBox()
+        self.slice_spin.setRange(0, 0)
+        self.add_button = QPushButton("Add")
+        self.add_button.setToolTip("Add this slice (e.g. one the model got right) to the training set")
+        self.add_button.clicked.connect(lambda: self.add_slice(self.slice_spin.value()))
+        self.add_current_button = QPushButton("Add current")
+        self.add_current_button.setToolTip("Add the slice shown in the viewer")
+        self.add_current_button.clicked.connect(self.add_current_slice)
+        self.remove_button = QPushButton("Remove selected")
+        self.remove_button.clicked.connect(self.remove_selected)
+        edit_row = QHBoxLayout()
+        for w in (self.slice_spin, self.add_button, self.add_current_button, self.remove_button):
+            edit_row.addWidget(w)
+
+        self.model_choice = ModelChoice(self)
+        self.device_choice = DeviceChoice(self)
+        self.steps = QSpinBox()
+        self.steps.setRange(1, 100_000)
+        self.steps.setValue(FINETUNE.steps)
+        self.steps.setToolTip(f"Optimiser steps of {FINETUNE.batch_size} crops; {FINETUNE.steps} take "
+                              "about two minutes on a laptop CPU")
+        self.run_button = QPushButton("Fine-tune")
+        self.run_button.clicked.connect(self.start)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(self.cancel)
+        run_row = QHBoxLayout()
+        run_row.addWidget(self.run_button)
+        run_row.addWidget(self.cancel_button)
+        self.progress = QProgressBar()
+        self.progress.setFormat("step %v / %m")
+        self.progress.setValue(0)
+        self.plot = PlotCanvas(self, height=1.8)
+        self.plot.axes.set_xlabel("step")
+        self.plot.axes.set_ylabel("loss")
+        (self._loss_line,) = self.plot.axes.plot([], [], color="#3b8bd0", lw=1.2)
+        self.result_label = QLabel("")
+        self.result_label.setWordWrap(True)
+        self.result_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.segment_again_button = QPushButton("Segment again with the new model")
+        self.segment_again_button.setToolTip("Re-segment the image; the corrected slices are kept exactly")
+        self.segment_again_button.setEnabled(False)
+        self.segment_again_button.clicked.connect(self.segment_again)
+        self.message = message_label()
+
+        form = QFormLayout()
+        form.addRow("Image", self.image_choice)
+        form.addRow("Corrected labels", self.labels_choice)
+        form.addRow(self.find_button)
+        form.addRow("Training slices", self.slice_list)
+        form.addRow(edit_row)
+        form.addRow("Base model", self.model_choice)
+        form.addRow("Device", self.device_choice)
+        form.addRow("Steps", self.steps)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addLayout(run_row)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.plot)
+        layout.addWidget(self.result_label)
+        layout.addWidget(self.segment_again_button)
+        layout.addWidget(self.message)
+        layout.addStretch(1)
+
+        self.labels_choice.layer_changed.connect(self._on_labels_layer)
+        self._on_labels_layer(self.labels_choice.layer())
+
+    # ------------------------------------------------------------------ slices
+
+    def slices(self) -> list[int]:
+        """The slices to train on, sorted."""
+        return sorted(self.slice_list.item(i).data(Qt.ItemDataRole.UserRole)
+                      for i in range(self.slice_list.count()))
+
+    def set_slices(self, slices) -> None:
+        self.slice_list.clear()
+        for z in sorted({int(s) for s in slices}):
+            item = QListWidgetItem(f"slice {z}")
+            item.setData(Qt.ItemDataRole.UserRole, z)
+            self.slice_list.addItem(item)
+
+    def add_slice(self, z: int) -> None:
+        layer = self.labels_choice.layer()
+        n = self._n_slices(layer)
+        if not 0 <= z < n:
+            self.message.setText(f"Slice {z} is outside the layer (0..{n - 1}).")
+            return
+        self.set_slices([*self.slices(), z])
+
+    def add_current_slice(self) -> None:
+        layer = self.labels_choice.layer()
+        if layer is None or layer.ndim < 3:
+            self.add_slice(0)
+            return
+        axis = self.viewer.dims.ndim - layer.ndim
+        world = self.viewer.dims.point[axis]
+        self.add_slice(int(round((world - layer.translate[0]) / layer.scale[0])))
+
+    def remove_selected(self) -> None:
+        for item in self.slice_list.selectedItems():
+            self.slice_list.takeItem(self.slice_list.row(item))
+
+    @staticmethod
+    def _n_slices(layer) -> int:
+        if layer is None:
+            return 0
+        return layer.data.shape[0] if layer.ndim == 3 else 1
+
+    def find_corrected_slices(self) -> list[int]:
+        """List the slices where the labels layer differs from its recorded model output."""
+        from ..api import changed_slices
+
+        layer = self.labels_choice.layer()
+        if layer is None:
+            self.message.setText("Choose the labels layer you corrected.")
+            return []
+        ref = model_output(layer)
+        if ref is None:
+            self.message.setText(
+                f"'{layer.name}' has no recorded model output (segment the image with 'Segment "
+                "mitochondria' first), so corrections cannot be found; add slices by hand."
+            )
+            return self.slices()
+        found = changed_slices(layer.data, ref)
+        self.set_slices(found)
+        self.message.setText(
+            f"Corrected slices: {found}." if found else
+            "No corrected slice yet: paint corrections on the layer (or add slices by hand)."
+        )
+        return found
+
+    def _on_labels_layer(self, layer) -> None:
+        if self._watched is not None:
+            for emitter in (self._watched.events.paint, self._watched.events.data):
+                emitter.disconnect(self._debounce.start)
+        self._watched = layer
+        self.slice_spin.setRange(0, max(0, self._n_slices(layer) - 1))
+        if layer is None:
+            self.set_slices([])
+            return
+        for emitter in (layer.events.paint, layer.events.data):
+            emitter.connect(self._debounce.start)
+        if layer.metadata.get(MODEL_NAME):
+            self.model_choice.select(layer.metadata[MODEL_NAME])
+        self.find_corrected_slices()
+
+    # ------------------------------------------------------------------ fine-tuning
+
+    def config(self):
+        """``base_config`` with the chosen number of steps."""
+        return dataclasses.replace(self.base_config, steps=self.steps.value())
+
+    def start(self):
+        """Fine-tune the base model on the listed slices in a worker thread."""
+        from napari.qt.threading import create_worker
+
+        image, labels = self.image_choice.layer(), self.labels_choice.layer()
+        base = self.model_choice.source()
+        slices = self.slices()
+        if image is None or labels is None:
+            return self._fail("Choose the image and the labels layer you corrected.")
+        if base is None:
+            return self._fail(no_model_message())
+        if not slices:
+            return self._fail("No training slice: paint corrections on at least one slice, then "
+                              "press 'Find corrected slices' (or add slices by hand).")
+        img = layer_array(image)
+        if tuple(img.shape) != tuple(labels.data.shape):
+            return self._fail(f"Image '{image.name}' {tuple(img.shape)} and labels '{labels.name}' "
+                              f"{tuple(labels.data.shape)} differ in shape.")
+        cfg = self.config()
+        self.losses = []
+        self._loss_line.set_data([], [])
+        self.plot.draw()
+        self.result = None
+        self.result_label.setText("")
+        self.segment_again_button.setEnabled(False)
+        self.progress.setRange(0, cfg.steps)
+        self.progress.setValue(0)
+        self.worker = create_worker(
+            finetune_job, img, np.array(labels.data), slices, base, cfg, self.device_choice.device(),
+            _ignore_errors=True, _start_thread=False,
+        )
+        self.worker.yielded.connect(self._on_step)
+        self.worker.returned.connect(self._on_returned)
+        self.worker.errored.connect(self._on_errored)
+        self.worker.aborted.connect(self._on_aborted)
+        self.run_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.message.setText(f"Fine-tuning {self.model_choice.currentText()} on slices {slices}...")
+        self.worker.start()
+        return self.worker
+
+    def cancel(self) -> None:
+        """Stop fine-tuning (nothing is saved) or the running re-segmentation."""
+        if self.segment_run is not None and self.segment_run.running:
+            self.segment_run.cancel()
+        elif self.worker is not None:
+            self.worker.quit()
+        self.message.setText("Cancelling...")
+
+    def _fail(self, text: str):
+        self.message.setText(text)
+        show_error(text)
+        return None
+
+    def _idle(self) -> None:
+        self.run_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+
+    def _on_step(self, p) -> None:
+        self.progress.setValue(p.step)
+        self.losses.append(p.loss)
+        self._loss_line.set_data(np.arange(1, len(self.losses) + 1), self.losses)
+        ax = self.plot.axes
+        ax.relim()
+        ax.autoscale_view()
+        self.plot.draw()
+        self.message.setText(f"step {p.step}/{p.total}: loss {p.loss:.3f} ({p.seconds:.0f} s)")
+
+    def _on_returned(self, result) -> None:
+        self._idle()
+        self.result = result
+        self.model_choice.select(result.name)
+        self.result_label.setText(
+            f"IoU on the corrected slices: before {result.iou_before:.3f} -> after "
+            f"{result.iou_after:.3f}\nNew model: {result.name} (saved in {result.path.parent})"
+        )
+        self.message.setText(f"Fine-tuned in {result.seconds:.0f} s. Segment again to use it.")
+        self.segment_again_button.setEnabled(True)
+        self.finetuned.emit(result)
+
+    def _on_errored(self, exc) -> None:
+        self._idle()
+        self._fail(f"Fine-tuning failed: {exc}")
+        self.finetuned.emit(None)
+
+    def _on_aborted(self) -> None:
+        self._idle()
+        self.message.setText("Fine-tuning cancelled; no model was saved.")
+        self.finetuned.emit(None)
+
+    # ------------------------------------------------------------------ segment again
+
+    def segment_again(self):
+        """Re-segment the image with the new model; corrected and listed slices stay exactly."""
+        image, labels = self.image_choice.layer(), self.labels_choice.layer()
+        if self.result is None or image is None or labels is None:
+            return self._fail("Fine-tune first, with the image and corrected labels chosen.")
+        run = SegmentationRun(
+            self.viewer, image, str(self.result.path), device=self.device_choice.device(),
+            instances=bool(labels.metadata.get(INSTANCES, False)), target_name=labels.name,
+            extra_keep=self.slices(), parent=self,
+        )
+        run.progress.connect(lambda done, total: (self.progress.setRange(0, total),
+                                                  self.progress.setValue(done)))
+        run.progress.connect(lambda done, total: self.progress.setFormat("slice %v / %m"))
+        run.status.connect(self.message.setText)
+        run.done.connect(self._on_resegmented)
+        run.stopped.connect(self._on_resegment_stopped)
+        try:
+            run.start()
+        except ValueError as exc:
+            return self._fail(f"Cannot segment '{image.name}': {exc}")
+        self.segment_run = run
+        self.run_button.setEnabled(False)
+        self.segment_again_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        return run
+
+    def _on_resegmented(self, layer) -> None:
+        self._idle()
+        self.segment_again_button.setEnabled(True)
+        self.progress.setFormat("step %v / %m")
+        kept = self.segment_run.kept if self.segment_run else []
+        self.message.setText(f"Segmented again with {self.result.name}; kept slices {kept} exactly.")
+        self.resegmented.emit(layer)
+
+    def _on_resegment_stopped(self, text: str) -> None:
+        self._idle()
+        self.segment_again_button.setEnabled(True)
+        self.progress.setFormat("step %v / %m")
+        self.message.setText(text)
+        self.resegmented.emit(None)

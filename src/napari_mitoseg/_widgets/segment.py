@@ -1,0 +1,167 @@
+"""Dock widget "Segment mitochondria": image layer -> "<image> mitochondria" labels layer."""
+
+from __future__ import annotations
+
+import napari
+from napari.layers import Image
+from napari.utils.notifications import show_error
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QHBoxLayout,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ._common import DeviceChoice, LayerChoice, ModelChoice, message_label, no_model_message
+from ._segment_run import SegmentationRun
+
+
+class SegmentWidget(QWidget):
+    """Choose an image, a model, a device and options; segment slice by slice in a worker.
+
+    The result goes to the labels layer ``"<image> mitochondria"``. Running again keeps the
+    slices you painted on that layer exactly and replaces the others. ``run_finished`` fires
+    with the result layer (or None when the run was cancelled or failed).
+    """
+
+    run_finished = Signal(object)
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.current_run: SegmentationRun | None = None
+
+        self.image_choice = LayerChoice(self.viewer, Image, parent=self)
+        self.image_choice.setToolTip("The EM stack to segment, (Z, Y, X) or (Y, X) grey-scale")
+        self.model_choice = ModelChoice(self)
+        self.refresh_models_button = QPushButton("Refresh")
+        self.refresh_models_button.setToolTip("List the models again (new fine-tuned ones appear)")
+        self.refresh_models_button.clicked.connect(self.model_choice.refresh)
+        model_row = QHBoxLayout()
+        model_row.addWidget(self.model_choice, 1)
+        model_row.addWidget(self.refresh_models_button)
+        self.device_choice = DeviceChoice(self)
+        self.threshold = QDoubleSpinBox()
+        self.threshold.setRange(0.0, 0.99)
+        self.threshold.setSingleStep(0.05)
+        self.threshold.setDecimals(2)
+        self.threshold.setSpecialValueText("model default")
+        self.threshold.setValue(0.0)
+        self.threshold.setToolTip("Probability above which a pixel is mitochondrion; lower finds more")
+        self.tta = QCheckBox("Test-time augmentation (8 views, 8x slower)")
+        self.instances = QCheckBox("One id per mitochondrion (3D)")
+        self.instances.setToolTip("Split the mask into 3D-connected objects, each with its own id")
+
+        self.run_button = QPushButton("Segment")
+        self.run_button.clicked.connect(self.start)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(self.cancel)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+        self.progress = QProgressBar()
+        self.progress.setFormat("%v / %m slices")
+        self.progress.setValue(0)
+        self.message = message_label()
+        self.model_message = message_label()
+
+        form = QFormLayout()
+        form.addRow("Image", self.image_choice)
+        form.addRow("Model", model_row)
+        form.addRow(self.model_message)
+        form.addRow("Device", self.device_choice)
+        form.addRow("Threshold", self.threshold)
+        form.addRow(self.tta)
+        form.addRow(self.instances)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addLayout(buttons)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.message)
+        layout.addStretch(1)
+
+        self.model_choice.availability_changed.connect(self._on_models)
+        self._on_models(self.model_choice.source() is not None)
+
+    def _on_models(self, available: bool) -> None:
+        self.model_message.setText("" if available else no_model_message())
+        self.model_message.setVisible(not available)
+        self.run_button.setEnabled(available and not (self.current_run and self.current_run.running))
+
+    # ------------------------------------------------------------------ actions
+
+    def options(self):
+        from ..inference import PredictOptions
+
+        thr = self.threshold.value()
+        return PredictOptions(threshold=thr if thr > 0 else None, tta=self.tta.isChecked())
+
+    def start(self) -> SegmentationRun | None:
+        """Start segmenting the chosen image with the chosen model (returns the run)."""
+        image = self.image_choice.layer()
+        source = self.model_choice.source()
+        if image is None:
+            return self._fail("Open an image first (File > Open, or File > Open Sample).")
+        if source is None:
+            return self._fail(no_model_message())
+        run = SegmentationRun(
+            self.viewer, image, source, device=self.device_choice.device(), options=self.options(),
+            instances=self.instances.isChecked(), parent=self,
+        )
+        run.progress.connect(self._on_progress)
+        run.status.connect(self.message.setText)
+        run.done.connect(self._on_done)
+        run.stopped.connect(self._on_stopped)
+        try:
+            run.start()
+        except ValueError as exc:
+            return self._fail(f"Cannot segment '{image.name}': {exc}")
+        self.current_run = run
+        n = image.data.shape[0] if image.ndim == 3 else 1
+        self.progress.setRange(0, n)
+        self.progress.setValue(0)
+        self.run_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        kept = f"; keeping your painted slices {run.kept}" if run.kept else ""
+        self.message.setText(f"Starting{kept}...")
+        return run
+
+    def cancel(self) -> None:
+        """Stop the running segmentation before its next slice; the layers stay as they were."""
+        if self.current_run is not None and self.current_run.running:
+            self.message.setText("Cancelling...")
+            self.current_run.cancel()
+
+    # ------------------------------------------------------------------ handlers
+
+    def _fail(self, text: str) -> None:
+        self.message.setText(text)
+        show_error(text)
+        return None
+
+    def _on_progress(self, done: int, total: int) -> None:
+        self.progress.setMaximum(total)
+        self.progress.setValue(done)
+
+    def _idle(self) -> None:
+        self.run_button.setEnabled(self.model_choice.source() is not None)
+        self.cancel_button.setEnabled(False)
+
+    def _on_done(self, layer) -> None:
+        self._idle()
+        kept = self.current_run.kept if self.current_run else []
+        note = f" Kept your painted slices {kept} exactly." if kept else ""
+        self.message.setText(f"Done: '{layer.name}' ({layer.metadata.get('mitoseg_model')}).{note}")
+        self.run_finished.emit(layer)
+
+    def _on_stopped(self, text: str) -> None:
+        self._idle()
+        self.progress.setValue(0)
+        self.message.setText(text)
+        self.run_finished.emit(None)
