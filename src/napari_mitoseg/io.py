@@ -120,8 +120,10 @@ def _read_tiff(p: Path, lazy: bool | None):
                 arr = da.from_zarr(z[0] if "0" in z else z[next(iter(z.array_keys()))])
         else:
             arr = tifffile.imread(str(p))
-    except (tifffile.TiffFileError, ValueError, OSError) as exc:
-        raise ReadError(f"{p} is not a readable TIFF: {exc}") from exc
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a corrupt TIFF fails in many ways inside tifffile
+        raise ReadError(f"{p} is not a readable TIFF: {type(exc).__name__}: {exc}") from exc
     return _to_zyx(arr, str(p))
 
 
