@@ -316,11 +316,18 @@ def iter_train(
         ck = out / CHECKPOINT
         if resume and ck.exists():
             state = torch.load(ck, map_location=dev, weights_only=False)
-            if state["config"] != dataclasses.asdict(cfg) or state["spec"] != spec.to_dict():
+            saved = {k: v for k, v in state["config"].items() if k != "steps"}
+            now_cfg = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "steps"}
+            if saved != now_cfg or state["spec"] != spec.to_dict():
                 raise TrainingError(
                     f"{ck} was written with other settings; resume with the same ones or "
                     "choose a new --out"
                 )
+            if state["config"]["steps"] != cfg.steps:
+                if state["step"] >= cfg.steps:
+                    raise TrainingError(f"{ck} is already at step {state['step']} >= {cfg.steps}")
+                logger.warning("resuming with %d steps instead of %d: the schedule is re-spanned",
+                               cfg.steps, state["config"]["steps"])
             net.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
             sched.load_state_dict(state["scheduler"])

@@ -1,0 +1,48 @@
+"""Choose the threshold, TTA and checkpoint on the validation slices only (never the test stack).
+
+Validation = the last 4 slices of the SBEM training stack (the block held out by
+``mitoseg train --val-fraction 0.2``). Prints one line per setting and the best, as JSON.
+
+    python benchmarks/select_settings.py runs/mito-em-v1/best [more model folders...]
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import tifffile
+
+from napari_mitoseg.api import sbem_dir
+from napari_mitoseg.inference import predict_slice
+from napari_mitoseg.metrics import score
+from napari_mitoseg.model import load_model
+
+THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
+
+
+def main(folders: list[str]) -> int:
+    d = sbem_dir()
+    if d is None:
+        print("SBEM data not found; set MITOSEG_SBEM_DIR", file=sys.stderr)
+        return 1
+    image = tifffile.imread(d / "train_image.tif")[-4:]
+    gt = tifffile.imread(d / "train_mask.tif")[-4:] > 0
+    best = None
+    for folder in folders:
+        model = load_model(folder, "cpu")
+        for tta in (False, True):
+            prob = np.stack([predict_slice(model, s, tta=tta) for s in image])
+            for thr in THRESHOLDS:
+                iou = score(prob > thr, gt).iou
+                row = {"model": folder, "tta": tta, "threshold": thr, "val_iou": round(iou, 4)}
+                print(json.dumps(row), flush=True)
+                if best is None or iou > best["val_iou"]:
+                    best = row
+    print("best:", json.dumps(best))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
