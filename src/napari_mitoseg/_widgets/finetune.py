@@ -219,17 +219,21 @@ class FinetuneWidget(QWidget):
         )
         return found
 
+    def _schedule_find(self, event=None) -> None:
+        """Look for corrected slices shortly after painting stops."""
+        self._debounce.start()
+
     def _on_labels_layer(self, layer) -> None:
         if self._watched is not None:
             for emitter in (self._watched.events.paint, self._watched.events.data):
-                emitter.disconnect(self._debounce.start)
+                emitter.disconnect(self._schedule_find)
         self._watched = layer
         self.slice_spin.setRange(0, max(0, self._n_slices(layer) - 1))
         if layer is None:
             self.set_slices([])
             return
         for emitter in (layer.events.paint, layer.events.data):
-            emitter.connect(self._debounce.start)
+            emitter.connect(self._schedule_find)
         if layer.metadata.get(MODEL_NAME):
             self.model_choice.select(layer.metadata[MODEL_NAME])
         self.find_corrected_slices()
@@ -289,9 +293,10 @@ class FinetuneWidget(QWidget):
             self.worker.quit()
         self.message.setText("Cancelling...")
 
-    def _fail(self, text: str):
+    def _fail(self, text: str, signal=None):
         self.message.setText(text)
         show_error(text)
+        (signal if signal is not None else self.finetuned).emit(None)
         return None
 
     def _idle(self) -> None:
@@ -323,7 +328,6 @@ class FinetuneWidget(QWidget):
     def _on_errored(self, exc) -> None:
         self._idle()
         self._fail(f"Fine-tuning failed: {exc}")
-        self.finetuned.emit(None)
 
     def _on_aborted(self) -> None:
         self._idle()
@@ -336,7 +340,8 @@ class FinetuneWidget(QWidget):
         """Re-segment the image with the new model; corrected and listed slices stay exactly."""
         image, labels = self.image_choice.layer(), self.labels_choice.layer()
         if self.result is None or image is None or labels is None:
-            return self._fail("Fine-tune first, with the image and corrected labels chosen.")
+            return self._fail("Fine-tune first, with the image and corrected labels chosen.",
+                              self.resegmented)
         run = SegmentationRun(
             self.viewer, image, str(self.result.path), device=self.device_choice.device(),
             instances=bool(labels.metadata.get(INSTANCES, False)), target_name=labels.name,
@@ -351,7 +356,7 @@ class FinetuneWidget(QWidget):
         try:
             run.start()
         except ValueError as exc:
-            return self._fail(f"Cannot segment '{image.name}': {exc}")
+            return self._fail(f"Cannot segment '{image.name}': {exc}", self.resegmented)
         self.segment_run = run
         self.run_button.setEnabled(False)
         self.segment_again_button.setEnabled(False)

@@ -143,6 +143,7 @@ class SegmentWidget(QWidget):
     def _fail(self, text: str) -> None:
         self.message.setText(text)
         show_error(text)
+        self.run_finished.emit(None)
         return None
 
     def _on_progress(self, done: int, total: int) -> None:

@@ -1,0 +1,436 @@
+"""Each dock widget on its own, in a real (hidden) napari viewer under Xvfb, with a tiny
+random-weight model saved in tmp_path."""
+
+import csv
+import dataclasses
+import os
+import shutil
+import time
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import numpy as np
+import pytest
+
+from napari_mitoseg import model as model_mod
+from napari_mitoseg.model import ModelSpec, build_model, save_model
+from napari_mitoseg.synthetic import make_sample
+
+pytestmark = pytest.mark.gui
+
+MODEL_OUTPUT = "mitoseg_model_output"
+TIMEOUT = 60_000
+
+
+def _wait(qtbot, widget, signal, action=None):
+    """Run ``action`` and wait for ``signal``; return its arguments. On a timeout, say what the
+    widget's message line says (why a run stopped)."""
+    try:
+        with qtbot.waitSignal(signal, timeout=TIMEOUT) as blocker:
+            if action is not None:
+                action()
+    except qtbot.TimeoutError as exc:
+        raise AssertionError(f"{exc}; the widget says: {widget.message.text()!r}") from exc
+    return blocker.args
+
+
+@pytest.fixture(scope="module")
+def tiny_template(tmp_path_factory):
+    """A tiny random-weight U-Net saved once per module; tests copy it into their own tmp_path."""
+    import torch
+
+    torch.manual_seed(0)
+    spec = ModelSpec(encoder="resnet18", encoder_depth=3, decoder_channels=(32, 16, 8), tile_size=256,
+                     tile_overlap=32)
+    return save_model(build_model(spec), spec, tmp_path_factory.mktemp("template") / "tiny",
+                      info={"summary": "tiny random test model"})
+
+
+@pytest.fixture
+def models(tmp_path, monkeypatch, tiny_template):
+    """MITOSEG_MODEL_DIR = tmp_path/models holding "tiny"; the shipped folder hidden (empty)."""
+    root = tmp_path / "models"
+    shutil.copytree(tiny_template, root / "tiny")
+    monkeypatch.setenv("MITOSEG_MODEL_DIR", str(root))
+    monkeypatch.setattr(model_mod, "SHIPPED_DIR", tmp_path / "no-shipped-models")
+    return root
+
+
+@pytest.fixture
+def viewer(make_napari_viewer):
+    return make_napari_viewer()
+
+
+def _dock(viewer, widget):
+    viewer.window.add_dock_widget(widget)
+    return widget
+
+
+def _segment_widget(viewer):
+    from napari_mitoseg._widgets.segment import SegmentWidget
+
+    w = _dock(viewer, SegmentWidget(viewer))
+    assert w.model_choice.select("tiny")
+    return w
+
+
+def _run(qtbot, w):
+    args = _wait(qtbot, w, w.run_finished, w.run_button.click)
+    return args[0]
+
+
+# --------------------------------------------------------------------------- segment
+
+
+def test_segment_makes_labels_layer_with_image_geometry(viewer, qtbot, models):
+    image, _ = make_sample(shape=(4, 128, 128))
+    viewer.add_image(image, name="em", scale=(30.0, 5.0, 5.0), translate=(10.0, 0.0, 2.0))
+    w = _segment_widget(viewer)
+    assert "tiny random test model" in w.model_choice.itemData(w.model_choice.currentIndex(), 3)  # tooltip
+    assert w.device_choice.itemText(0) == "auto" and "cpu" in [
+        w.device_choice.itemText(i) for i in range(w.device_choice.count())]
+
+    layer = _run(qtbot, w)
+
+    assert layer is viewer.layers["em mitochondria"]
+    assert layer.__class__.__name__ == "Labels"
+    assert layer.data.shape == image.shape
+    np.testing.assert_allclose(layer.scale, (30.0, 5.0, 5.0))
+    np.testing.assert_allclose(layer.translate, (10.0, 0.0, 2.0))
+    assert set(np.unique(layer.data)) <= {0, 1}
+    out = layer.metadata[MODEL_OUTPUT]
+    assert isinstance(out, np.ndarray) and out is not layer.data
+    np.testing.assert_array_equal(out, layer.data)
+    assert layer.metadata["mitoseg_model"] == "tiny"
+    assert w.progress.value() == w.progress.maximum() == 4
+    assert layer.editable
+
+
+def test_segment_instances_gives_one_id_per_object(viewer, qtbot, models):
+    from napari_mitoseg.api import get_model, segment
+    from napari_mitoseg.inference import PredictOptions
+
+    image, _ = make_sample(shape=(4, 128, 128))
+    viewer.add_image(image, name="em")
+    w = _segment_widget(viewer)
+    w.instances.setChecked(True)
+    w.threshold.setValue(0.45)
+    layer = _run(qtbot, w)
+    expected = segment(image, get_model(models / "tiny", "cpu"), PredictOptions(threshold=0.45),
+                       instances=True)
+    assert expected.max() >= 2  # several objects, so ids really are per object
+    assert layer.data.dtype == np.int32
+    np.testing.assert_array_equal(layer.data, expected)
+    assert layer.metadata["mitoseg_instances"] is True
+
+
+def test_segment_cancel_leaves_existing_layer_untouched(viewer, qtbot, models):
+    image, _ = make_sample(shape=(12, 256, 256), seed=3)
+    viewer.add_image(image, name="em")
+    w = _segment_widget(viewer)
+
+    # 1) cancelling the first run removes the half-made layer again
+    w.start()
+    w.current_run.progress.connect(lambda done, total: w.cancel())
+    _wait(qtbot, w, w.run_finished)
+    assert "em mitochondria" not in viewer.layers
+    assert "Cancelled" in w.message.text()
+
+    # 2) a full run, then a re-run with another threshold cancelled after its first slice
+    layer = _run(qtbot, w)
+    original = layer.data
+    before = original.copy()
+    before_meta = layer.metadata[MODEL_OUTPUT]
+    w.threshold.setValue(0.05)
+    seen = []
+
+    def on_progress(done, total):
+        seen.append(done)
+        if len(seen) == 1:
+            w.cancel()
+
+    run = w.start()
+    run.progress.connect(on_progress)
+    assert layer.data is not original  # the preview writes into a fresh buffer
+    args = _wait(qtbot, w, w.run_finished)
+    assert args == [None]
+    assert 1 <= len(seen) <= 3 and max(seen) < 12  # stopped within a slice or two, not at the end
+    assert viewer.layers["em mitochondria"] is layer
+    assert layer.data is original
+    np.testing.assert_array_equal(layer.data, before)
+    assert layer.metadata[MODEL_OUTPUT] is before_meta
+    assert layer.editable
+    assert w.run_button.isEnabled() and not w.cancel_button.isEnabled()
+
+
+def test_segment_rerun_keeps_painted_slices_exactly(viewer, qtbot, models):
+    image, _ = make_sample(shape=(5, 128, 128), seed=1)
+    viewer.add_image(image, name="em")
+    w = _segment_widget(viewer)
+    layer = _run(qtbot, w)
+
+    # paint on slice 2 the way the brush does (layer.paint) and erase a patch on slice 4
+    layer.selected_label = 7
+    layer.paint((2, 64, 64), 7, refresh=True)
+    layer.data[4, :40, :40] = 0
+    layer.data[4, 50:60, 50:60] = 3
+    layer.refresh()
+    painted = layer.data.copy()
+
+    w.threshold.setValue(0.2)  # the model output changes on every slice
+    layer2 = _run(qtbot, w)
+
+    assert layer2 is layer
+    assert "[2, 4]" in w.message.text()
+    new_out = layer.metadata[MODEL_OUTPUT]
+    for z in (2, 4):
+        np.testing.assert_array_equal(layer.data[z], painted[z])
+    for z in (0, 1, 3):
+        np.testing.assert_array_equal(layer.data[z], new_out[z])
+    assert (layer.data[2] == 7).any() and (layer.data[4, 50:60, 50:60] == 3).all()
+    # a plain re-run without painting replaces everything
+    layer.data[...] = 0
+    layer.metadata[MODEL_OUTPUT] = layer.data.copy()
+    _run(qtbot, w)
+    np.testing.assert_array_equal(layer.data, layer.metadata[MODEL_OUTPUT])
+
+
+def test_segment_keeps_event_loop_responsive(viewer, qtbot, models):
+    from qtpy.QtCore import QTimer
+
+    image, _ = make_sample(shape=(8, 256, 256), seed=2)
+    viewer.add_image(image, name="em")
+    w = _segment_widget(viewer)
+    ticks: list[float] = []
+    timer = QTimer()
+    timer.setInterval(10)
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    timer.start()
+    try:
+        layer = _run(qtbot, w)
+    finally:
+        timer.stop()
+    assert layer is not None
+    assert len(ticks) > 10, "the event loop did not run during segmentation"
+    gaps = np.diff(ticks)
+    assert gaps.max() < 0.2, f"event loop blocked for {gaps.max() * 1000:.0f} ms"
+
+
+def test_segment_without_model_says_so(viewer, qtbot, tmp_path, monkeypatch, tiny_template):
+    from napari_mitoseg._widgets.segment import SegmentWidget
+
+    monkeypatch.setenv("MITOSEG_MODEL_DIR", str(tmp_path / "models"))
+    monkeypatch.setattr(model_mod, "SHIPPED_DIR", tmp_path / "no-shipped-models")
+    image, _ = make_sample(shape=(2, 64, 64))
+    viewer.add_image(image, name="em")
+    w = _dock(viewer, SegmentWidget(viewer))
+    assert not w.run_button.isEnabled()
+    assert "No model is installed" in w.model_message.text()
+    assert w.start() is None and "em mitochondria" not in viewer.layers
+
+    shutil.copytree(tiny_template, tmp_path / "models" / "tiny")
+    w.refresh_models_button.click()
+    assert w.run_button.isEnabled() and w.model_choice.source().endswith("tiny")
+    assert not w.model_message.isVisibleTo(w)
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+def _click_bar(qtbot, plot, z, y=0.02):
+    from qtpy.QtCore import QPoint, Qt
+
+    canvas = plot.canvas
+    canvas.draw()
+    x_disp, y_disp = plot.axes.transData.transform((z, y))
+    ratio = canvas.devicePixelRatioF() or 1.0
+    pos = QPoint(int(round(x_disp / ratio)), int(round(canvas.height() - y_disp / ratio)))
+    qtbot.mouseClick(canvas, Qt.MouseButton.LeftButton, pos=pos)
+
+
+def test_evaluate_scores_error_layer_and_slice_jump(viewer, qtbot):
+    from napari_mitoseg._widgets.evaluate import EvaluateWidget
+    from napari_mitoseg.metrics import evaluate
+
+    _, gt = make_sample(shape=(6, 96, 96), seed=4)
+    pred = gt.copy()
+    pred[1] = 0  # missed slice
+    pred[3, :20, :20] = 1  # false positives
+    viewer.add_labels(gt, name="truth ground truth", scale=(2.0, 1.0, 1.0))
+    viewer.add_labels(pred, name="em mitochondria", scale=(2.0, 1.0, 1.0))
+    w = _dock(viewer, EvaluateWidget(viewer))
+    assert w.pred_choice.layer().name == "em mitochondria"
+    assert w.gt_choice.layer().name == "truth ground truth"
+
+    args = _wait(qtbot, w, w.evaluated, w.run_button.click)
+    report = args[0]
+    expected = evaluate(pred, gt)
+    assert report.overall == expected.overall
+    for key in ("iou", "dice", "precision", "recall"):
+        assert w.values[key].text() == f"{getattr(expected.overall, key):.3f}"
+    assert 0 < expected.overall.iou < 1
+
+    errors = viewer.layers["em mitochondria errors"]
+    p, g = pred > 0, gt > 0
+    np.testing.assert_array_equal(errors.data == 1, p & ~g)
+    np.testing.assert_array_equal(errors.data == 2, ~p & g)
+    c1, c2 = errors.colormap.map(np.array([1, 2]))
+    assert not np.allclose(c1, c2) and c1[3] > 0 and c2[3] > 0
+    np.testing.assert_allclose(errors.scale, (2.0, 1.0, 1.0))
+
+    bars = w.plot.axes.patches
+    assert len(bars) == 6
+    np.testing.assert_allclose([b.get_height() for b in bars], [s.iou for s in expected.per_slice])
+
+    viewer.dims.set_current_step(0, 0)
+    _click_bar(qtbot, w.plot, 3)
+    assert viewer.dims.current_step[0] == 3
+    _click_bar(qtbot, w.plot, 1)
+    assert viewer.dims.current_step[0] == 1
+
+
+def test_evaluate_reports_shape_mismatch_and_empty_truth(viewer, qtbot, monkeypatch):
+    from napari_mitoseg._widgets import evaluate as ev
+
+    shown = []
+    monkeypatch.setattr(ev, "show_error", shown.append)
+    monkeypatch.setattr(ev, "show_warning", shown.append)
+    viewer.add_labels(np.ones((3, 32, 32), np.uint8), name="em mitochondria")
+    viewer.add_labels(np.ones((3, 32, 40), np.uint8), name="other ground truth")
+    w = _dock(viewer, ev.EvaluateWidget(viewer))
+    args = _wait(qtbot, w, w.evaluated, w.run_button.click)
+    assert args == [None]
+    assert "Shape mismatch" in w.message.text() and "(3, 32, 40)" in w.message.text()
+    assert shown and "Shape mismatch" in shown[-1]
+    assert "em mitochondria errors" not in viewer.layers
+    assert w.values["iou"].text() == "-"
+
+    viewer.add_image(np.zeros((3, 32, 32), np.float32), name="blank ground truth")
+    w.gt_choice.set_layer("blank ground truth")
+    _wait(qtbot, w, w.evaluated, w.run_button.click)
+    assert "ground truth is empty" in w.message.text()
+    assert w.values["iou"].text() == "0.000"
+
+
+# --------------------------------------------------------------------------- fine-tune
+
+
+def test_finetune_finds_corrections_trains_saves_and_segments_again(viewer, qtbot, models):
+    from napari_mitoseg._widgets.finetune import FinetuneWidget
+    from napari_mitoseg.model import read_config
+    from napari_mitoseg.training import FINETUNE
+
+    image, gt = make_sample(shape=(4, 128, 128), seed=5)
+    viewer.add_image(image, name="em")
+    seg = _segment_widget(viewer)
+    layer = _run(qtbot, seg)
+
+    ft = _dock(viewer, FinetuneWidget(viewer))
+    assert ft.labels_choice.layer() is layer and ft.image_choice.layer().name == "em"
+    assert ft.steps.value() == FINETUNE.steps
+    assert ft.slices() == []
+    layer.data[1] = gt[1]  # the user corrects slice 1
+    layer.refresh()
+    ft.find_button.click()
+    assert ft.slices() == [1]
+
+    ft.slice_spin.setValue(3)
+    ft.add_button.click()
+    assert ft.slices() == [1, 3]
+    ft.slice_list.item(1).setSelected(True)
+    ft.remove_button.click()
+    assert ft.slices() == [1]
+
+    ft.base_config = dataclasses.replace(FINETUNE, batch_size=2, tile=64)
+    ft.steps.setValue(3)
+    args = _wait(qtbot, ft, ft.finetuned, ft.run_button.click)
+    result = args[0]
+    assert result is not None and result.name == "tiny-ft1"
+    assert result.path == models / "tiny-ft1"
+    assert (models / "tiny-ft1" / "model.safetensors").is_file()
+    _, info = read_config(result.path)
+    assert info["slices"] == [1] and info["steps"] == 3 and info["base_model"] == "tiny"
+    assert len(ft.losses) == 3 and all(np.isfinite(ft.losses))
+    assert len(ft._loss_line.get_xdata()) == 3
+    assert ft.progress.value() == 3
+    assert "before" in ft.result_label.text() and "tiny-ft1" in ft.result_label.text()
+    assert ft.model_choice.currentText() == "tiny-ft1"
+    assert ft.segment_again_button.isEnabled()
+
+    corrected = layer.data[1].copy()
+    args = _wait(qtbot, ft, ft.resegmented, ft.segment_again_button.click)
+    assert args[0] is layer
+    np.testing.assert_array_equal(layer.data[1], corrected)
+    out = layer.metadata[MODEL_OUTPUT]
+    for z in (0, 2, 3):
+        np.testing.assert_array_equal(layer.data[z], out[z])
+    assert layer.metadata["mitoseg_model"] == "tiny-ft1"
+    assert ft.slices() == [1]  # still found as corrected against the new model's output
+
+
+def test_finetune_cancel_saves_nothing(viewer, qtbot, models):
+    from napari_mitoseg._widgets.finetune import FinetuneWidget
+    from napari_mitoseg.training import FINETUNE
+
+    image, gt = make_sample(shape=(3, 96, 96), seed=6)
+    viewer.add_image(image, name="em")
+    viewer.add_labels(gt, name="em mitochondria")  # no recorded model output: slices by hand
+    ft = _dock(viewer, FinetuneWidget(viewer))
+    assert "no recorded model output" in ft.message.text()
+    ft.base_config = dataclasses.replace(FINETUNE, batch_size=2, tile=64)
+    ft.steps.setValue(500)
+    ft.start()  # no slices yet
+    assert "No training slice" in ft.message.text()
+    ft.slice_spin.setValue(0)
+    ft.add_button.click()
+    worker = ft.start()
+    worker.yielded.connect(lambda p: ft.cancel())
+    args = _wait(qtbot, ft, ft.finetuned)
+    assert args == [None]
+    assert "no model was saved" in ft.message.text()
+    assert ft.progress.value() < 500
+    assert sorted(p.name for p in models.iterdir()) == ["tiny"]
+    assert not ft.segment_again_button.isEnabled() and ft.run_button.isEnabled()
+
+
+# --------------------------------------------------------------------------- 3D & measurements
+
+
+def test_view3d_instances_table_and_csv(viewer, qtbot, tmp_path, monkeypatch):
+    from napari_mitoseg._widgets import view3d
+    from napari_mitoseg.postprocess import instances, measure
+
+    _, gt = make_sample(shape=(8, 128, 128), seed=7)
+    viewer.add_labels(gt, name="em mitochondria", scale=(2.0, 1.0, 1.0))
+    w = _dock(viewer, view3d.View3DWidget(viewer))
+    assert viewer.dims.ndisplay == 2
+    args = _wait(qtbot, w, w.measured, w.run_button.click)
+    rows = args[0]
+
+    expected = measure(instances(gt, min_size=64), voxel_size=(2.0, 1.0, 1.0))
+    assert len(expected) >= 2
+    assert rows == expected
+    assert viewer.dims.ndisplay == 3
+    inst = viewer.layers["em mitochondria instances"]
+    assert inst.data.max() == len(expected) and len(np.unique(inst.data)) == len(expected) + 1
+    np.testing.assert_allclose(inst.scale, (2.0, 1.0, 1.0))
+    assert w.table.rowCount() == len(expected)
+    ids = sorted(int(w.table.item(i, 0).text()) for i in range(w.table.rowCount()))
+    assert ids == [r.id for r in expected]
+    r0 = expected[0]
+    row = next(i for i in range(w.table.rowCount()) if int(w.table.item(i, 0).text()) == r0.id)
+    assert int(w.table.item(row, 1).text()) == r0.voxels
+    assert float(w.table.item(row, 2).text()) == pytest.approx(2.0 * r0.voxels)
+    assert w.table.item(row, 6).text() == f"{r0.z_first}-{r0.z_last} ({r0.slices})"
+
+    w.table.selectRow(row)
+    assert inst.selected_label == r0.id
+
+    out = tmp_path / "measurements.csv"
+    monkeypatch.setattr(view3d.QFileDialog, "getSaveFileName", lambda *a, **k: (str(out), "CSV (*.csv)"))
+    w.save_button.click()
+    with open(out, newline="") as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == len(expected)
+    assert [int(r["id"]) for r in table] == [r.id for r in expected]
+    assert float(table[0]["volume"]) == pytest.approx(expected[0].volume)
