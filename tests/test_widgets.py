@@ -124,6 +124,21 @@ def test_segment_instances_gives_one_id_per_object(viewer, qtbot, models):
     assert layer.metadata["mitoseg_instances"] is True
 
 
+def test_segment_single_2d_slice(viewer, qtbot, models):
+    image, _ = make_sample(shape=(1, 96, 96), seed=8)
+    viewer.add_image(image[0], name="slice")
+    w = _segment_widget(viewer)
+    layer = _run(qtbot, w)
+    assert layer.name == "slice mitochondria" and layer.data.shape == (96, 96)
+    painted = layer.data.copy()
+    painted[10:20, 10:20] = 5
+    layer.data = painted.copy()
+    w.threshold.setValue(0.3)
+    _run(qtbot, w)
+    np.testing.assert_array_equal(layer.data, painted)  # the only slice was painted: kept
+    assert not np.array_equal(layer.metadata[MODEL_OUTPUT], painted)
+
+
 def test_segment_cancel_leaves_existing_layer_untouched(viewer, qtbot, models):
     image, _ = make_sample(shape=(12, 256, 256), seed=3)
     viewer.add_image(image, name="em")

@@ -68,14 +68,14 @@ def test_reader_opens_tiff_zarr_and_folders(make_napari_viewer, tmp_path):
 
     stack = np.random.default_rng(0).integers(0, 255, (3, 40, 50), dtype=np.uint8)
     tif = tmp_path / "stack.tif"
-    tifffile.imwrite(tif, stack)
+    tifffile.imwrite(tif, stack, photometric="minisblack")
     zpath = tmp_path / "stack.zarr"
     z = zarr.open(str(zpath), mode="w", shape=stack.shape, dtype=stack.dtype, chunks=(1, 40, 50))
     z[:] = stack
     folder = tmp_path / "slices"
     folder.mkdir()
     for i, s in enumerate(stack):
-        tifffile.imwrite(folder / f"s{i:03d}.tif", s)
+        tifffile.imwrite(folder / f"s{i:03d}.tif", s, photometric="minisblack")
     (tmp_path / "empty").mkdir()
     (tmp_path / "notes.txt").write_text("x")
 

@@ -269,6 +269,7 @@ class FinetuneWidget(QWidget):
         self.result = None
         self.result_label.setText("")
         self.segment_again_button.setEnabled(False)
+        self.progress.setFormat("step %v / %m")
         self.progress.setRange(0, cfg.steps)
         self.progress.setValue(0)
         self.worker = create_worker(
@@ -347,9 +348,7 @@ class FinetuneWidget(QWidget):
             instances=bool(labels.metadata.get(INSTANCES, False)), target_name=labels.name,
             extra_keep=self.slices(), parent=self,
         )
-        run.progress.connect(lambda done, total: (self.progress.setRange(0, total),
-                                                  self.progress.setValue(done)))
-        run.progress.connect(lambda done, total: self.progress.setFormat("slice %v / %m"))
+        run.progress.connect(self._on_slice)
         run.status.connect(self.message.setText)
         run.done.connect(self._on_resegmented)
         run.stopped.connect(self._on_resegment_stopped)
@@ -358,15 +357,21 @@ class FinetuneWidget(QWidget):
         except ValueError as exc:
             return self._fail(f"Cannot segment '{image.name}': {exc}", self.resegmented)
         self.segment_run = run
+        self.progress.setFormat("slice %v / %m")
+        self.progress.setRange(0, self._n_slices(labels))
+        self.progress.setValue(0)
         self.run_button.setEnabled(False)
         self.segment_again_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         return run
 
+    def _on_slice(self, done: int, total: int) -> None:
+        self.progress.setRange(0, total)
+        self.progress.setValue(done)
+
     def _on_resegmented(self, layer) -> None:
         self._idle()
         self.segment_again_button.setEnabled(True)
-        self.progress.setFormat("step %v / %m")
         kept = self.segment_run.kept if self.segment_run else []
         self.message.setText(f"Segmented again with {self.result.name}; kept slices {kept} exactly.")
         self.resegmented.emit(layer)
@@ -374,6 +379,5 @@ class FinetuneWidget(QWidget):
     def _on_resegment_stopped(self, text: str) -> None:
         self._idle()
         self.segment_again_button.setEnabled(True)
-        self.progress.setFormat("step %v / %m")
         self.message.setText(text)
         self.resegmented.emit(None)

@@ -173,6 +173,7 @@ class View3DWidget(QWidget):
             span.setData(Qt.ItemDataRole.UserRole, r.z_first)
             self.table.setItem(i, len(COLUMNS) - 1, span)
         self.table.setSortingEnabled(True)
+        self.table.sortByColumn(0, Qt.SortOrder.AscendingOrder)
         self.table.resizeColumnsToContents()
 
     def _on_row_selected(self) -> None:
