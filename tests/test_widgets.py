@@ -124,6 +124,30 @@ def test_segment_instances_gives_one_id_per_object(viewer, qtbot, models):
     assert layer.metadata["mitoseg_instances"] is True
 
 
+def test_segment_z_smoothing_follows_model_card(viewer, qtbot, models):
+    import json
+
+    from napari_mitoseg.api import get_model, segment
+    from napari_mitoseg.inference import PredictOptions
+
+    shutil.copytree(models / "tiny", models / "tiny-z")
+    cfg = json.loads((models / "tiny-z" / "config.json").read_text())
+    cfg["info"]["default_z_smooth"] = True
+    (models / "tiny-z" / "config.json").write_text(json.dumps(cfg))
+    image, _ = make_sample(shape=(4, 128, 128), seed=9)
+    viewer.add_image(image, name="em")
+    w = _segment_widget(viewer)
+    assert not w.z_smooth.isChecked()
+    assert w.model_choice.select("tiny-z") and w.z_smooth.isChecked()
+    w.threshold.setValue(0.42)
+    layer = _run(qtbot, w)
+    expected = segment(image, get_model(models / "tiny-z", "cpu"), PredictOptions(threshold=0.42, z_smooth=True))
+    unsmoothed = segment(image, get_model(models / "tiny-z", "cpu"), PredictOptions(threshold=0.42))
+    assert not np.array_equal(expected, unsmoothed)
+    np.testing.assert_array_equal(layer.data, expected)
+    assert w.model_choice.select("tiny") and not w.z_smooth.isChecked()
+
+
 def test_segment_single_2d_slice(viewer, qtbot, models):
     image, _ = make_sample(shape=(1, 96, 96), seed=8)
     viewer.add_image(image[0], name="slice")

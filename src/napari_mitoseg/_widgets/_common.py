@@ -132,6 +132,8 @@ class ModelChoice(QComboBox):
         if current and self.findText(current) >= 0:
             self.setCurrentText(current)
         self.blockSignals(False)
+        if self.currentText() != current:
+            self.currentIndexChanged.emit(self.currentIndex())
         self.setEnabled(bool(entries))
         self.setToolTip(self.itemData(self.currentIndex(), Qt.ItemDataRole.ToolTipRole) or "")
         if self._available is not bool(entries):
@@ -159,6 +161,23 @@ def no_model_message() -> str:
         f"{SHIPPED_DIR / DEFAULT_MODEL}; fine-tuned models are read from {user_model_dir()} "
         "(or $MITOSEG_MODEL_DIR). Put a model folder there and open the model list again."
     )
+
+
+def default_z_smooth(source: str | None) -> bool:
+    """Whether the model at ``source`` recommends smoothing along z (its card's
+    ``default_z_smooth``; a fine-tuned model inherits its base model's choice)."""
+    from ..model import ModelError, read_config, resolve_model_path
+
+    seen = 0
+    while source and seen < 4:
+        try:
+            _, info = read_config(resolve_model_path(source))
+        except ModelError:
+            return False
+        if "default_z_smooth" in info:
+            return bool(info["default_z_smooth"])
+        source, seen = info.get("base_model"), seen + 1
+    return False
 
 
 class DeviceChoice(QComboBox):

@@ -30,6 +30,7 @@ from ._common import (
     LayerChoice,
     ModelChoice,
     PlotCanvas,
+    default_z_smooth,
     layer_array,
     message_label,
     model_output,
@@ -343,9 +344,12 @@ class FinetuneWidget(QWidget):
         if self.result is None or image is None or labels is None:
             return self._fail("Fine-tune first, with the image and corrected labels chosen.",
                               self.resegmented)
+        from ..inference import PredictOptions
+
+        options = PredictOptions(z_smooth=default_z_smooth(str(self.result.path)))
         run = SegmentationRun(
             self.viewer, image, str(self.result.path), device=self.device_choice.device(),
-            instances=bool(labels.metadata.get(INSTANCES, False)), target_name=labels.name,
+            options=options, instances=bool(labels.metadata.get(INSTANCES, False)), target_name=labels.name,
             extra_keep=self.slices(), parent=self,
         )
         run.progress.connect(self._on_slice)

@@ -17,7 +17,14 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ._common import DeviceChoice, LayerChoice, ModelChoice, message_label, no_model_message
+from ._common import (
+    DeviceChoice,
+    LayerChoice,
+    ModelChoice,
+    default_z_smooth,
+    message_label,
+    no_model_message,
+)
 from ._segment_run import SegmentationRun
 
 
@@ -54,6 +61,9 @@ class SegmentWidget(QWidget):
         self.threshold.setValue(0.0)
         self.threshold.setToolTip("Probability above which a pixel is mitochondrion; lower finds more")
         self.tta = QCheckBox("Test-time augmentation (8 views, 8x slower)")
+        self.z_smooth = QCheckBox("Smooth along z (thin serial sections)")
+        self.z_smooth.setToolTip("Average each slice's probabilities with its neighbours' before "
+                                 "thresholding; set to the model's recommendation when you pick it")
         self.instances = QCheckBox("One id per mitochondrion (3D)")
         self.instances.setToolTip("Split the mask into 3D-connected objects, each with its own id")
 
@@ -78,6 +88,7 @@ class SegmentWidget(QWidget):
         form.addRow("Device", self.device_choice)
         form.addRow("Threshold", self.threshold)
         form.addRow(self.tta)
+        form.addRow(self.z_smooth)
         form.addRow(self.instances)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
@@ -87,7 +98,12 @@ class SegmentWidget(QWidget):
         layout.addStretch(1)
 
         self.model_choice.availability_changed.connect(self._on_models)
+        self.model_choice.currentIndexChanged.connect(self._on_model_chosen)
         self._on_models(self.model_choice.source() is not None)
+        self._on_model_chosen()
+
+    def _on_model_chosen(self, index: int = -1) -> None:
+        self.z_smooth.setChecked(default_z_smooth(self.model_choice.source()))
 
     def _on_models(self, available: bool) -> None:
         self.model_message.setText("" if available else no_model_message())
@@ -100,7 +116,8 @@ class SegmentWidget(QWidget):
         from ..inference import PredictOptions
 
         thr = self.threshold.value()
-        return PredictOptions(threshold=thr if thr > 0 else None, tta=self.tta.isChecked())
+        return PredictOptions(threshold=thr if thr > 0 else None, tta=self.tta.isChecked(),
+                              z_smooth=self.z_smooth.isChecked())
 
     def start(self) -> SegmentationRun | None:
         """Start segmenting the chosen image with the chosen model (returns the run)."""
