@@ -194,10 +194,12 @@ def write_labels(path: str | os.PathLike, labels, voxel_size=None) -> Path:
     if p.suffix.lower() in TIFF_SUFFIXES:
         import tifffile
 
-        meta = {"axes": "ZYX"}
-        return _atomic_file(
-            p, lambda t: tifffile.imwrite(str(t), labels, compression="zlib", metadata=meta)
-        )
+        def write_tiff(tmp: Path) -> None:
+            # minisblack: else tifffile stores a stack of 3 or 4 slices as one RGB(A) image
+            tifffile.imwrite(str(tmp), labels, photometric="minisblack", compression="zlib",
+                             metadata={"axes": "ZYX"[-labels.ndim :]})
+
+        return _atomic_file(p, write_tiff)
     import zarr  # .zarr: a folder, written beside and swapped in
 
     p.parent.mkdir(parents=True, exist_ok=True)
