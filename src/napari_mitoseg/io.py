@@ -108,6 +108,7 @@ def _read_tiff(p: Path, lazy: bool | None):
     if lazy is None:
         lazy = p.stat().st_size > LAZY_BYTES
     try:
+        _check_tiff_complete(p)
         if lazy:
             import dask.array as da
             import zarr
@@ -120,11 +121,39 @@ def _read_tiff(p: Path, lazy: bool | None):
                 arr = da.from_zarr(z[0] if "0" in z else z[next(iter(z.array_keys()))])
         else:
             arr = tifffile.imread(str(p))
-    except MemoryError:
+    except (ReadError, MemoryError):
         raise
     except Exception as exc:  # noqa: BLE001 - a corrupt TIFF fails in many ways inside tifffile
         raise ReadError(f"{p} is not a readable TIFF: {type(exc).__name__}: {exc}") from exc
     return _to_zyx(arr, str(p))
+
+
+def _check_tiff_complete(p: Path) -> None:
+    """Raise :class:`ReadError` if ``p`` was cut short (an interrupted copy or download).
+
+    tifffile reads such a file without an error, as fewer pages than its metadata declares
+    (a stack of 40 slices becomes one slice), or fails only when the missing pixels are read.
+    """
+    import tifffile
+
+    with tifffile.TiffFile(str(p)) as tif:
+        pages = list(tif.pages)
+        held = sum(page.size for page in pages)
+        end = max((int(np.max(np.add(page.dataoffsets, page.databytecounts, dtype=np.int64)))
+                   for page in pages if len(page.dataoffsets)), default=0)
+        if tif.imagej_metadata:
+            declared, held = int(tif.imagej_metadata.get("images", 0)), len(pages)
+            if held == 1 and declared > 1 and len(pages[0].dataoffsets):
+                # ImageJ saves stacks over 4 GB with one IFD and the slices' pixels contiguous
+                held, end = declared, int(pages[0].dataoffsets[0]) + declared * pages[0].nbytes
+        else:
+            declared = sum(int(np.prod(m["shape"])) for m in tif.shaped_metadata or () if "shape" in m)
+    if declared > held:
+        raise ReadError(f"{p} is truncated: its metadata declares more images than it holds; "
+                        "copy or save it again")
+    if end > p.stat().st_size:
+        raise ReadError(f"{p} is truncated: its pixel data runs past the end of the file; "
+                        "copy or save it again")
 
 
 def _is_zarr(p: Path) -> bool:
