@@ -1,0 +1,218 @@
+"""Model specs, self-describing checkpoints, the registry and device choice."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from napari_mitoseg import model as M
+from napari_mitoseg.inference import predict
+from napari_mitoseg.model import ModelError, ModelSpec
+
+
+def _states_equal(a, b) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+# --------------------------------------------------------------------------- spec
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"normalisation": "zscore"}, r"unknown normalisation 'zscore'; choose one of \('percentile', 'none'\)"),
+        ({"encoder_depth": 3}, "decoder_channels has 5 entries but encoder_depth is 3"),
+        ({"threshold": 1.0}, r"threshold must lie in \(0, 1\)"),
+        ({"tile_size": 1000}, "tile_size \\(1000\\) must be a multiple of 32"),
+        ({"tile_size": 128, "tile_overlap": 64}, "exceed twice tile_overlap"),
+    ],
+)
+def test_invalid_spec_says_what_is_allowed(kwargs, message):
+    with pytest.raises(ModelError, match=message):
+        ModelSpec(**kwargs)
+
+
+def test_spec_dict_round_trip_and_unknown_keys(tiny_spec):
+    d = json.loads(json.dumps(tiny_spec.to_dict()))
+    assert ModelSpec.from_dict(d) == tiny_spec
+    with pytest.raises(ModelError, match=r"unknown model spec keys \['colour'\]; known: .*'encoder'"):
+        ModelSpec.from_dict({**d, "colour": "red"})
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "listed"), [({"encoder": "resnet9000"}, "'resnet18'"), ({"arch": "Vnet"}, "'unet'")]
+)
+def test_unknown_encoder_or_arch_lists_the_choices(kwargs, listed):
+    with pytest.raises(ModelError, match=f"cannot build .*{listed}"):
+        M.build_model(ModelSpec(**kwargs))
+
+
+def test_stride_follows_depth(tiny_spec):
+    assert tiny_spec.stride == 8
+    assert ModelSpec().stride == 32
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def test_checkpoint_round_trip_is_bit_exact_in_float32(tiny_model, tmp_path, sample):
+    path = M.save_model(tiny_model.net, tiny_model.spec, tmp_path / "m", info={"summary": "s", "n": 3},
+                        half=False)
+    assert sorted(p.name for p in path.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    loaded = M.load_model(path, device="cpu")
+    assert loaded.spec == tiny_model.spec
+    assert loaded.info == {"summary": "s", "n": 3}
+    assert loaded.name == "m"
+    assert not loaded.net.training
+    assert _states_equal(loaded.net, tiny_model.net)
+    image, _ = sample
+    p0, m0 = predict(tiny_model, image)
+    p1, m1 = predict(loaded, image)
+    np.testing.assert_array_equal(p0, p1)
+    np.testing.assert_array_equal(m0, m1)
+
+
+def test_half_precision_checkpoint_is_half_the_size_and_within_fp16_tolerance(tiny_model, tmp_path, sample):
+    full = M.save_model(tiny_model.net, tiny_model.spec, tmp_path / "full", half=False)
+    half = M.save_model(tiny_model.net, tiny_model.spec, tmp_path / "half", half=True)
+    size = lambda p: (p / M.WEIGHTS_NAME).stat().st_size  # noqa: E731
+    assert size(half) < 0.55 * size(full)
+    loaded = M.load_model(half, device="cpu")
+    ref = tiny_model.net.state_dict()
+    for k, v in loaded.net.state_dict().items():
+        assert v.dtype == ref[k].dtype, k  # cast back to float32 on load
+        if v.is_floating_point():
+            torch.testing.assert_close(v, ref[k], rtol=1e-3, atol=1e-5)
+        else:
+            assert torch.equal(v, ref[k]), k
+    image, _ = sample
+    p0, _ = predict(tiny_model, image)
+    p1, _ = predict(loaded, image)
+    np.testing.assert_allclose(p0.astype(np.float32), p1.astype(np.float32), atol=2e-2)
+
+
+@pytest.mark.parametrize("damage", [b"garbage, not safetensors", b""])
+def test_corrupt_weights_raise_model_error(tiny_model_dir, damage):
+    (tiny_model_dir / M.WEIGHTS_NAME).write_bytes(damage)
+    with pytest.raises(ModelError, match="weights in .*tiny-v1 are corrupt"):
+        M.load_model(tiny_model_dir, device="cpu")
+
+
+def test_truncated_weights_raise_model_error(tiny_model_dir):
+    w = tiny_model_dir / M.WEIGHTS_NAME
+    w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
+    with pytest.raises(ModelError, match="corrupt"):
+        M.load_model(tiny_model_dir, device="cpu")
+
+
+def test_weights_that_do_not_fit_the_config(tiny_model_dir):
+    cfg = json.loads((tiny_model_dir / M.CONFIG_NAME).read_text())
+    cfg["spec"]["decoder_channels"] = [32, 16, 8]
+    (tiny_model_dir / M.CONFIG_NAME).write_text(json.dumps(cfg))
+    with pytest.raises(ModelError, match="do not fit their config"):
+        M.load_model(tiny_model_dir, device="cpu")
+
+
+def test_missing_or_corrupt_config_or_weights(tiny_model_dir):
+    (tiny_model_dir / M.CONFIG_NAME).write_text("{not json")
+    with pytest.raises(ModelError, match="config.json is corrupt"):
+        M.load_model(tiny_model_dir, device="cpu")
+    (tiny_model_dir / M.CONFIG_NAME).unlink()
+    with pytest.raises(ModelError, match="not a model folder: config.json is missing"):
+        M.load_model(tiny_model_dir, device="cpu")
+
+
+def test_missing_weights(tiny_model_dir):
+    (tiny_model_dir / M.WEIGHTS_NAME).unlink()
+    with pytest.raises(ModelError, match="has no model.safetensors"):
+        M.load_model(tiny_model_dir, device="cpu")
+
+
+def test_failed_save_leaves_the_old_model_whole(tiny_model, tiny_model_dir, monkeypatch):
+    import safetensors.torch
+
+    before = {p.name: p.read_bytes() for p in tiny_model_dir.iterdir()}
+
+    def broken_save_file(state, filename, *a, **k):
+        Path(filename).write_bytes(b"half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", broken_save_file)
+    with pytest.raises(OSError, match="disk full"):
+        M.save_model(tiny_model.net, tiny_model.spec, tiny_model_dir)
+    assert {p.name: p.read_bytes() for p in tiny_model_dir.iterdir()} == before
+    assert [p.name for p in tiny_model_dir.parent.iterdir()] == ["tiny-v1"]  # no temporary folder
+
+
+# --------------------------------------------------------------------------- registry
+
+
+def test_registry_lists_user_models_and_loads_them_by_name(tiny_model, tmp_path):
+    user = M.user_model_dir()
+    assert user.parent == tmp_path.parent  # a temporary folder (conftest), never $HOME
+    M.save_model(tiny_model.net, tiny_model.spec, user / "mine-ft1", info={"summary": "my fine-tune"})
+    (user / ".hidden").mkdir()
+    (user / "broken").mkdir()
+    (user / "broken" / M.CONFIG_NAME).write_text("{")
+    (user / "not-a-model").mkdir()
+    entries = [e for e in M.list_models() if not e.shipped]
+    assert [(e.name, e.summary) for e in entries] == [("mine-ft1", "my fine-tune")]
+    assert entries[0].path == user / "mine-ft1"
+    assert all(e.shipped for e in M.list_models()[: -1])  # shipped first, then the user's
+    assert M.load_model("mine-ft1", device="cpu").name == "mine-ft1"
+
+
+def test_unknown_model_name_lists_the_available_ones(tiny_model):
+    M.save_model(tiny_model.net, tiny_model.spec, M.user_model_dir() / "mine-ft1")
+    with pytest.raises(ModelError, match=r"unknown model 'nope'; available: \[.*'mine-ft1'\]"):
+        M.load_model("nope", device="cpu")
+
+
+def test_user_model_dir_comes_from_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("MITOSEG_MODEL_DIR", str(tmp_path / "x"))
+    assert M.user_model_dir() == tmp_path / "x"
+
+
+def test_next_version_name_never_reuses_a_name(tmp_path):
+    assert M.next_version_name("mito-em-v1", tmp_path) == "mito-em-v1-ft1"
+    assert M.next_version_name("mito-em-v1", tmp_path / "missing") == "mito-em-v1-ft1"
+    for name in ("mito-em-v1-ft1", "mito-em-v1-ft3", "other-ft7", ".mito-em-v1-ft9.tmp"):
+        (tmp_path / name).mkdir()
+    assert M.next_version_name("mito-em-v1", tmp_path) == "mito-em-v1-ft4"
+    # a fine-tuned base counts on from its stem; a gap (ft2) is not filled behind ft3
+    assert M.next_version_name("mito-em-v1-ft1", tmp_path) == "mito-em-v1-ft4"
+    assert M.next_version_name("soft-ftune", tmp_path) == "soft-ftune-ft1"
+    assert not (tmp_path / M.next_version_name("other", tmp_path)).exists()
+
+
+# --------------------------------------------------------------------------- devices
+
+
+def test_cpu_and_auto_without_accelerators(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert M.resolve_device("cpu") == torch.device("cpu")
+    assert M.resolve_device("auto") == torch.device("cpu")
+    assert M.available_devices() == ["cpu"]
+
+
+@pytest.mark.parametrize("device", ["cuda", "mps"])
+def test_asking_for_an_absent_accelerator_is_an_error(monkeypatch, device):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(ModelError, match=f"device '{device}' was asked for but .*available; use 'cpu'"):
+        M.resolve_device(device)
+
+
+def test_auto_prefers_cuda_and_unknown_device_lists_choices(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert M.resolve_device("auto") == torch.device("cuda")
+    assert M.available_devices()[0] == "cuda"
+    assert M.available_devices()[-1] == "cpu"
+    with pytest.raises(ModelError, match=r"unknown device 'tpu'; choose one of \('auto', 'cpu', 'cuda', 'mps'\)"):
+        M.resolve_device("tpu")
