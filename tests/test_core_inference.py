@@ -1,0 +1,194 @@
+"""Normalisation, padding, tiling and stack inference with a tiny random-weight model."""
+
+from __future__ import annotations
+
+import dask.array as da
+import numpy as np
+import pytest
+
+from napari_mitoseg.inference import (
+    InputError,
+    PredictOptions,
+    blend_window,
+    iter_predict,
+    normalise,
+    normalise01,
+    pad_to_stride,
+    predict,
+    predict_slice,
+    tile_starts,
+    tiled_apply,
+)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32, np.int16])
+def test_normalise_maps_any_dtype_to_minus_one_one(rng, dtype):
+    x = (rng.normal(100, 20, (37, 53))).clip(0, None).astype(dtype)
+    y = normalise(x)
+    assert y.dtype == np.float32
+    assert y.shape == x.shape
+    assert y.min() == -1.0
+    assert y.max() == 1.0
+
+
+def test_normalise_is_robust_to_brightness_and_contrast(rng):
+    x = rng.normal(100, 20, (64, 64)).astype(np.float32)
+    np.testing.assert_allclose(normalise(x), normalise(3 * x + 500), atol=1e-5)
+
+
+def test_normalise_constant_slice_and_mode_none():
+    assert (normalise01(np.full((16, 16), 7, np.uint8)) == 0).all()
+    x = np.array([[0, 51, 255]], np.uint8)
+    np.testing.assert_allclose(normalise01(x, "none"), [[0.0, 0.2, 1.0]])
+    np.testing.assert_allclose(normalise01(np.array([[-0.5, 0.5, 2.0]]), "none"), [[0.0, 0.5, 1.0]])
+
+
+@pytest.mark.parametrize("shape", [(37, 50), (8, 9), (3, 5), (64, 64), (2, 33, 17)])
+def test_pad_to_stride_pads_to_multiples_and_keeps_the_original(rng, shape):
+    x = rng.random(shape).astype(np.float32)
+    padded, (h, w) = pad_to_stride(x, 8)
+    assert (h, w) == shape[-2:]
+    assert padded.shape[:-2] == x.shape[:-2]
+    assert padded.shape[-2] % 8 == 0 and padded.shape[-1] % 8 == 0
+    assert padded.shape[-2] - h < 8 and padded.shape[-1] - w < 8
+    np.testing.assert_array_equal(padded[..., :h, :w], x)
+
+
+@pytest.mark.parametrize("length", [1, 100, 128, 129, 300, 1000])
+def test_tile_starts_cover_with_overlap(length):
+    tile, overlap = 128, 16
+    starts = tile_starts(length, tile, overlap)
+    assert starts[0] == 0
+    assert starts == sorted(set(starts))
+    if length <= tile:
+        assert starts == [0]
+        return
+    assert starts[-1] + tile == length
+    assert all(b - a <= tile - overlap for a, b in zip(starts, starts[1:], strict=False))
+
+
+def test_blend_window_is_positive_and_one_inside():
+    w = blend_window(64, 8)
+    assert w.shape == (64, 64)
+    assert (w > 0).all()
+    assert (w[8:-8, 8:-8] == 1).all()
+    np.testing.assert_allclose(w, w[::-1, ::-1])
+
+
+@pytest.mark.parametrize("shape", [(300, 257), (100, 300), (129, 129), (128, 128), (50, 60), (1000, 130)])
+def test_tiled_apply_with_identity_is_exact(rng, shape):
+    x = rng.random(shape).astype(np.float32)
+    seen = []
+
+    def fn(t):
+        seen.append(t.shape)
+        return t
+
+    out = tiled_apply(x, fn, tile=128, overlap=16)
+    assert out.shape == x.shape
+    np.testing.assert_allclose(out, x, rtol=1e-6, atol=1e-6)
+    assert all(h <= 128 and w <= 128 for h, w in seen)
+    if max(shape) > 128:
+        assert len(seen) > 1
+
+
+def test_tiled_apply_blends_a_pointwise_function_exactly(rng):
+    x = rng.random((300, 257)).astype(np.float32)
+    np.testing.assert_allclose(tiled_apply(x, lambda t: t**2 + 1, 128, 16), x**2 + 1, rtol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(3, 100, 124), (2, 150, 141), (2, 129, 9)])
+def test_predict_shapes_dtypes_and_ranges(tiny_model, rng, shape):
+    image = rng.integers(0, 256, shape, dtype=np.uint8)
+    prob, mask = predict(tiny_model, image)
+    assert prob.shape == mask.shape == shape
+    assert prob.dtype == np.float16
+    assert mask.dtype == np.uint8
+    assert prob.min() >= 0.0 and prob.max() <= 1.0
+    assert set(np.unique(mask)) <= {0, 1}
+
+
+def test_2d_image_gives_one_slice(tiny_model, sample):
+    image, _ = sample
+    prob, mask = predict(tiny_model, image[0])
+    assert prob.shape == mask.shape == (1, *image.shape[1:])
+    np.testing.assert_array_equal(prob[0], predict(tiny_model, image[:1])[0][0])
+
+
+def test_iter_predict_yields_every_slice_in_order_with_its_threshold(tiny_model, sample):
+    image, _ = sample
+    thr = 0.5004
+    results = list(iter_predict(tiny_model, image, PredictOptions(threshold=thr)))
+    assert [r.index for r in results] == list(range(len(image)))
+    assert {r.total for r in results} == {len(image)}
+    for r in results:
+        assert r.prob.shape == r.mask.shape == image.shape[1:]
+        assert r.prob.dtype == np.float32
+        assert r.mask.dtype == bool
+        np.testing.assert_array_equal(r.mask, r.prob > thr)
+        np.testing.assert_array_equal(r.prob, predict_slice(tiny_model, image[r.index]))
+    assert 0 < sum(r.mask.sum() for r in results) < image.size  # the threshold cuts somewhere
+
+
+class _CountingStack:
+    """A (Z, Y, X) array-like that records which slices were read."""
+
+    def __init__(self, array):
+        self.array, self.read = array, []
+        self.shape, self.dtype, self.ndim = array.shape, array.dtype, array.ndim
+
+    def __getitem__(self, i):
+        self.read.append(i)
+        return self.array[i]
+
+
+def test_iter_predict_can_be_closed_early(tiny_model, rng):
+    stack = _CountingStack(rng.integers(0, 256, (6, 40, 48), dtype=np.uint8))
+    gen = iter_predict(tiny_model, stack)
+    first = next(gen)
+    second = next(gen)
+    gen.close()
+    assert (first.index, second.index) == (0, 1)
+    assert stack.read == [0, 1]  # nothing read after the close
+    with pytest.raises(StopIteration):
+        next(gen)
+
+
+@pytest.mark.parametrize(
+    ("image", "message"),
+    [
+        (np.zeros((2, 3, 40, 50), np.uint8), r"expected a \(Z, Y, X\) or \(Y, X\) grey-scale image"),
+        (np.zeros((2, 40, 50, 3), np.uint8), "RGB"),
+        (np.zeros((40, 50, 3), np.uint8), "RGB"),
+        (np.zeros((0, 40, 50), np.uint8), "empty"),
+        (np.zeros((2, 2), np.uint8), "too small"),
+        (np.zeros((3, 40, 50), object), "unsupported dtype object"),
+        (np.zeros((3, 40, 50), bool), "unsupported dtype bool"),
+        (np.zeros(5, np.uint8), r"got shape \(5,\)"),
+    ],
+)
+def test_bad_input_raises_input_error_with_a_message(tiny_model, image, message):
+    with pytest.raises(InputError, match=message):
+        predict(tiny_model, image)
+    with pytest.raises(InputError, match=message):
+        next(iter_predict(tiny_model, image))
+
+
+def test_dask_input_gives_the_same_result_as_numpy(tiny_model, sample):
+    image, _ = sample
+    lazy = da.from_array(image, chunks=(1, *image.shape[1:]))
+    p0, m0 = predict(tiny_model, image)
+    p1, m1 = predict(tiny_model, lazy)
+    np.testing.assert_array_equal(p0, p1)
+    np.testing.assert_array_equal(m0, m1)
+
+
+def test_test_time_augmentation_makes_the_prediction_rotation_equivariant(tiny_model, rng):
+    x = rng.integers(0, 256, (64, 64), dtype=np.uint8)
+    plain = predict_slice(tiny_model, x)
+    assert not np.allclose(np.rot90(plain), predict_slice(tiny_model, np.rot90(x)), atol=1e-4)
+    tta = predict_slice(tiny_model, x, tta=True)
+    tta_rot = predict_slice(tiny_model, np.ascontiguousarray(np.rot90(x)), tta=True)
+    np.testing.assert_allclose(np.rot90(tta), tta_rot, atol=1e-5)
+    np.testing.assert_allclose(np.fliplr(tta), predict_slice(tiny_model, np.fliplr(x).copy(), tta=True),
+                               atol=1e-5)
