@@ -202,6 +202,34 @@ def test_segment_cancel_leaves_existing_layer_untouched(viewer, qtbot, models):
     assert w.run_button.isEnabled() and not w.cancel_button.isEnabled()
 
 
+def test_segment_cancel_during_postprocessing_restores(viewer, qtbot, models, monkeypatch):
+    """Cancel pressed after the last slice, while objects are being separated: the worker then
+    reports neither a result nor an abort, and the layer must still come back untouched."""
+    from napari_mitoseg import postprocess
+
+    real = postprocess.instances
+    runs = []
+
+    def instances_with_cancel(mask, min_size=64):
+        runs[-1].cancel()  # what the Cancel button does, at this very moment
+        return real(mask, min_size=min_size)
+
+    monkeypatch.setattr(postprocess, "instances", instances_with_cancel)
+    image, _ = make_sample(shape=(3, 96, 96), seed=10)
+    viewer.add_image(image, name="em")
+    w = _segment_widget(viewer)
+    layer = _run(qtbot, w)
+    original, before = layer.data, layer.data.copy()
+    w.instances.setChecked(True)
+    args = _wait(qtbot, w, w.run_finished, lambda: runs.append(w.start()))
+    assert args == [None] and "Cancelled" in w.message.text()
+    assert not runs[-1].running
+    assert layer.data is original
+    np.testing.assert_array_equal(layer.data, before)
+    assert layer.editable and layer.metadata["mitoseg_instances"] is False
+    assert w.run_button.isEnabled() and not w.cancel_button.isEnabled()
+
+
 def test_segment_rerun_keeps_painted_slices_exactly(viewer, qtbot, models):
     image, _ = make_sample(shape=(5, 128, 128), seed=1)
     viewer.add_image(image, name="em")
@@ -407,7 +435,7 @@ def test_finetune_finds_corrections_trains_saves_and_segments_again(viewer, qtbo
     assert ft.slices() == [1]  # still found as corrected against the new model's output
 
 
-def test_finetune_cancel_saves_nothing(viewer, qtbot, models):
+def test_finetune_cancel_saves_nothing(viewer, qtbot, models, monkeypatch):
     from napari_mitoseg._widgets.finetune import FinetuneWidget
     from napari_mitoseg.training import FINETUNE
 
@@ -430,6 +458,22 @@ def test_finetune_cancel_saves_nothing(viewer, qtbot, models):
     assert ft.progress.value() < 500
     assert sorted(p.name for p in models.iterdir()) == ["tiny"]
     assert not ft.segment_again_button.isEnabled() and ft.run_button.isEnabled()
+
+    # a Cancel arriving while the new model is being saved still reports the saved model
+    from napari_mitoseg import api
+
+    real_save = api.save_model
+
+    def save_with_cancel(*a, **k):
+        ft.cancel()  # what the Cancel button does, at this very moment
+        return real_save(*a, **k)
+
+    monkeypatch.setattr(api, "save_model", save_with_cancel)
+    ft.steps.setValue(2)
+    args = _wait(qtbot, ft, ft.finetuned, ft.run_button.click)
+    assert args[0] is not None and args[0].name == "tiny-ft1"
+    assert (models / "tiny-ft1" / "model.safetensors").is_file()
+    assert "tiny-ft1" in ft.result_label.text() and ft.segment_again_button.isEnabled()
 
 
 # --------------------------------------------------------------------------- 3D & measurements

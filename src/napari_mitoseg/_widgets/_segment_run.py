@@ -150,6 +150,7 @@ class SegmentationRun(QObject):
         self.worker.returned.connect(self._on_returned)
         self.worker.errored.connect(self._on_errored)
         self.worker.aborted.connect(self._on_aborted)
+        self.worker.finished.connect(self._on_finished)
         self._active = True
         self.worker.start()
 
@@ -200,6 +201,11 @@ class SegmentationRun(QObject):
         self._restore_layers()
         self._finish()
         self.stopped.emit("Cancelled; the layers are as they were before.")
+
+    def _on_finished(self) -> None:
+        # a Cancel that lands after the last slice suppresses both 'returned' and 'aborted'
+        if self._active:
+            self._on_aborted()
 
     def _on_errored(self, exc: BaseException) -> None:
         self._restore_layers()

@@ -40,10 +40,13 @@ from ._segment_run import SegmentationRun
 
 
 def finetune_job(image, labels, slices, base, config, device):
-    """Worker: :func:`api.iter_finetune`, yielding ``TrainProgress``; returns ``FinetuneResult``."""
+    """Worker: :func:`api.iter_finetune`, yielding ``TrainProgress`` per step, then the
+    ``FinetuneResult`` (also returned)."""
     from ..api import iter_finetune
 
-    return (yield from iter_finetune(image, labels, slices, base=base, config=config, device=device))
+    result = yield from iter_finetune(image, labels, slices, base=base, config=config, device=device)
+    yield result  # the model is saved by now: report it even if Cancel comes this instant
+    return result
 
 
 def _is_result(layer) -> bool:
@@ -72,6 +75,7 @@ class FinetuneWidget(QWidget):
         self.base_config = FINETUNE
         self.result = None
         self.worker = None
+        self._training = False
         self.segment_run: SegmentationRun | None = None
         self.losses: list[float] = []
         self._watched = None
@@ -281,6 +285,8 @@ class FinetuneWidget(QWidget):
         self.worker.returned.connect(self._on_returned)
         self.worker.errored.connect(self._on_errored)
         self.worker.aborted.connect(self._on_aborted)
+        self.worker.finished.connect(self._on_finished)
+        self._training = True
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self.message.setText(f"Fine-tuning {self.model_choice.currentText()} on slices {slices}...")
@@ -306,6 +312,9 @@ class FinetuneWidget(QWidget):
         self.cancel_button.setEnabled(False)
 
     def _on_step(self, p) -> None:
+        if not hasattr(p, "step"):  # the FinetuneResult
+            self._on_returned(p)
+            return
         self.progress.setValue(p.step)
         self.losses.append(p.loss)
         self._loss_line.set_data(np.arange(1, len(self.losses) + 1), self.losses)
@@ -315,7 +324,15 @@ class FinetuneWidget(QWidget):
         self.plot.draw()
         self.message.setText(f"step {p.step}/{p.total}: loss {p.loss:.3f} ({p.seconds:.0f} s)")
 
+    def _on_finished(self) -> None:
+        # a Cancel that lands after the last step suppresses both 'returned' and 'aborted'
+        if self._training:
+            self._on_aborted()
+
     def _on_returned(self, result) -> None:
+        if not self._training:  # already shown (it is yielded, then returned)
+            return
+        self._training = False
         self._idle()
         self.result = result
         self.model_choice.select(result.name)
@@ -328,10 +345,14 @@ class FinetuneWidget(QWidget):
         self.finetuned.emit(result)
 
     def _on_errored(self, exc) -> None:
+        self._training = False
         self._idle()
         self._fail(f"Fine-tuning failed: {exc}")
 
     def _on_aborted(self) -> None:
+        if not self._training:  # finished before the Cancel took effect
+            return
+        self._training = False
         self._idle()
         self.message.setText("Fine-tuning cancelled; no model was saved.")
         self.finetuned.emit(None)
