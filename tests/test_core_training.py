@@ -1,0 +1,217 @@
+"""The training engine: the loss falls, checkpoints load, resuming is exact, fine-tuning starts
+from its base, and ignored (255) pixels are left out of the loss."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from napari_mitoseg.inference import predict
+from napari_mitoseg.model import build_model, load_model
+from napari_mitoseg.training import (
+    CHECKPOINT,
+    HISTORY,
+    IGNORE,
+    DiceBCELoss,
+    TrainConfig,
+    TrainingError,
+    iter_train,
+    prepare,
+    split_validation,
+    train,
+)
+
+SMALL = TrainConfig(steps=6, batch_size=4, tile=64, lr=3e-3, warmup=2, val_every=0, checkpoint_every=0)
+
+
+def _run(image, mask, spec, config=SMALL, seed=0, **kwargs):
+    """All progress reports and the trained model; the network's initial weights seeded."""
+    torch.manual_seed(seed)
+    gen = iter_train(image, mask, spec=spec, config=config, device="cpu", **kwargs)
+    progress = []
+    while True:
+        try:
+            progress.append(next(gen))
+        except StopIteration as stop:
+            return progress, stop.value
+
+
+def _assert_same_weights(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+
+
+def test_a_few_steps_lower_the_loss(sample, tiny_spec):
+    image, mask = sample
+    cfg = TrainConfig(steps=30, batch_size=4, tile=64, lr=3e-3, warmup=3, val_every=0, checkpoint_every=0)
+    progress, model = _run(image, mask, tiny_spec, cfg)
+    losses = [p.loss for p in progress]
+    assert [p.step for p in progress] == list(range(1, 31))
+    assert progress[-1].done and not any(p.done for p in progress[:-1])
+    assert all(np.isfinite(losses))
+    assert np.mean(losses[-5:]) < 0.9 * np.mean(losses[:5])
+    assert not model.net.training
+
+
+def test_checkpoint_written_loads_and_predicts(sample, tiny_spec, tmp_path):
+    image, mask = sample
+    out = tmp_path / "run"
+    _, trained = _run(image, mask, tiny_spec, out_dir=out, info={"note": "test"})
+    assert {p.name for p in out.iterdir()} >= {CHECKPOINT, HISTORY, "last", "best"}
+    history = json.loads((out / HISTORY).read_text())
+    assert [h["step"] for h in history] == list(range(1, 7))
+    loaded = load_model(out / "last", device="cpu")
+    assert loaded.spec == tiny_spec
+    assert loaded.info["step"] == loaded.info["steps"] == 6
+    assert loaded.info["note"] == "test"
+    assert loaded.info["train_config"] == json.loads(json.dumps(dataclasses.asdict(SMALL)))
+    ref = trained.net.state_dict()
+    for k, v in loaded.net.state_dict().items():  # saved as float16
+        torch.testing.assert_close(v, ref[k], rtol=1e-3, atol=1e-4)
+    prob, lab = predict(loaded, image)
+    assert prob.shape == lab.shape == image.shape
+    assert prob.min() >= 0 and prob.max() <= 1
+
+
+def test_validation_keeps_the_best_model(sample, tiny_spec, tmp_path):
+    image, mask = sample
+    cfg = dataclasses.replace(SMALL, val_every=3)
+    progress, _ = _run(image[:2], mask[:2], tiny_spec, cfg, val_images=image[2:], val_masks=mask[2:],
+                       out_dir=tmp_path / "run")
+    assert [p.step for p in progress if p.val_iou is not None] == [3, 6]
+    best = max(p.val_iou for p in progress if p.val_iou is not None)
+    assert progress[-1].best_iou == best
+    assert 0.0 <= best <= 1.0
+    info = load_model(tmp_path / "run" / "best", device="cpu").info
+    assert info["best_val_iou"] == best
+
+
+def test_resume_after_a_pause_equals_an_uninterrupted_run(sample, tiny_spec, tmp_path):
+    image, mask = sample
+    whole, ref = _run(image, mask, tiny_spec, out_dir=tmp_path / "whole")
+    first, _ = _run(image, mask, tiny_spec, out_dir=tmp_path / "paused", max_seconds=0)
+    assert [p.step for p in first] == [1]  # paused after the first step
+    assert not first[-1].done
+    assert not (tmp_path / "paused" / "last").exists()
+    assert torch.load(tmp_path / "paused" / CHECKPOINT, weights_only=False)["step"] == 1
+    # resuming ignores the fresh initial weights: everything comes from the checkpoint
+    rest, resumed = _run(image, mask, tiny_spec, out_dir=tmp_path / "paused", resume=True, seed=99)
+    assert [p.step for p in rest] == list(range(2, 7))
+    assert rest[-1].done
+    _assert_same_weights(resumed.net, ref.net)
+    assert [p.loss for p in first + rest] == [p.loss for p in whole]
+
+
+def test_resume_after_an_interruption_equals_an_uninterrupted_run(sample, tiny_spec, tmp_path):
+    image, mask = sample
+    cfg = dataclasses.replace(SMALL, checkpoint_every=1)
+    _, ref = _run(image, mask, tiny_spec, cfg)
+    torch.manual_seed(0)
+    gen = iter_train(image, mask, spec=tiny_spec, config=cfg, device="cpu", out_dir=tmp_path / "run")
+    for p in gen:
+        if p.step == 3:
+            break
+    gen.close()  # as if the process had been killed after step 3's checkpoint
+    rest, resumed = _run(image, mask, tiny_spec, cfg, out_dir=tmp_path / "run", resume=True, seed=7)
+    assert [p.step for p in rest] == [4, 5, 6]
+    _assert_same_weights(resumed.net, ref.net)
+
+
+def test_resume_with_other_settings_is_refused(sample, tiny_spec, tmp_path):
+    image, mask = sample
+    _run(image, mask, tiny_spec, out_dir=tmp_path / "run", max_seconds=0)
+    with pytest.raises(TrainingError, match="written with other settings"):
+        _run(image, mask, tiny_spec, dataclasses.replace(SMALL, lr=1e-3), out_dir=tmp_path / "run", resume=True)
+
+
+def test_fine_tuning_starts_from_the_base_weights(sample, tiny_spec, tiny_model_dir):
+    image, mask = sample
+    base = load_model(tiny_model_dir, device="cpu")
+    torch.manual_seed(1)  # a network built from scratch now would differ from the base
+    scratch = build_model(tiny_spec)
+    assert any(not torch.equal(a, b) for a, b in zip(scratch.parameters(), base.net.parameters(), strict=True))
+    # lr 0: the optimiser leaves every parameter where training started
+    cfg = dataclasses.replace(SMALL, steps=1, lr=0.0)
+    spec_ignored = dataclasses.replace(tiny_spec, threshold=0.3)
+    _, tuned = _run(image, mask, spec_ignored, cfg, seed=1, base=tiny_model_dir)
+    assert tuned.spec == base.spec  # the base's spec, not the one passed
+    for (name, a), b in zip(tuned.net.named_parameters(), base.net.parameters(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_fine_tuning_records_its_base(sample, tiny_model_dir, tmp_path):
+    image, mask = sample
+    _run(image, mask, None, dataclasses.replace(SMALL, steps=2), base=tiny_model_dir, out_dir=tmp_path / "ft")
+    assert load_model(tmp_path / "ft" / "last", device="cpu").info["base_model"] == "tiny-v1"
+
+
+def test_ignored_pixels_do_not_change_the_loss(rng):
+    loss_fn = DiceBCELoss()
+    target = torch.from_numpy(rng.choice([0.0, 1.0, float(IGNORE)], size=(2, 1, 32, 32)).astype(np.float32))
+    ignored = target == IGNORE
+    logits = torch.from_numpy(rng.normal(0, 2, (2, 1, 32, 32)).astype(np.float32))
+    base = loss_fn(logits, target)
+    changed = logits.clone()
+    changed[ignored] = torch.from_numpy(rng.normal(0, 50, int(ignored.sum())).astype(np.float32))
+    assert torch.equal(loss_fn(changed, target), base)
+    elsewhere = logits.clone()
+    elsewhere[~ignored] += 1.0
+    assert not torch.equal(loss_fn(elsewhere, target), base)  # the check can see a change
+    grad_logits = logits.clone().requires_grad_(True)
+    loss_fn(grad_logits, target).backward()
+    assert (grad_logits.grad[ignored] == 0).all()
+    assert (grad_logits.grad[~ignored] != 0).any()
+
+
+def test_prepare_binarises_masks_and_keeps_ignore():
+    image = np.zeros((2, 16, 16), np.uint8)
+    mask = np.zeros((2, 16, 16), np.uint8)
+    mask[0, :4] = 3
+    mask[0, 4:8] = 254
+    mask[1] = IGNORE
+    ims, mks = prepare(image, mask)
+    assert len(ims) == len(mks) == 2
+    assert ims[0].dtype == np.float32
+    assert set(np.unique(mks[0])) == {0, 1}
+    assert (mks[0][:8] == 1).all()
+    assert (mks[1] == IGNORE).all()
+    with pytest.raises(TrainingError, match="every mask pixel is marked as ignored"):
+        prepare(image, np.full_like(mask, IGNORE))
+    with pytest.raises(TrainingError, match="differ in shape"):
+        prepare(image, mask[:1])
+    with pytest.raises(TrainingError, match="image: .*too small"):
+        prepare(np.zeros((2, 4, 4)), np.zeros((2, 4, 4)))
+
+
+def test_split_validation_holds_out_the_last_block():
+    image = np.arange(10)[:, None, None] * np.ones((10, 8, 8), np.uint8)
+    tr, trm, va, vam = split_validation(image, image, 0.2)
+    assert [int(s[0, 0]) for s in tr] == list(range(8))
+    assert [int(s[0, 0]) for s in va] == [8, 9]
+    assert split_validation(image, image, 0.0)[2] == []
+    with pytest.raises(TrainingError, match="leaves no training slice"):
+        split_validation(image, image, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"augment": "heavy"}, "augment must be 'full' or 'basic'"), ({"tile": 100}, "multiple of 32"),
+     ({"steps": 0}, ">= 1")],
+)
+def test_train_config_validation(kwargs, message):
+    with pytest.raises(TrainingError, match=message):
+        TrainConfig(**kwargs)
+
+
+def test_train_returns_the_model(sample, tiny_spec):
+    image, mask = sample
+    torch.manual_seed(0)
+    model = train(image, mask, spec=tiny_spec, config=dataclasses.replace(SMALL, steps=2), device="cpu")
+    assert model.spec == tiny_spec
+    assert not model.net.training
