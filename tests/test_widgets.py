@@ -434,6 +434,11 @@ def test_finetune_finds_corrections_trains_saves_and_segments_again(viewer, qtbo
     assert layer.metadata["mitoseg_model"] == "tiny-ft1"
     assert ft.slices() == [1]  # still found as corrected against the new model's output
 
+    # painting with the brush updates the list by itself, shortly after the stroke
+    layer.selected_label = 9
+    layer.paint((3, 30, 30), 9, refresh=True)
+    qtbot.waitUntil(lambda: ft.slices() == [1, 3], timeout=5000)
+
 
 def test_finetune_cancel_saves_nothing(viewer, qtbot, models, monkeypatch):
     from napari_mitoseg._widgets.finetune import FinetuneWidget
