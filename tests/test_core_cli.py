@@ -1,0 +1,147 @@
+"""The ``mitoseg`` command line, in-process through ``main([...])`` and once as a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_mitoseg.cli import main
+from napari_mitoseg.io import read_stack
+from napari_mitoseg.model import save_model, user_model_dir
+
+
+@pytest.fixture
+def files(tmp_path, sample):
+    image, gt = sample
+    paths = {name: tmp_path / f"{name}.tif" for name in ("image", "gt", "short_gt", "rgb")}
+    tifffile.imwrite(paths["image"], image, photometric="minisblack")
+    tifffile.imwrite(paths["gt"], gt, photometric="minisblack")
+    tifffile.imwrite(paths["short_gt"], gt[:2], photometric="minisblack")
+    tifffile.imwrite(paths["rgb"], np.zeros((40, 50, 3), np.uint8))
+    return paths
+
+
+def test_segment_with_ground_truth_prints_scores_as_json(files, tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "labels.tif"
+    rc = main(["segment", str(files["image"]), "--model", str(tiny_model_dir), "--device", "cpu",
+               "--gt", str(files["gt"]), "--json", "-o", str(out)])
+    assert rc == 0
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    assert {"iou", "dice", "precision", "recall", "slices", "seconds"} <= set(report)
+    assert all(0.0 <= report[k] <= 1.0 for k in ("iou", "dice", "precision", "recall"))
+    assert len(report["slices"]) == 3
+    assert report["model"] == "tiny-v1"
+    assert report["seconds"] > 0
+    labels = read_stack(out)
+    assert labels.shape == (3, 100, 124)
+    assert set(np.unique(labels)) <= {0, 1}
+
+
+def test_segment_instances_without_ground_truth(files, tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "inst.zarr"
+    assert main(["segment", str(files["image"]), "--model", str(tiny_model_dir), "--device", "cpu",
+                 "--instances", "-o", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == f"wrote {out}"
+    assert np.asarray(read_stack(out)).dtype == np.int32
+
+
+def test_evaluate(files, capsys):
+    assert main(["evaluate", str(files["gt"]), str(files["gt"])]) == 0
+    assert capsys.readouterr().out.strip() == "iou=1.0000  dice=1.0000  precision=1.0000  recall=1.0000"
+    assert main(["evaluate", str(files["image"]), str(files["gt"]), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert 0.0 < report["iou"] < 1.0
+    assert len(report["slices"]) == 3
+
+
+def test_models_lists_user_models(tiny_model, capsys):
+    save_model(tiny_model.net, tiny_model.spec, user_model_dir() / "mine-ft1", info={"summary": "my model"})
+    assert main(["models"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert f"mine-ft1\tuser\t{user_model_dir() / 'mine-ft1'}\tmy model" in lines
+
+
+def test_info(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("napari-mitoseg 0.1.0")
+    assert "devices: " in out and "cpu" in out
+    assert f"user models: {user_model_dir()}" in out
+
+
+def test_train_a_couple_of_steps(files, tiny_spec, tmp_path, capsys):
+    run = tmp_path / "run"
+    spec = json.dumps(tiny_spec.to_dict())
+    rc = main(["train", "--image", str(files["image"]), "--mask", str(files["gt"]), "--spec", spec,
+               "--steps", "2", "--batch-size", "2", "--out", str(run), "--device", "cpu",
+               "--val-fraction", "0.34"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "step 2/2" in out and "val_iou=" in out
+    config = json.loads((run / "last" / "config.json").read_text())
+    assert config["spec"]["encoder"] == "mobilenet_v2"
+    assert config["info"]["train_slices"] == 2 and config["info"]["val_slices"] == 1
+    assert (run / "best" / "model.safetensors").exists()
+
+
+def _error_cases(files, model, tmp_path):
+    missing = str(tmp_path / "missing.tif")
+    seg = ["segment", str(files["image"]), "--device", "cpu"]
+    return {
+        "missing file": (["segment", missing, "--model", model], "does not exist"),
+        "unknown model": ([*seg, "--model", "no-such-model"], "unknown model 'no-such-model'; available:"),
+        "gt shape": ([*seg, "--model", model, "--gt", str(files["short_gt"])], "does not match image shape"),
+        "output format": ([*seg, "--model", model], "write labels as .tif, .tiff, .zarr"),
+        "rgb image": (["segment", str(files["rgb"]), "--model", model], "RGB"),
+        "evaluate shapes": (["evaluate", str(files["gt"]), str(files["short_gt"])], "does not match"),
+        "train bad spec": (["train", "--image", str(files["image"]), "--mask", str(files["gt"]), "--spec", "{x",
+                            "--out", str(tmp_path / "run")], "--spec must be a JSON object"),
+        "train bad mask": (["train", "--image", str(files["image"]), "--mask", str(files["short_gt"]), "--out",
+                            str(tmp_path / "run")], "differ in shape"),
+    }
+
+
+@pytest.mark.parametrize("case", ["missing file", "unknown model", "gt shape", "output format", "rgb image",
+                                  "evaluate shapes", "train bad spec", "train bad mask"])
+def test_errors_are_one_line_without_traceback_and_leave_the_output(case, files, tiny_model_dir, tmp_path,
+                                                                     capsys):
+    argv, message = _error_cases(files, str(tiny_model_dir), tmp_path)[case]
+    out = tmp_path / ("labels.png" if case == "output format" else "labels.tif")
+    out.write_bytes(b"the user's earlier result")
+    if argv[0] == "segment":
+        argv = [*argv, "-o", str(out)]
+    rc = main(argv)
+    captured = capsys.readouterr()
+    assert rc != 0
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("mitoseg: error: ")
+    assert message in lines[0]
+    assert "Traceback" not in captured.err + captured.out
+    assert out.read_bytes() == b"the user's earlier result"
+
+
+def test_python_dash_m_runs_the_cli_and_returns_its_exit_code(tmp_path):
+    env = {**os.environ, "MITOSEG_MODEL_DIR": str(tmp_path / "models")}
+    proc = subprocess.run([sys.executable, "-m", "napari_mitoseg", "segment", str(tmp_path / "nope.tif")],
+                          capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"mitoseg: error: {tmp_path / 'nope.tif'} does not exist"
+    assert proc.stdout == ""
+
+
+def test_importing_the_package_does_not_import_torch():
+    code = ("import sys, napari_mitoseg, napari_mitoseg.api, napari_mitoseg.cli, napari_mitoseg.io, "
+            "napari_mitoseg.metrics, napari_mitoseg.model, napari_mitoseg.inference; "
+            "print(sorted(m for m in ('torch', 'segmentation_models_pytorch', 'qtpy', 'napari') "
+            "if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
