@@ -86,6 +86,8 @@ def test_segment_file_checks_before_it_works(tiny_model_dir, sample, tmp_path):
                          out=tmp_path / "out.tif")
     with pytest.raises(WriteError, match=r"\.tif"):
         api.segment_file(tmp_path / "im.tif", model=tiny_model_dir, device="cpu", out=tmp_path / "out.png")
+    with pytest.raises(WriteError):  # the output name is checked before anything is read or run
+        api.segment_file(tmp_path / "missing.tif", model="no-such-model", out=tmp_path / "out.png")
     assert (tmp_path / "out.tif").read_bytes() == b"the user's old result"
     assert not (tmp_path / "out.png").exists()
 
