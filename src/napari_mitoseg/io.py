@@ -138,16 +138,16 @@ def _check_tiff_complete(p: Path) -> None:
 
     with tifffile.TiffFile(str(p)) as tif:
         pages = list(tif.pages)
-        held = sum(page.size for page in pages)
         end = max((int(np.max(np.add(page.dataoffsets, page.databytecounts, dtype=np.int64)))
                    for page in pages if len(page.dataoffsets)), default=0)
-        if tif.imagej_metadata:
+        if tif.imagej_metadata:  # counts images (pages)
             declared, held = int(tif.imagej_metadata.get("images", 0)), len(pages)
             if held == 1 and declared > 1 and len(pages[0].dataoffsets):
                 # ImageJ saves stacks over 4 GB with one IFD and the slices' pixels contiguous
                 held, end = declared, int(pages[0].dataoffsets[0]) + declared * pages[0].nbytes
-        else:
+        else:  # tifffile's shaped metadata counts pixels (a page may hold several planes)
             declared = sum(int(np.prod(m["shape"])) for m in tif.shaped_metadata or () if "shape" in m)
+            held = sum(page.size for page in pages)
     if declared > held:
         raise ReadError(f"{p} is truncated: its metadata declares more images than it holds; "
                         "copy or save it again")
@@ -204,7 +204,7 @@ def _atomic_file(path: Path, write) -> Path:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}{path.suffix}")
     os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
-        write(Path(tmp))
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
