@@ -67,8 +67,8 @@ class SegmentResult:
 
 
 def segment_file(
-    image_path, *, model=None, device="auto", threshold=None, tta=False, instances=False,
-    out=None, gt=None,
+    image_path, *, model=None, device="auto", threshold=None, tta=False, z_smooth=None,
+    instances=False, out=None, gt=None,
 ) -> SegmentResult:
     """Read, segment, optionally score against ``gt`` and write ``out`` (atomically)."""
     from .io import check_label_path, read_stack, write_labels
@@ -86,7 +86,8 @@ def segment_file(
                 f"ground truth shape {gt_arr.shape} does not match image shape {tuple(image.shape)}"
             )
     m = get_model(model, device)
-    labels = segment(image, m, PredictOptions(threshold=threshold, tta=tta), instances=instances)
+    labels = segment(image, m, PredictOptions(threshold=threshold, tta=tta, z_smooth=z_smooth),
+                     instances=instances)
     report = evaluate(labels > 0, gt_arr > 0) if gt_arr is not None else None
     if out:
         write_labels(out, labels)
@@ -179,7 +180,8 @@ def iter_finetune(
     info = {
         "summary": f"fine-tuned from {base_model.name} on {len(sl)} slice(s), IoU on them "
                    f"{before:.3f} -> {after:.3f}",
-        "base_model": base_model.name, "slices": sl, "steps": cfg.steps,
+        "base_model": base_model.name, "slices": sl,
+        "default_z_smooth": bool(base_model.info.get("default_z_smooth", False)), "steps": cfg.steps,
         "train_seconds": round(seconds, 1), "iou_before": before, "iou_after": after,
         "train_config": dataclasses.asdict(cfg),
     }

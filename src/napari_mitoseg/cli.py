@@ -27,6 +27,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     s.add_argument("--threshold", type=float, default=None, help="default: the model's")
     s.add_argument("--tta", action="store_true", help="test-time augmentation (8 views)")
+    s.add_argument("--z-smooth", action=argparse.BooleanOptionalAction, default=None,
+                   help="smooth probabilities along z (default: the model's choice)")
     s.add_argument("--instances", action="store_true", help="one id per mitochondrion (3D)")
     s.add_argument("--gt", help="ground truth to score against")
     s.add_argument("--json", action="store_true", help="print one JSON object")
@@ -100,7 +102,8 @@ def cmd_segment(args) -> int:
     t0 = time.perf_counter()
     result = api.segment_file(
         args.image, model=args.model, device=args.device, threshold=args.threshold,
-        tta=args.tta, instances=args.instances, out=args.out, gt=args.gt,
+        tta=args.tta, z_smooth=args.z_smooth, instances=args.instances, out=args.out,
+        gt=args.gt,
     )
     extra = {"seconds": round(time.perf_counter() - t0, 3), "model": result.model_name,
              "shape": list(result.labels.shape), "tta": args.tta}

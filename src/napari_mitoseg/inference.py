@@ -28,13 +28,14 @@ class PredictOptions:
     threshold : None uses the model's own threshold.
     tta : average over the 8 flips/rotations (dihedral group); 8x slower.
     z_smooth : filter probabilities [1/4, 1/2, 1/4] along z before thresholding (see
-        :func:`smooth_z`); for stacks of thin serial sections.
+        :func:`smooth_z`); for stacks of thin serial sections. None: the model's own default
+        (``default_z_smooth`` in its config, chosen on validation).
     batch_size : slices per forward pass (GPU); the CPU uses 1.
     """
 
     threshold: float | None = None
     tta: bool = False
-    z_smooth: bool = False
+    z_smooth: bool | None = None
     batch_size: int = 4
 
 
@@ -201,7 +202,10 @@ def iter_predict(
             else:
                 yield predict_slice(model, raw[0], options.tta)
 
-    probs = smooth_z(raw_probs()) if options.z_smooth else raw_probs()
+    z_smooth = options.z_smooth
+    if z_smooth is None:
+        z_smooth = bool(model.info.get("default_z_smooth", False))
+    probs = smooth_z(raw_probs()) if z_smooth else raw_probs()
     for i, p in enumerate(probs):
         yield SliceResult(i, z, p, p > thr)
 
