@@ -142,7 +142,7 @@ def test_segment_z_smoothing_follows_model_card(viewer, qtbot, models):
     w.threshold.setValue(0.42)
     layer = _run(qtbot, w)
     expected = segment(image, get_model(models / "tiny-z", "cpu"), PredictOptions(threshold=0.42, z_smooth=True))
-    unsmoothed = segment(image, get_model(models / "tiny-z", "cpu"), PredictOptions(threshold=0.42))
+    unsmoothed = segment(image, get_model(models / "tiny-z", "cpu"), PredictOptions(threshold=0.42, z_smooth=False))
     assert not np.array_equal(expected, unsmoothed)
     np.testing.assert_array_equal(layer.data, expected)
     assert w.model_choice.select("tiny") and not w.z_smooth.isChecked()
