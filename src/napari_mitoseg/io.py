@@ -212,6 +212,29 @@ def _atomic_file(path: Path, write) -> Path:
     return path
 
 
+def atomic_dir(final: Path, write) -> Path:
+    """Run ``write(tmpdir)`` on a fresh folder beside ``final``, then swap it in whole: an old
+    folder at ``final`` is replaced only once the new one is complete."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        tmp.chmod(0o755)
+        write(tmp)
+        if final.exists():
+            old = final.with_name(f".{final.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
 def write_labels(path: str | os.PathLike, labels, voxel_size=None) -> Path:
     """Write a (Z, Y, X) label volume to ``.tif``/``.tiff`` (zlib) or ``.zarr``, atomically."""
     p = check_label_path(path)
@@ -231,21 +254,9 @@ def write_labels(path: str | os.PathLike, labels, voxel_size=None) -> Path:
         return _atomic_file(p, write_tiff)
     import zarr  # .zarr: a folder, written beside and swapped in
 
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{p.name}.", suffix=".zarr", dir=p.parent))
-    try:
+    def write_zarr(tmp: Path) -> None:
         arr = zarr.open(str(tmp), mode="w", shape=labels.shape, dtype=labels.dtype,
                         chunks=(1, *labels.shape[1:]))
         arr[:] = labels
-        if p.exists():
-            old = p.with_name(f".{p.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(p, old)
-            os.replace(tmp, p)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, p)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return p
+
+    return atomic_dir(p, write_zarr)

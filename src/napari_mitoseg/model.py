@@ -14,8 +14,6 @@ import json
 import logging
 import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -175,29 +173,6 @@ class LoadedModel:
         return next(self.net.parameters()).device
 
 
-def _atomic_dir_write(final: Path, write) -> Path:
-    """Run ``write(tmpdir)`` then move the folder to ``final``, replacing an old one whole."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    try:
-        tmp.chmod(0o755)
-        write(tmp)
-        if final.exists():
-            old = final.with_name(f".{final.name}.old")
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
-
-
 def save_model(
     net,
     spec: ModelSpec,
@@ -226,7 +201,9 @@ def save_model(
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
         (tmp / CARD_NAME).write_text(card or _default_card(Path(path).name, spec, info or {}))
 
-    return _atomic_dir_write(Path(path), write)
+    from .io import atomic_dir
+
+    return atomic_dir(Path(path), write)
 
 
 def _default_card(name: str, spec: ModelSpec, info: dict[str, Any]) -> str:
