@@ -7,8 +7,11 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
+from functools import partial
+
 import numpy as np
 import pytest
+from gui_helpers import wait_for
 
 from napari_mitoseg import model as model_mod
 from napari_mitoseg.model import ModelSpec, build_model, save_model
@@ -20,16 +23,7 @@ MODEL_OUTPUT = "mitoseg_model_output"
 TIMEOUT = 120_000
 
 
-def _wait(qtbot, widget, signal, action=None):
-    """Run ``action`` and wait for ``signal``; return its arguments. On a timeout, say what the
-    widget's message line says (why a run stopped)."""
-    try:
-        with qtbot.waitSignal(signal, timeout=TIMEOUT) as blocker:
-            if action is not None:
-                action()
-    except qtbot.TimeoutError as exc:
-        raise AssertionError(f"{exc}; the widget says: {widget.message.text()!r}") from exc
-    return blocker.args
+_wait = partial(wait_for, timeout=TIMEOUT)
 
 
 @pytest.fixture

@@ -9,8 +9,11 @@ import time
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
+from functools import partial
+
 import numpy as np
 import pytest
+from gui_helpers import wait_for
 
 from napari_mitoseg import model as model_mod
 from napari_mitoseg.model import ModelSpec, build_model, save_model
@@ -22,16 +25,7 @@ MODEL_OUTPUT = "mitoseg_model_output"
 TIMEOUT = 60_000
 
 
-def _wait(qtbot, widget, signal, action=None):
-    """Run ``action`` and wait for ``signal``; return its arguments. On a timeout, say what the
-    widget's message line says (why a run stopped)."""
-    try:
-        with qtbot.waitSignal(signal, timeout=TIMEOUT) as blocker:
-            if action is not None:
-                action()
-    except qtbot.TimeoutError as exc:
-        raise AssertionError(f"{exc}; the widget says: {widget.message.text()!r}") from exc
-    return blocker.args
+_wait = partial(wait_for, timeout=TIMEOUT)
 
 
 @pytest.fixture(scope="module")
@@ -141,8 +135,9 @@ def test_segment_z_smoothing_follows_model_card(viewer, qtbot, models):
     assert w.model_choice.select("tiny-z") and w.z_smooth.isChecked()
     w.threshold.setValue(0.42)
     layer = _run(qtbot, w)
-    expected = segment(image, get_model(models / "tiny-z", "cpu"), PredictOptions(threshold=0.42, z_smooth=True))
-    unsmoothed = segment(image, get_model(models / "tiny-z", "cpu"), PredictOptions(threshold=0.42, z_smooth=False))
+    tiny_z = get_model(models / "tiny-z", "cpu")
+    expected = segment(image, tiny_z, PredictOptions(threshold=0.42, z_smooth=True))
+    unsmoothed = segment(image, tiny_z, PredictOptions(threshold=0.42, z_smooth=False))
     assert not np.array_equal(expected, unsmoothed)
     np.testing.assert_array_equal(layer.data, expected)
     assert w.model_choice.select("tiny") and not w.z_smooth.isChecked()
