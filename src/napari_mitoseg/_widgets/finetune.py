@@ -284,8 +284,10 @@ class FinetuneWidget(QWidget):
         self.worker.yielded.connect(self._on_step)
         self.worker.returned.connect(self._on_returned)
         self.worker.errored.connect(self._on_errored)
-        self.worker.aborted.connect(self._on_aborted)
-        self.worker.finished.connect(self._on_finished)
+        # a cancelled run's late 'aborted'/'finished' must not end the run started after it
+        worker = self.worker
+        self.worker.aborted.connect(lambda: self._on_aborted() if worker is self.worker else None)
+        self.worker.finished.connect(lambda: self._on_finished() if worker is self.worker else None)
         self._training = True
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
