@@ -1,4 +1,4 @@
-"""Choose the threshold, TTA, z-smoothing and checkpoint on the validation slices only (never the test stack).
+"""Choose the threshold, TTA, z-smoothing, hole filling and checkpoint on the validation slices only (never the test stack).
 
 Validation = the last 4 slices of the SBEM training stack (the block held out by
 ``mitoseg train --val-fraction 0.2``). Prints one line per setting and the best, as JSON.
@@ -15,7 +15,7 @@ import numpy as np
 import tifffile
 
 from napari_mitoseg.api import sbem_dir
-from napari_mitoseg.inference import predict_slice, smooth_z
+from napari_mitoseg.inference import binarise, predict_slice, smooth_z
 from napari_mitoseg.metrics import score
 from napari_mitoseg.model import load_model
 
@@ -36,13 +36,15 @@ def main(folders: list[str]) -> int:
             raw = np.stack([predict_slice(model, s, tta=tta) for s in image])
             for zs in (False, True):
                 prob = np.stack(list(smooth_z(iter(raw)))) if zs else raw
-                for thr in THRESHOLDS:
-                    iou = score(prob > thr, gt).iou
-                    row = {"model": folder, "tta": tta, "z_smooth": zs, "threshold": thr,
-                           "val_iou": round(iou, 4)}
-                    print(json.dumps(row), flush=True)
-                    if best is None or iou > best["val_iou"]:
-                        best = row
+                for fill in (False, True):
+                    for thr in THRESHOLDS:
+                        mask = np.stack([binarise(p, thr, fill) for p in prob])
+                        iou = score(mask, gt).iou
+                        row = {"model": folder, "tta": tta, "z_smooth": zs, "fill_holes": fill,
+                               "threshold": thr, "val_iou": round(iou, 4)}
+                        print(json.dumps(row), flush=True)
+                        if best is None or iou > best["val_iou"]:
+                            best = row
     print("best:", json.dumps(best))
     return 0
 

@@ -1,12 +1,13 @@
 """Package a trained run as a shipped model: settings from validation, figures from the test stack.
 
-    python benchmarks/ship_model.py runs/mito-em-v1/best --threshold T [--z-smooth] \
-        --name mito-em-v1 --card-notes docs/model-notes.md
+    python benchmarks/ship_model.py runs/mito-em-v2/best --threshold T [--z-smooth] \
+        [--fill-holes] --name mito-em-v2 --card-notes NOTES.md
 
 1. Loads the chosen checkpoint (chosen on validation by ``select_settings.py``).
-2. Writes the settings chosen on validation into its spec (threshold).
-3. Measures the whole SBEM testing stack: default settings, with TTA, with and without
-   z-smoothing (the figures only; nothing is chosen here).
+2. Writes the settings chosen on validation into its spec (threshold) and config
+   (z-smoothing and hole filling by default or not).
+3. Measures the whole SBEM testing stack: default settings, with TTA, and with each
+   post-processing step switched the other way (the figures only; nothing is chosen here).
 4. Saves ``src/napari_mitoseg/models/<name>`` (fp16 safetensors, config.json, README.md card).
 """
 
@@ -46,9 +47,10 @@ def measure(model, image, gt, **opts) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("run", help="trained model folder, e.g. runs/mito-em-v1/best")
-    ap.add_argument("--name", default="mito-em-v1")
+    ap.add_argument("--name", default="mito-em-v2")
     ap.add_argument("--threshold", type=float, required=True)
     ap.add_argument("--z-smooth", action="store_true", help="recorded as chosen on validation")
+    ap.add_argument("--fill-holes", action="store_true", help="recorded as chosen on validation")
     ap.add_argument("--card-notes", help="markdown appended to the card (choices, baseline)")
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
@@ -65,11 +67,12 @@ def main(argv=None) -> int:
     tmp = SHIPPED_DIR / f".{args.name}.measure"
     save_model(src.net, spec, tmp, info=info)
     model = load_model(tmp, "cpu")
+    zs, fh = args.z_smooth, args.fill_holes
     figures = {
-        "default": measure(model, image, gt, z_smooth=args.z_smooth),
-        "tta": measure(model, image, gt, tta=True, z_smooth=args.z_smooth),
-        "no_z_smooth" if args.z_smooth else "z_smooth": measure(
-            model, image, gt, z_smooth=not args.z_smooth),
+        "default": measure(model, image, gt, z_smooth=zs, fill_holes=fh),
+        "tta": measure(model, image, gt, tta=True, z_smooth=zs, fill_holes=fh),
+        "no_z_smooth" if zs else "z_smooth": measure(model, image, gt, z_smooth=not zs, fill_holes=fh),
+        "no_fill_holes" if fh else "fill_holes": measure(model, image, gt, z_smooth=zs, fill_holes=not fh),
     }
     import shutil
 
@@ -79,6 +82,7 @@ def main(argv=None) -> int:
         "summary": f"SBEM mitochondria, {spec.arch}/{spec.encoder}; test IoU "
                    f"{figures['default']['iou']:.3f}",
         "default_z_smooth": args.z_smooth,
+        "default_fill_holes": args.fill_holes,
         "test_figures": figures,
         "hardware": f"{platform.processor() or platform.machine()}, "
                     f"{torch.get_num_threads()} CPU threads",
@@ -93,12 +97,14 @@ def main(argv=None) -> int:
 
 Mitochondria in electron-microscopy slices: {spec.arch} with a `{spec.encoder}` encoder
 (segmentation-models-pytorch, random initialisation, no pretrained weights), one grey channel,
-per-slice percentile normalisation, threshold {spec.threshold} (chosen on validation).
+per-slice percentile normalisation; the network sees slices resized by {spec.input_scale}
+(probabilities resized back). Threshold {spec.threshold}, z-smoothing {"on" if zs else "off"} and
+hole filling {"on" if fh else "off"} by default, all chosen on validation.
 
 ## Training
 - Command: `{info.get('command', '')}`
 - Data: SBEM training stack, slices 0-15 for training, 16-19 held out for validation
-  (checkpoint, threshold and z-smoothing chosen there); the testing stack was used only for
+  (checkpoint, threshold, z-smoothing and hole filling chosen there); the testing stack was used only for
   the figures below.
 - Steps: {info.get('step')} x {info.get('train_config', {}).get('batch_size')} crops of
   {info.get('train_config', {}).get('tile')} px; best validation IoU {info.get('best_val_iou', 0):.4f}.

@@ -192,3 +192,61 @@ def test_test_time_augmentation_makes_the_prediction_rotation_equivariant(tiny_m
     np.testing.assert_allclose(np.rot90(tta), tta_rot, atol=1e-5)
     np.testing.assert_allclose(np.fliplr(tta), predict_slice(tiny_model, np.fliplr(x).copy(), tta=True),
                                atol=1e-5)
+
+
+def test_input_scale_runs_the_network_at_that_resolution_and_returns_full_size(tiny_spec, rng):
+    import dataclasses
+
+    from conftest import make_tiny_model
+
+    half = make_tiny_model(dataclasses.replace(tiny_spec, input_scale=0.5))
+    seen = []
+    forward = half.net.forward
+    half.net.forward = lambda t: (seen.append(tuple(t.shape[-2:])), forward(t))[1]
+    x = rng.integers(0, 256, (2, 96, 130), dtype=np.uint8)
+    prob, mask = predict(half, x)
+    assert prob.shape == mask.shape == x.shape
+    assert 0.0 <= prob.min() and prob.max() <= 1.0
+    # 96x130 at half resolution is 48x65, then padded up to the encoder's stride
+    st = half.spec.stride
+    assert seen and all(s == (-(-48 // st) * st, -(-65 // st) * st) for s in seen)
+    full = make_tiny_model(tiny_spec)
+    assert not np.allclose(predict(full, x)[0], prob, atol=1e-3)
+
+
+def test_resize_round_trip_keeps_smooth_images():
+    from napari_mitoseg.inference import resize
+
+    yy, xx = np.mgrid[0:64, 0:80].astype(np.float32)
+    smooth = np.sin(yy / 9) * np.cos(xx / 11)
+    back = resize(resize(smooth, (32, 40)), (64, 80))
+    assert back.shape == (64, 80)
+    assert np.abs(back - smooth)[4:-4, 4:-4].max() < 0.05
+    assert resize(smooth, (64, 80)) is smooth
+
+
+def test_fill_holes_closes_a_pale_matrix_only_when_asked(tiny_model):
+    from napari_mitoseg.inference import binarise
+
+    prob = np.zeros((40, 40), np.float32)
+    prob[10:30, 10:30] = 0.9
+    prob[15:25, 15:25] = 0.2  # hole enclosed by foreground
+    prob[0:5, 0:5] = 0.2
+    assert not binarise(prob, 0.5)[20, 20]
+    filled = binarise(prob, 0.5, fill_holes=True)
+    assert filled[10:30, 10:30].all()
+    assert filled.sum() == 400
+
+
+def test_fill_holes_default_comes_from_the_model(tiny_model, rng, monkeypatch):
+    from napari_mitoseg import inference
+
+    calls = []
+    real = inference.binarise
+    monkeypatch.setattr(inference, "binarise", lambda p, t, f=False: (calls.append(f), real(p, t, f))[1])
+    x = rng.integers(0, 256, (2, 64, 64), dtype=np.uint8)
+    predict(tiny_model, x)
+    tiny_model.info["default_fill_holes"] = True
+    predict(tiny_model, x)
+    predict(tiny_model, x, PredictOptions(fill_holes=False))
+    assert calls == [False, False, True, True, False, False]

@@ -215,3 +215,61 @@ def test_train_returns_the_model(sample, tiny_spec):
     model = train(image, mask, spec=tiny_spec, config=dataclasses.replace(SMALL, steps=2), device="cpu")
     assert model.spec == tiny_spec
     assert not model.net.training
+
+
+def test_hard_example_crops_are_centred_on_the_model_errors(rng):
+    from napari_mitoseg.training import CropSampler
+
+    image = rng.random((1, 400, 400)).astype(np.float32)
+    mask = np.zeros((1, 400, 400), np.uint8)
+    mask[0, 300:310, 40:50] = 1  # the only error the "model" makes: a missed mitochondrion
+    base = TrainConfig(batch_size=16, tile=32, scale_range=(1.0, 1.0), foreground_fraction=0.0,
+                       hard_fraction=0.0)
+    plain = CropSampler(list(image), list(mask), base)
+    hard = CropSampler(list(image), list(mask), dataclasses.replace(base, hard_fraction=1.0))
+    hard.hard = [np.flatnonzero(mask[0].ravel())]
+    plain.hard = hard.hard
+    with_fg = lambda s: sum(int((y > 0).any()) for y in s.sample(0)[1])  # noqa: E731
+    assert with_fg(hard) == 16
+    assert with_fg(plain) <= 4
+
+
+def test_set_hard_collects_the_wrong_pixels(sample, tiny_model):
+    from napari_mitoseg.inference import predict_slice
+    from napari_mitoseg.training import CropSampler
+
+    image, mask = sample
+    ims, mks = prepare(image, mask)
+    mks[0][:5] = IGNORE
+    sampler = CropSampler(ims, mks, TrainConfig(tile=64))
+    total = sampler.set_hard(tiny_model)
+    for im, m, h in zip(ims, mks, sampler.hard, strict=True):
+        wrong = ((predict_slice(tiny_model, im) > tiny_model.spec.threshold) != (m == 1)) & (m != IGNORE)
+        np.testing.assert_array_equal(h, np.flatnonzero(wrong.ravel()))
+    assert total == sum(len(h) for h in sampler.hard) > 0
+
+
+def test_resume_with_hard_example_mining_is_exact(sample, tiny_spec, tmp_path):
+    image, mask = sample
+    cfg = dataclasses.replace(SMALL, checkpoint_every=1, hard_fraction=0.5, hard_every=2)
+    _, ref = _run(image, mask, tiny_spec, cfg)
+    gen = iter_train(image, mask, spec=tiny_spec, config=cfg, device="cpu", out_dir=tmp_path / "run")
+    for p in gen:
+        if p.step == 3:
+            break
+    gen.close()
+    assert any(len(h) for h in torch.load(tmp_path / "run" / CHECKPOINT, weights_only=False)["hard"])
+    rest, resumed = _run(image, mask, tiny_spec, cfg, out_dir=tmp_path / "run", resume=True, seed=7)
+    assert [p.step for p in rest] == [4, 5, 6]
+    _assert_same_weights(resumed.net, ref.net)
+
+
+def test_initial_weights_follow_the_seed(sample, tiny_spec):
+    image, mask = sample
+    one = dataclasses.replace(SMALL, steps=1)
+    _, a = _run(image, mask, tiny_spec, one, seed=1)  # the global torch seed does not matter
+    _, b = _run(image, mask, tiny_spec, one, seed=2)
+    _assert_same_weights(a.net, b.net)
+    _, c = _run(image, mask, tiny_spec, dataclasses.replace(one, seed=5))
+    assert not torch.equal(a.net.state_dict()["segmentation_head.0.weight"],
+                           c.net.state_dict()["segmentation_head.0.weight"])

@@ -51,6 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int, default=None)
     t.add_argument("--lr", type=float, default=None)
     t.add_argument("--augment", choices=["full", "basic"], default=None)
+    t.add_argument("--hard-fraction", type=float, default=None,
+                   help="share of crops centred on the model's current errors (0 = off)")
     t.add_argument("--minutes", type=float, default=None, help="pause after this long")
     t.add_argument("--out", required=True, help="run folder (checkpoint, best/, last/)")
     t.add_argument("--resume", action="store_true")
@@ -139,6 +141,7 @@ def cmd_train(args) -> int:
     base_cfg = FINETUNE if args.base else TrainConfig()
     overrides = {k: v for k, v in {"steps": args.steps, "batch_size": args.batch_size,
                                    "lr": args.lr, "augment": args.augment,
+                                   "hard_fraction": args.hard_fraction,
                                    "seed": args.seed}.items() if v is not None}
     cfg = dataclasses.replace(base_cfg, **overrides)
     try:

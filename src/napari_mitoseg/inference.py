@@ -30,12 +30,15 @@ class PredictOptions:
     z_smooth : filter probabilities [1/4, 1/2, 1/4] along z before thresholding (see
         :func:`smooth_z`); for stacks of thin serial sections. None: the model's own default
         (``default_z_smooth`` in its config, chosen on validation).
+    fill_holes : fill holes enclosed by foreground in each slice's mask (a mitochondrion's
+        pale matrix read as background). None: the model's default (``default_fill_holes``).
     batch_size : slices per forward pass (GPU); the CPU uses 1.
     """
 
     threshold: float | None = None
     tta: bool = False
     z_smooth: bool | None = None
+    fill_holes: bool | None = None
     batch_size: int = 4
 
 
@@ -169,11 +172,35 @@ def _forward(model: LoadedModel, batch: np.ndarray, tta: bool) -> np.ndarray:
     return prob.cpu().numpy().astype(np.float32)
 
 
+def resize(x: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Resize the last two axes of float32 ``x`` to ``shape`` (bilinear, antialiased when shrinking)."""
+    import torch
+    import torch.nn.functional as F
+
+    if tuple(x.shape[-2:]) == tuple(shape):
+        return x
+    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    lead = t.shape[:-2]
+    t = t.reshape(-1, 1, *t.shape[-2:])
+    shrink = shape[0] < x.shape[-2] or shape[1] < x.shape[-1]
+    y = F.interpolate(t, size=tuple(shape), mode="bilinear", align_corners=False, antialias=shrink)
+    return y.reshape(*lead, *shape).numpy()
+
+
+def network_shape(spec: ModelSpec, shape: tuple[int, int]) -> tuple[int, int]:
+    """(Y, X) of a slice of ``shape`` as the network sees it (after ``spec.input_scale``)."""
+    s = spec.input_scale
+    return (max(8, round(shape[0] * s)), max(8, round(shape[1] * s)))
+
+
 def predict_slice(model: LoadedModel, slice_: np.ndarray, tta: bool = False) -> np.ndarray:
     """(Y, X) raw slice -> (Y, X) float32 foreground probability."""
     spec: ModelSpec = model.spec
     x = normalise(slice_, spec.normalisation)
-    return tiled_apply(x, lambda t: _forward(model, t[None], tta)[0], spec.tile_size, spec.tile_overlap)
+    shape = x.shape
+    x = resize(x, network_shape(spec, shape))
+    p = tiled_apply(x, lambda t: _forward(model, t[None], tta)[0], spec.tile_size, spec.tile_overlap)
+    return np.clip(resize(p, shape), 0.0, 1.0)
 
 
 def iter_predict(
@@ -191,23 +218,38 @@ def iter_predict(
     thr = model.spec.threshold if options.threshold is None else options.threshold
     z = image.shape[0]
     spec = model.spec
-    small = max(image.shape[1:]) <= spec.tile_size
+    small = max(network_shape(spec, image.shape[1:])) <= spec.tile_size
     bs = options.batch_size if (model.device.type != "cpu" and small) else 1
     def raw_probs() -> Iterator[np.ndarray]:
         for start in range(0, z, bs):
             raw = [np.asarray(image[i]) for i in range(start, min(z, start + bs))]
             if bs > 1:
                 batch = np.stack([normalise(r, spec.normalisation) for r in raw])
-                yield from _forward(model, batch, options.tta)
+                batch = resize(batch, network_shape(spec, batch.shape[1:]))
+                probs = _forward(model, batch, options.tta)
+                yield from np.clip(resize(probs, raw[0].shape), 0.0, 1.0)
             else:
                 yield predict_slice(model, raw[0], options.tta)
 
     z_smooth = options.z_smooth
     if z_smooth is None:
         z_smooth = bool(model.info.get("default_z_smooth", False))
+    fill = options.fill_holes
+    if fill is None:
+        fill = bool(model.info.get("default_fill_holes", False))
     probs = smooth_z(raw_probs()) if z_smooth else raw_probs()
     for i, p in enumerate(probs):
-        yield SliceResult(i, z, p, p > thr)
+        yield SliceResult(i, z, p, binarise(p, thr, fill))
+
+
+def binarise(prob: np.ndarray, threshold: float, fill_holes: bool = False) -> np.ndarray:
+    """(Y, X) probabilities -> bool mask; optionally fill holes enclosed by foreground."""
+    mask = prob > threshold
+    if fill_holes:
+        from scipy.ndimage import binary_fill_holes
+
+        mask = binary_fill_holes(mask)
+    return mask
 
 
 def smooth_z(probs: Iterator[np.ndarray]) -> Iterator[np.ndarray]:

@@ -47,7 +47,11 @@ class ModelSpec:
         spread) or ``"none"`` (uint8 scaled to [0, 1]).
     threshold : probability above which a pixel is foreground.
     pixel_size_nm : pixel size of the training data, if known (informational).
-    tile_size, tile_overlap : slices larger than ``tile_size`` run as overlapping tiles.
+    tile_size, tile_overlap : slices larger than ``tile_size`` run as overlapping tiles
+        (sizes in the network's pixels, after ``input_scale``).
+    input_scale : slices are resized by this factor before the network sees them and the
+        probabilities resized back (0.5: the network works at half resolution, seeing twice
+        the context for a quarter of the compute). Training crops use the same factor.
     """
 
     arch: str = "Unet"
@@ -60,6 +64,7 @@ class ModelSpec:
     pixel_size_nm: float | None = None
     tile_size: int = 1024
     tile_overlap: int = 64
+    input_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.normalisation not in NORMALISATIONS:
@@ -73,6 +78,8 @@ class ModelSpec:
             )
         if not 0.0 < self.threshold < 1.0:
             raise ModelError(f"threshold must lie in (0, 1), got {self.threshold}")
+        if not 0.125 <= self.input_scale <= 4.0:
+            raise ModelError(f"input_scale must lie in [0.125, 4], got {self.input_scale}")
         if self.tile_size % self.stride or self.tile_overlap >= self.tile_size // 2:
             raise ModelError(
                 f"tile_size ({self.tile_size}) must be a multiple of {self.stride} and "

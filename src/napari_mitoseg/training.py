@@ -49,6 +49,10 @@ class TrainConfig:
     lr, weight_decay, warmup : AdamW with linear warm-up then cosine decay to ``lr / 50``.
     scale_range : crops are rescaled by a log-uniform factor in this range (pixel-size change).
     foreground_fraction : share of crops centred on a labelled mitochondrion pixel.
+    hard_fraction, hard_every : share of crops centred on a pixel the model currently gets
+        wrong (false positive or negative on the training slices), the pool refreshed every
+        ``hard_every`` steps: online hard-example mining, so rare look-alikes (myelin) are seen
+        often. 0 turns it off.
     augment : ``"full"`` (geometry, scale, intensity, gamma, blur, noise, elastic) or
         ``"basic"`` (flips, rotations, brightness: the naive baseline).
     val_every, checkpoint_every : in steps (0 = only at the end).
@@ -61,7 +65,9 @@ class TrainConfig:
     weight_decay: float = 1e-4
     warmup: int = 100
     scale_range: tuple[float, float] = (0.5, 2.0)
-    foreground_fraction: float = 0.5
+    foreground_fraction: float = 0.4
+    hard_fraction: float = 0.3
+    hard_every: int = 250
     augment: str = "full"
     val_every: int = 250
     checkpoint_every: int = 50
@@ -70,6 +76,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.augment not in ("full", "basic"):
             raise TrainingError(f"augment must be 'full' or 'basic', got {self.augment!r}")
+        if not (0 <= self.hard_fraction and 0 <= self.foreground_fraction
+                and self.hard_fraction + self.foreground_fraction <= 1 and self.hard_every >= 1):
+            raise TrainingError("hard_fraction and foreground_fraction must be >= 0 with a sum "
+                                "<= 1, and hard_every >= 1")
         if self.steps < 1 or self.batch_size < 1 or self.tile % 32:
             raise TrainingError("steps and batch_size must be >= 1 and tile a multiple of 32")
 
@@ -77,7 +87,7 @@ class TrainConfig:
 #: Defaults for fine-tuning from a few corrected slices on a CPU: about two minutes.
 FINETUNE = TrainConfig(
     steps=150, batch_size=4, lr=3e-4, warmup=10, val_every=0, checkpoint_every=50,
-    foreground_fraction=0.5,
+    foreground_fraction=0.5, hard_fraction=0.0,
 )
 
 
@@ -139,11 +149,15 @@ def split_validation(images, masks, fraction: float):
 class CropSampler:
     """Draws augmented (image, mask) crops; deterministic given (seed, step)."""
 
-    def __init__(self, images: list[np.ndarray], masks: list[np.ndarray], cfg: TrainConfig):
+    def __init__(self, images: list[np.ndarray], masks: list[np.ndarray], cfg: TrainConfig,
+                 input_scale: float = 1.0):
         import torch
         from torchvision.transforms import v2
 
         self.images, self.masks, self.cfg = images, masks, cfg
+        self.input_scale = input_scale
+        #: flat indices of wrongly predicted pixels per slice (see :meth:`set_hard`)
+        self.hard: list[np.ndarray] = [np.zeros(0, np.int64) for _ in masks]
         labelled = np.array([float((m != IGNORE).sum()) for m in masks])
         self.p_slice = labelled / labelled.sum()
         self.fg = [np.flatnonzero(m.ravel() == 1) for m in masks]
@@ -166,6 +180,14 @@ class CropSampler:
             self.intensity = v2.ColorJitter(brightness=0.2)
         self._torch = torch
 
+    def set_hard(self, model: LoadedModel) -> int:
+        """Refresh the hard-example pools from ``model``'s errors; returns their total size."""
+        for i, (im, m) in enumerate(zip(self.images, self.masks, strict=True)):
+            pred = predict_slice(model, im) > model.spec.threshold
+            wrong = (pred != (m == 1)) & (m != IGNORE)
+            self.hard[i] = np.flatnonzero(wrong.ravel())
+        return int(sum(len(h) for h in self.hard))
+
     def sample(self, step: int):
         """(B, 1, T, T) float32 in [-1, 1] and (B, 1, T, T) float32 masks (0, 1, 255)."""
         from torchvision import tv_tensors
@@ -184,9 +206,15 @@ class CropSampler:
                 scale = float(np.exp(rng.uniform(lo, hi)))
             else:
                 scale = 1.0
-            c = int(round(cfg.tile / scale))
+            c = int(round(cfg.tile / (scale * self.input_scale)))
             ch, cw = min(c, h), min(c, w)
-            pool = self.fg[i] if (len(self.fg[i]) and rng.random() < cfg.foreground_fraction) else self.lab[i]
+            r = rng.random()
+            if r < cfg.hard_fraction and len(self.hard[i]):
+                pool = self.hard[i]
+            elif r < cfg.hard_fraction + cfg.foreground_fraction and len(self.fg[i]):
+                pool = self.fg[i]
+            else:
+                pool = self.lab[i]
             centre = int(pool[rng.integers(len(pool))])
             cy, cx = divmod(centre, w)
             y0 = int(np.clip(cy - ch // 2 + rng.integers(-ch // 4, ch // 4 + 1), 0, h - ch))
@@ -295,6 +323,7 @@ def iter_train(
         base_info = {"base_model": based.name}
     else:
         spec = spec or ModelSpec()
+        torch.manual_seed(cfg.seed)  # reproducible initial weights
         net = build_model(spec)
         base_info = {}
     ims, mks = prepare(images, masks)
@@ -302,7 +331,7 @@ def iter_train(
     if have_val:
         v_ims = _as_slices(val_images, "validation image")
         v_mks = _as_slices(val_masks, "validation mask")
-    sampler = CropSampler(ims, mks, cfg)
+    sampler = CropSampler(ims, mks, cfg, spec.input_scale)
     net = net.to(dev)
     if dev.type == "cpu":
         net = net.to(memory_format=torch.channels_last)
@@ -332,6 +361,7 @@ def iter_train(
             opt.load_state_dict(state["optimizer"])
             sched.load_state_dict(state["scheduler"])
             step, best, history = state["step"], state["best"], state["history"]
+            sampler.hard = [np.asarray(h, np.int64) for h in state.get("hard", sampler.hard)]
             logger.info("resumed %s at step %d", ck, step)
         elif resume:
             logger.info("nothing to resume in %s; starting afresh", out)
@@ -354,7 +384,8 @@ def iter_train(
         _atomic_torch_save(
             {"model": net.state_dict(), "optimizer": opt.state_dict(),
              "scheduler": sched.state_dict(), "step": step, "best": best, "history": history,
-             "config": dataclasses.asdict(cfg), "spec": spec.to_dict()},
+             "config": dataclasses.asdict(cfg), "spec": spec.to_dict(),
+             "hard": [h.astype(np.int32) for h in sampler.hard]},
             out / CHECKPOINT,
         )
         (out / HISTORY).write_text(json.dumps(history, indent=1))
@@ -362,6 +393,12 @@ def iter_train(
     use_amp = dev.type == "cuda"
     t_chunk = time.perf_counter()
     while step < cfg.steps:
+        if cfg.hard_fraction > 0 and step > 0 and step % cfg.hard_every == 0:
+            # a checkpoint holds the pool in use after its step, so a resumed run refreshes
+            # exactly where an uninterrupted one does, from the same weights
+            net.eval()
+            n_hard = sampler.set_hard(wrapped)
+            logger.info("step %d: %d hard pixels", step, n_hard)
         net.train()
         x, y = sampler.sample(step)
         x, y = x.to(dev), y.to(dev)
