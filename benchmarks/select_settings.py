@@ -1,4 +1,4 @@
-"""Choose the threshold, TTA, z-smoothing, hole filling and checkpoint on the validation slices only (never the test stack).
+"""Choose threshold, TTA, z-smoothing, hole filling and checkpoint on validation only (never test).
 
 Validation = the last 4 slices of the SBEM training stack (the block held out by
 ``mitoseg train --val-fraction 0.2``). Prints one line per setting and the best, as JSON.

@@ -206,7 +206,7 @@ def test_input_scale_runs_the_network_at_that_resolution_and_returns_full_size(t
     x = rng.integers(0, 256, (2, 96, 130), dtype=np.uint8)
     prob, mask = predict(half, x)
     assert prob.shape == mask.shape == x.shape
-    assert 0.0 <= prob.min() and prob.max() <= 1.0
+    assert prob.min() >= 0.0 and prob.max() <= 1.0
     # 96x130 at half resolution is 48x65, then padded up to the encoder's stride
     st = half.spec.stride
     assert seen and all(s == (-(-48 // st) * st, -(-65 // st) * st) for s in seen)

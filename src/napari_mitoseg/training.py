@@ -76,7 +76,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.augment not in ("full", "basic"):
             raise TrainingError(f"augment must be 'full' or 'basic', got {self.augment!r}")
-        if not (0 <= self.hard_fraction and 0 <= self.foreground_fraction
+        if not (self.hard_fraction >= 0 and self.foreground_fraction >= 0
                 and self.hard_fraction + self.foreground_fraction <= 1 and self.hard_every >= 1):
             raise TrainingError("hard_fraction and foreground_fraction must be >= 0 with a sum "
                                 "<= 1, and hard_every >= 1")
