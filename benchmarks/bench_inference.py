@@ -6,8 +6,9 @@ Data: the 1024 x 1024 slices of the SBEM testing stack (``api.sbem_dir()``), or,
 absent, a synthetic stack of the same size (the output says which). Each side runs in a fresh
 subprocess, so its peak resident memory (``ru_maxrss``) is its own:
 
-- mitoseg: the default spec (``timm-regnety_004`` U-Net) as the shipped ``mito-em-v1`` when it
-  is installed, else randomly initialised with that spec (the speed is the same), through
+- mitoseg: the shipped default model (``model.DEFAULT_MODEL``, a ``timm-regnety_004`` U-Net
+  that sees slices at half resolution) when it is installed, else randomly initialised with
+  that spec (the speed is the same), through
   :func:`napari_mitoseg.inference.iter_predict` (eval, inference mode, channels-last, tiles).
 - naive: an smp U-Net with a ``resnet34`` encoder, batch 1, float32, plain ``torch.no_grad()``
   forward of the whole slice, no channels-last, no tiling.
@@ -59,15 +60,23 @@ def _load_stack(n: int | None):
 
 
 def _mitoseg_model():
-    from napari_mitoseg.model import LoadedModel, ModelError, ModelSpec, build_model, load_model
+    from napari_mitoseg.model import (
+        DEFAULT_MODEL,
+        LoadedModel,
+        ModelError,
+        ModelSpec,
+        build_model,
+        load_model,
+    )
 
     try:
-        model = load_model("mito-em-v1", device="cpu")
-        return model, "mito-em-v1 (shipped)"
+        model = load_model(DEFAULT_MODEL, device="cpu")
+        return model, f"{DEFAULT_MODEL} (shipped)"
     except ModelError:
         import torch
 
-        spec = ModelSpec(encoder="timm-regnety_004", decoder_channels=(128, 64, 32, 16, 16))
+        spec = ModelSpec(encoder="timm-regnety_004", decoder_channels=(128, 64, 32, 16, 16),
+                         input_scale=0.5)
         net = build_model(spec).eval().to(memory_format=torch.channels_last)
         return LoadedModel(net=net, spec=spec, name="random"), "default spec, random weights"
 

@@ -6,12 +6,18 @@ Two cases on the SBEM testing stack (10 slices):
 For each, slices 2 and 7 play the user's corrected slices (their ground truth); the IoU on the
 other 8 is reported before and after fine-tuning, with the fine-tune's wall time.
 
-    python benchmarks/finetune_figures.py [--model mito-em-v1] [--cases same shifted]
+``--data val`` runs the same protocol on the validation block of the training stack (its last
+4 slices; slices 0 and 2 corrected, 1 and 3 scored): that is where the fine-tuning defaults
+(``training.FINETUNE``) are chosen, trying settings with ``--config '{"steps": 300}'``.
+
+    python benchmarks/finetune_figures.py [--model mito-em-v2] [--cases same shifted] \
+        [--data test|val] [--config JSON]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import tempfile
@@ -24,8 +30,7 @@ from skimage.transform import rescale
 
 from napari_mitoseg.api import get_model, iter_finetune, sbem_dir, segment
 from napari_mitoseg.metrics import score
-
-CORRECTED = (2, 7)
+from napari_mitoseg.training import FINETUNE
 
 
 def shifted(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -34,13 +39,14 @@ def shifted(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return (255 - small).astype(np.uint8), (msk > 0).astype(np.uint8)
 
 
-def run_case(name: str, image, mask, model: str) -> dict:
-    others = [z for z in range(image.shape[0]) if z not in CORRECTED]
+def run_case(name: str, image, mask, model: str, corrected, config) -> dict:
+    others = [z for z in range(image.shape[0]) if z not in corrected]
     base = get_model(model, "cpu")
     before = score(segment(image[others], base), mask[others]).iou
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        gen = iter_finetune(image, mask, CORRECTED, base=model, device="cpu", out_root=tmp)
+        gen = iter_finetune(image, mask, corrected, base=model, device="cpu", out_root=tmp,
+                            config=config)
         while True:
             try:
                 next(gen)
@@ -50,28 +56,38 @@ def run_case(name: str, image, mask, model: str) -> dict:
         seconds = time.perf_counter() - t0
         tuned = get_model(res.path, "cpu")
         after = score(segment(image[others], tuned), mask[others]).iou
-    return {"case": name, "shape": list(image.shape), "corrected_slices": list(CORRECTED),
-            "iou_other8_before": round(before, 4), "iou_other8_after": round(after, 4),
+    return {"case": name, "shape": list(image.shape), "corrected_slices": list(corrected),
+            "iou_others_before": round(before, 4), "iou_others_after": round(after, 4),
             "iou_corrected_before": round(res.iou_before, 4),
             "iou_corrected_after": round(res.iou_after, 4),
-            "steps": res.steps, "finetune_seconds": round(seconds, 1),
+            "steps": res.steps, "lr": config.lr, "finetune_seconds": round(seconds, 1),
             "threads": torch.get_num_threads()}
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="mito-em-v1")
+    ap.add_argument("--model", default="mito-em-v2")
     ap.add_argument("--cases", nargs="+", default=["same", "shifted"])
+    ap.add_argument("--data", choices=["test", "val"], default="test")
+    ap.add_argument("--config", default="{}", help="JSON overrides of training.FINETUNE")
     args = ap.parse_args(argv)
+    config = dataclasses.replace(FINETUNE, **json.loads(args.config))
     d = sbem_dir()
     if d is None:
         print("SBEM data not found; set MITOSEG_SBEM_DIR", file=sys.stderr)
         return 1
-    image = tifffile.imread(d / "test_image.tif")
-    mask = (tifffile.imread(d / "test_mask.tif") > 0).astype(np.uint8)
+    if args.data == "test":
+        image = tifffile.imread(d / "test_image.tif")
+        mask = (tifffile.imread(d / "test_mask.tif") > 0).astype(np.uint8)
+        corrected = (2, 7)
+    else:
+        image = tifffile.imread(d / "train_image.tif")[-4:]
+        mask = (tifffile.imread(d / "train_mask.tif")[-4:] > 0).astype(np.uint8)
+        corrected = (0, 2)
     for case in args.cases:
         im, mk = (image, mask) if case == "same" else shifted(image, mask)
-        print(json.dumps(run_case(case, im, mk, args.model)), flush=True)
+        row = run_case(case, im, mk, args.model, corrected, config)
+        print(json.dumps({"data": args.data, **row}), flush=True)
     return 0
 
 

@@ -385,7 +385,9 @@ def test_finetune_finds_corrections_trains_saves_and_segments_again(viewer, qtbo
     image, gt = make_sample(shape=(4, 128, 128), seed=5)
     viewer.add_image(image, name="em")
     seg = _segment_widget(viewer)
+    seg.tta.setChecked(True)
     layer = _run(qtbot, seg)
+    assert layer.metadata["mitoseg_options"]["tta"] is True
 
     ft = _dock(viewer, FinetuneWidget(viewer))
     assert ft.labels_choice.layer() is layer and ft.image_choice.layer().name == "em"
@@ -427,6 +429,7 @@ def test_finetune_finds_corrections_trains_saves_and_segments_again(viewer, qtbo
     for z in (0, 2, 3):
         np.testing.assert_array_equal(layer.data[z], out[z])
     assert layer.metadata["mitoseg_model"] == "tiny-ft1"
+    assert ft.segment_run.options.tta  # segmented again with the settings the layer was made with
     assert ft.slices() == [1]  # still found as corrected against the new model's output
 
     # painting with the brush updates the list by itself, shortly after the stroke

@@ -17,6 +17,8 @@ MODEL_OUTPUT = "mitoseg_model_output"
 MODEL_NAME = "mitoseg_model"
 #: layer.metadata key: whether the result layer holds instance ids (one per mitochondrion).
 INSTANCES = "mitoseg_instances"
+#: layer.metadata key: the PredictOptions (as a dict) the result layer was made with.
+OPTIONS = "mitoseg_options"
 
 
 def layer_array(layer):

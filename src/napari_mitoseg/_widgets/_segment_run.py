@@ -17,13 +17,14 @@ Rules kept here, in one place:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from qtpy.QtCore import QObject, Signal
 
-from ._common import INSTANCES, MODEL_NAME, MODEL_OUTPUT, layer_array, model_output
+from ._common import INSTANCES, MODEL_NAME, MODEL_OUTPUT, OPTIONS, layer_array, model_output
 
 
 @dataclass
@@ -183,6 +184,7 @@ class SegmentationRun(QObject):
         layer.metadata[MODEL_OUTPUT] = out.output
         layer.metadata[MODEL_NAME] = out.model_name
         layer.metadata[INSTANCES] = self.instances
+        layer.metadata[OPTIONS] = dataclasses.asdict(self.options) if self.options else {}
         layer.editable = True if self._restore is None else self._restore[2]
         self.layer = layer
         self._finish()

@@ -26,6 +26,7 @@ from qtpy.QtWidgets import (
 from ._common import (
     INSTANCES,
     MODEL_NAME,
+    OPTIONS,
     DeviceChoice,
     LayerChoice,
     ModelChoice,
@@ -369,7 +370,13 @@ class FinetuneWidget(QWidget):
                               self.resegmented)
         from ..inference import PredictOptions
 
-        options = PredictOptions(z_smooth=default_z_smooth(str(self.result.path)))
+        # the settings the layer was segmented with (TTA, threshold, z-smoothing, hole
+        # filling); a layer from elsewhere gets the new model's defaults
+        used = labels.metadata.get(OPTIONS) or {}
+        known = {f.name for f in dataclasses.fields(PredictOptions)}
+        options = PredictOptions(**{k: v for k, v in used.items() if k in known})
+        if "z_smooth" not in used:
+            options = dataclasses.replace(options, z_smooth=default_z_smooth(str(self.result.path)))
         run = SegmentationRun(
             self.viewer, image, str(self.result.path), device=self.device_choice.device(),
             options=options, instances=bool(labels.metadata.get(INSTANCES, False)), target_name=labels.name,
