@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import sys
 import time
 
@@ -154,7 +155,7 @@ def cmd_train(args) -> int:
         va_i, va_m = np.asarray(read_stack(args.val_image)), np.asarray(read_stack(args.val_mask))
     else:
         tr_i, tr_m, va_i, va_m = split_validation(image, mask, args.val_fraction)
-    info = {"command": "mitoseg " + " ".join(sys.argv[1:]) if sys.argv else "",
+    info = {"command": "mitoseg " + shlex.join(sys.argv[1:]) if sys.argv else "",
             "train_image": str(args.image), "train_slices": len(tr_i), "val_slices": len(va_i)}
     gen = iter_train(
         tr_i, tr_m, spec=spec, config=cfg, base=args.base,
