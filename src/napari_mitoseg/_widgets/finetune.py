@@ -114,7 +114,7 @@ class FinetuneWidget(QWidget):
         self.steps.setRange(1, 100_000)
         self.steps.setValue(FINETUNE.steps)
         self.steps.setToolTip(f"Optimiser steps of {FINETUNE.batch_size} crops; {FINETUNE.steps} take "
-                              "about two minutes on a laptop CPU")
+                              "about a minute and a half on a 2-core CPU")
         self.run_button = QPushButton("Fine-tune")
         self.run_button.clicked.connect(self.start)
         self.cancel_button = QPushButton("Cancel")
