@@ -5,11 +5,40 @@ No numerics here; only mapping between napari layers / the model registry and Qt
 
 from __future__ import annotations
 
+import logging
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import QComboBox, QLabel, QSizePolicy, QWidget
+
+logger = logging.getLogger(__name__)
+
+
+def avoid_llvm_clash(maps_file: str | Path = "/proc/self/maps") -> bool:
+    """Keep PyTorch from loading Triton into a process that already holds Mesa's LLVM.
+
+    On Linux, napari's OpenGL canvas often runs on Mesa (llvmpipe, radeonsi), which maps a
+    system ``libLLVM``. Triton, which the CUDA builds of PyTorch import, carries its own LLVM,
+    and loading it beside Mesa's crashes the process with a segmentation fault. That happens
+    when the first Segment click imports the model code. Nothing here compiles kernels, so
+    if Triton is not loaded yet and a ``libLLVM`` is, Triton is marked unavailable; PyTorch
+    then runs as without it. Returns True when it did so. Called before any worker starts.
+    """
+    if "triton" in sys.modules:
+        return False
+    try:
+        maps = Path(maps_file).read_text(errors="replace")
+    except OSError:
+        return False
+    if "libLLVM" not in maps:
+        return False
+    sys.modules["triton"] = None  # ``import triton`` now raises ImportError
+    logger.info("Mesa's LLVM is loaded: Triton disabled in this process to avoid a crash")
+    return True
+
 
 #: layer.metadata key holding the last model output (numpy array) of a result layer.
 MODEL_OUTPUT = "mitoseg_model_output"

@@ -24,7 +24,15 @@ from dataclasses import dataclass
 import numpy as np
 from qtpy.QtCore import QObject, Signal
 
-from ._common import INSTANCES, MODEL_NAME, MODEL_OUTPUT, OPTIONS, layer_array, model_output
+from ._common import (
+    INSTANCES,
+    MODEL_NAME,
+    MODEL_OUTPUT,
+    OPTIONS,
+    avoid_llvm_clash,
+    layer_array,
+    model_output,
+)
 
 
 @dataclass
@@ -110,6 +118,8 @@ class SegmentationRun(QObject):
 
         from ..api import changed_slices
         from ..inference import check_stack
+
+        avoid_llvm_clash()
 
         image = layer_array(self.image_layer)
         check_stack(image)

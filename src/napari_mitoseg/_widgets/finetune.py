@@ -31,6 +31,7 @@ from ._common import (
     LayerChoice,
     ModelChoice,
     PlotCanvas,
+    avoid_llvm_clash,
     default_z_smooth,
     layer_array,
     message_label,
@@ -253,6 +254,8 @@ class FinetuneWidget(QWidget):
     def start(self):
         """Fine-tune the base model on the listed slices in a worker thread."""
         from napari.qt.threading import create_worker
+
+        avoid_llvm_clash()
 
         image, labels = self.image_choice.layer(), self.labels_choice.layer()
         base = self.model_choice.source()
