@@ -520,3 +520,18 @@ def test_view3d_instances_table_and_csv(viewer, qtbot, tmp_path, monkeypatch):
     assert len(table) == len(expected)
     assert [int(r["id"]) for r in table] == [r.id for r in expected]
     assert float(table[0]["volume"]) == pytest.approx(expected[0].volume)
+
+
+def test_closing_the_dock_while_segmenting_still_delivers_the_result(viewer, qtbot, models):
+    """napari's close button takes the widget out of its dock; the run goes on and its labels
+    layer still arrives, with no error from the closed widget."""
+    image, _ = make_sample(shape=(6, 128, 128))
+    viewer.add_image(image, name="em")
+    w = _segment_widget(viewer)
+    with qtbot.waitSignal(w.run_finished, timeout=60000) as blocker:
+        run = w.start()
+        assert run is not None and run.running
+        viewer.window.remove_dock_widget(w)
+    layer = blocker.args[0]
+    assert layer is viewer.layers["em mitochondria"]
+    assert layer.data.shape == image.shape
