@@ -181,8 +181,8 @@ def iter_finetune(
         "summary": f"fine-tuned from {base_model.name} on {len(sl)} slice(s), IoU on them "
                    f"{before:.3f} -> {after:.3f}",
         "base_model": base_model.name, "slices": sl,
-        "default_z_smooth": bool(base_model.info.get("default_z_smooth", False)),
-        "default_fill_holes": bool(base_model.info.get("default_fill_holes", False)),
+        # the base model's recommended post-processing carries over
+        **{k: bool(base_model.info.get(k, False)) for k in ("default_z_smooth", "default_fill_holes")},
         "steps": cfg.steps,
         "train_seconds": round(seconds, 1), "iou_before": before, "iou_after": after,
         "train_config": dataclasses.asdict(cfg),

@@ -231,15 +231,16 @@ def iter_predict(
             else:
                 yield predict_slice(model, raw[0], options.tta)
 
-    z_smooth = options.z_smooth
-    if z_smooth is None:
-        z_smooth = bool(model.info.get("default_z_smooth", False))
-    fill = options.fill_holes
-    if fill is None:
-        fill = bool(model.info.get("default_fill_holes", False))
+    z_smooth = _or_model_default(options.z_smooth, model, "default_z_smooth")
+    fill = _or_model_default(options.fill_holes, model, "default_fill_holes")
     probs = smooth_z(raw_probs()) if z_smooth else raw_probs()
     for i, p in enumerate(probs):
         yield SliceResult(i, z, p, binarise(p, thr, fill))
+
+
+def _or_model_default(value: bool | None, model: LoadedModel, key: str) -> bool:
+    """An option as given, or (None) the model's recommendation ``info[key]`` (default off)."""
+    return bool(model.info.get(key, False)) if value is None else value
 
 
 def binarise(prob: np.ndarray, threshold: float, fill_holes: bool = False) -> np.ndarray:

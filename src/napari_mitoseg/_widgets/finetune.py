@@ -32,7 +32,6 @@ from ._common import (
     ModelChoice,
     PlotCanvas,
     avoid_llvm_clash,
-    default_z_smooth,
     layer_array,
     message_label,
     model_output,
@@ -374,12 +373,11 @@ class FinetuneWidget(QWidget):
         from ..inference import PredictOptions
 
         # the settings the layer was segmented with (TTA, threshold, z-smoothing, hole
-        # filling); a layer from elsewhere gets the new model's defaults
+        # filling); what is not recorded (None) falls to the new model's defaults, which
+        # iter_finetune copied from its base model
         used = labels.metadata.get(OPTIONS) or {}
         known = {f.name for f in dataclasses.fields(PredictOptions)}
         options = PredictOptions(**{k: v for k, v in used.items() if k in known})
-        if "z_smooth" not in used:
-            options = dataclasses.replace(options, z_smooth=default_z_smooth(str(self.result.path)))
         run = SegmentationRun(
             self.viewer, image, str(self.result.path), device=self.device_choice.device(),
             options=options, instances=bool(labels.metadata.get(INSTANCES, False)), target_name=labels.name,
