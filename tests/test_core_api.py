@@ -155,3 +155,29 @@ def test_fine_tuning_a_fine_tuned_model_counts_on(tiny_model_dir, sample):
     assert sorted(p.name for p in user_model_dir().iterdir()) == ["tiny-v1-ft1", "tiny-v1-ft2"]
     assert json.loads((user_model_dir() / "tiny-v1-ft2" / CONFIG_NAME).read_text())["info"]["base_model"] == \
         "tiny-v1-ft1"
+
+
+def test_fine_tuning_at_a_pixel_ratio_keeps_it_in_the_new_models_spec(tiny_model_dir, sample):
+    import torch
+
+    from napari_mitoseg.inference import InputError
+
+    image, mask = sample
+    cfg = dataclasses.replace(FT, steps=1)
+    gen = api.iter_finetune(image, mask, [0], base=tiny_model_dir, config=cfg, device="cpu",
+                            pixel_ratio=2.0)
+    for _ in gen:
+        pass
+    tuned = load_model("tiny-v1-ft1", device="cpu")
+    base = api.get_model(tiny_model_dir, device="cpu")
+    assert tuned.spec.input_scale == 2.0 * base.spec.input_scale
+    assert tuned.info["pixel_ratio"] == 2.0
+    assert "2x the size" in (tuned.path / CARD_NAME).read_text()
+    # the cached base model was neither rescaled nor trained
+    assert base.spec.input_scale == 1.0
+    fresh = load_model(tiny_model_dir, device="cpu")
+    assert all(torch.equal(a, b) for a, b in zip(base.net.state_dict().values(),
+                                                  fresh.net.state_dict().values(), strict=True))
+    with pytest.raises(InputError, match="between 0.25 and 4"):
+        next(api.iter_finetune(image, mask, [0], base=tiny_model_dir, config=cfg, device="cpu",
+                               pixel_ratio=8))

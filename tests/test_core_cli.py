@@ -39,6 +39,7 @@ def test_segment_with_ground_truth_prints_scores_as_json(files, tiny_model_dir, 
     assert len(report["slices"]) == 3
     assert report["model"] == "tiny-v1"
     assert report["seconds"] > 0
+    assert report["pixel_ratio"] == 1.0
     labels = read_stack(out)
     assert labels.shape == (3, 100, 124)
     assert set(np.unique(labels)) <= {0, 1}
@@ -50,6 +51,13 @@ def test_segment_instances_without_ground_truth(files, tiny_model_dir, tmp_path,
                  "--instances", "-o", str(out)]) == 0
     assert capsys.readouterr().out.strip() == f"wrote {out}"
     assert np.asarray(read_stack(out)).dtype == np.int32
+
+
+def test_segment_at_a_pixel_ratio_returns_labels_at_the_stacks_size(files, tiny_model_dir, capsys):
+    assert main(["segment", str(files["image"]), "--model", str(tiny_model_dir), "--device", "cpu",
+                 "--pixel-ratio", "0.5", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["pixel_ratio"] == 0.5 and report["shape"] == [3, 100, 124]
 
 
 def test_evaluate(files, capsys):
@@ -100,6 +108,7 @@ def _error_cases(files, model, tmp_path):
         "gt shape": ([*seg, "--model", model, "--gt", str(files["short_gt"])], "does not match image shape"),
         "output format": ([*seg, "--model", model], "write labels as .tif, .tiff, .zarr"),
         "rgb image": (["segment", str(files["rgb"]), "--model", model], "RGB"),
+        "pixel ratio": ([*seg, "--model", model, "--pixel-ratio", "9"], "pixel ratio must lie between"),
         "evaluate shapes": (["evaluate", str(files["gt"]), str(files["short_gt"])], "does not match"),
         "train bad spec": (["train", "--image", str(files["image"]), "--mask", str(files["gt"]), "--spec", "{x",
                             "--out", str(tmp_path / "run")], "--spec must be a JSON object"),
@@ -109,6 +118,7 @@ def _error_cases(files, model, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["missing file", "unknown model", "gt shape", "output format", "rgb image",
+                                  "pixel ratio",
                                   "evaluate shapes", "train bad spec", "train bad mask"])
 def test_errors_are_one_line_without_traceback_and_leave_the_output(case, files, tiny_model_dir, tmp_path,
                                                                      capsys):

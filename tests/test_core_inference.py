@@ -250,3 +250,32 @@ def test_fill_holes_default_comes_from_the_model(tiny_model, rng, monkeypatch):
     predict(tiny_model, x)
     predict(tiny_model, x, PredictOptions(fill_holes=False))
     assert calls == [False, False, True, True, False, False]
+
+
+def test_pixel_ratio_resizes_slices_to_the_models_pixel_size(tiny_model, rng):
+    from napari_mitoseg.inference import at_pixel_ratio
+
+    seen = []
+    forward = tiny_model.net.forward
+    tiny_model.net.forward = lambda t: (seen.append(tuple(t.shape[-2:])), forward(t))[1]
+    x = rng.integers(0, 256, (2, 48, 64), dtype=np.uint8)
+    prob, mask = predict(tiny_model, x, PredictOptions(pixel_ratio=2.0))
+    assert prob.shape == mask.shape == x.shape  # probabilities come back at the stack's size
+    assert seen and all(s == (96, 128) for s in seen)  # coarse pixels: the network sees 2x
+    seen.clear()
+    predict(tiny_model, x, PredictOptions(pixel_ratio=0.5))
+    st = tiny_model.spec.stride
+    assert seen and all(s == (-(-24 // st) * st, -(-32 // st) * st) for s in seen)
+    # the model itself is untouched: the ratio lives in the options only
+    assert tiny_model.spec.input_scale == 1.0
+    assert at_pixel_ratio(tiny_model, 1.0) is tiny_model
+    scaled = at_pixel_ratio(tiny_model, 2.0)
+    assert scaled.net is tiny_model.net and scaled.spec.input_scale == 2.0
+
+
+@pytest.mark.parametrize("ratio, message", [(0.1, "between 0.25 and 4"), (5.0, "between 0.25 and 4"),
+                                            (float("nan"), "between 0.25 and 4")])
+def test_pixel_ratio_out_of_range_is_refused_with_a_message(tiny_model, ratio, message):
+    x = np.zeros((1, 32, 32), np.uint8)
+    with pytest.raises(InputError, match=message):
+        predict(tiny_model, x, PredictOptions(pixel_ratio=ratio))

@@ -379,18 +379,21 @@ def test_evaluate_reports_shape_mismatch_and_empty_truth(viewer, qtbot, monkeypa
 
 def test_finetune_finds_corrections_trains_saves_and_segments_again(viewer, qtbot, models):
     from napari_mitoseg._widgets.finetune import FinetuneWidget
-    from napari_mitoseg.model import read_config
+    from napari_mitoseg.model import load_model, read_config
     from napari_mitoseg.training import FINETUNE
 
     image, gt = make_sample(shape=(4, 128, 128), seed=5)
     viewer.add_image(image, name="em")
     seg = _segment_widget(viewer)
     seg.tta.setChecked(True)
+    seg.pixel_ratio.setValue(1.5)  # the user's pixels are 1.5x the model's
     layer = _run(qtbot, seg)
     assert layer.metadata["mitoseg_options"]["tta"] is True
+    assert layer.metadata["mitoseg_options"]["pixel_ratio"] == 1.5
 
     ft = _dock(viewer, FinetuneWidget(viewer))
     assert ft.labels_choice.layer() is layer and ft.image_choice.layer().name == "em"
+    assert ft.pixel_ratio.value() == 1.5  # taken from the layer's segmentation
     assert ft.steps.value() == FINETUNE.steps
     assert ft.slices() == []
     layer.data[1] = gt[1]  # the user corrects slice 1
@@ -414,6 +417,7 @@ def test_finetune_finds_corrections_trains_saves_and_segments_again(viewer, qtbo
     assert (models / "tiny-ft1" / "model.safetensors").is_file()
     _, info = read_config(result.path)
     assert info["slices"] == [1] and info["steps"] == 3 and info["base_model"] == "tiny"
+    assert info["pixel_ratio"] == 1.5
     assert len(ft.losses) == 3 and all(np.isfinite(ft.losses))
     assert len(ft._loss_line.get_xdata()) == 3
     assert ft.progress.value() == 3
@@ -430,12 +434,22 @@ def test_finetune_finds_corrections_trains_saves_and_segments_again(viewer, qtbo
         np.testing.assert_array_equal(layer.data[z], out[z])
     assert layer.metadata["mitoseg_model"] == "tiny-ft1"
     assert ft.segment_run.options.tta  # segmented again with the settings the layer was made with
+    # ... except the pixel ratio, which the new model holds in its spec
+    assert ft.segment_run.options.pixel_ratio == 1.0
+    assert load_model(result.path, device="cpu").spec.input_scale == 1.5
     assert ft.slices() == [1]  # still found as corrected against the new model's output
 
     # painting with the brush updates the list by itself, shortly after the stroke
     layer.selected_label = 9
     layer.paint((3, 30, 30), 9, refresh=True)
     qtbot.waitUntil(lambda: ft.slices() == [1, 3], timeout=5000)
+
+    # while a segmentation writes into the layer (it is locked), its half-new slices are not
+    # taken for corrections
+    layer.editable = False
+    layer.data[2] = 1 - layer.data[2]
+    assert ft.find_corrected_slices() == [1, 3]
+    assert "being segmented" in ft.message.text()
 
 
 def test_finetune_cancel_saves_nothing(viewer, qtbot, models, monkeypatch):

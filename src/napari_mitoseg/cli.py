@@ -30,6 +30,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--tta", action="store_true", help="test-time augmentation (8 views)")
     s.add_argument("--z-smooth", action=argparse.BooleanOptionalAction, default=None,
                    help="smooth probabilities along z (default: the model's choice)")
+    s.add_argument("--pixel-ratio", type=float, default=1.0,
+                   help="your pixel size / the model's training pixel size (2: pixels twice "
+                        "as large); slices are resized to match (default 1)")
     s.add_argument("--instances", action="store_true", help="one id per mitochondrion (3D)")
     s.add_argument("--gt", help="ground truth to score against")
     s.add_argument("--json", action="store_true", help="print one JSON object")
@@ -106,10 +109,10 @@ def cmd_segment(args) -> int:
     result = api.segment_file(
         args.image, model=args.model, device=args.device, threshold=args.threshold,
         tta=args.tta, z_smooth=args.z_smooth, instances=args.instances, out=args.out,
-        gt=args.gt,
+        gt=args.gt, pixel_ratio=args.pixel_ratio,
     )
     extra = {"seconds": round(time.perf_counter() - t0, 3), "model": result.model_name,
-             "shape": list(result.labels.shape), "tta": args.tta}
+             "shape": list(result.labels.shape), "tta": args.tta, "pixel_ratio": args.pixel_ratio}
     if result.report is not None:
         _report(result.report.as_dict(), args, extra)
     elif args.json:

@@ -6,13 +6,14 @@ widget can show progress and cancel between slices; :func:`predict` drains it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
-from .model import LoadedModel, ModelSpec
+from .model import LoadedModel, ModelError, ModelSpec
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +34,10 @@ class PredictOptions:
     fill_holes : fill holes enclosed by foreground in each slice's mask (a mitochondrion's
         pale matrix read as background). None: the model's default (``default_fill_holes``).
     batch_size : slices per forward pass (GPU); the CPU uses 1.
+    pixel_ratio : the stack's pixel size divided by the pixel size of the model's training
+        data (2: your pixels are twice as large, so a mitochondrion is half as many pixels
+        across). Slices are resized by this factor so that the network sees tissue at the scale
+        it learned (see :func:`at_pixel_ratio`); 1 leaves them as they are.
     """
 
     threshold: float | None = None
@@ -40,6 +45,31 @@ class PredictOptions:
     z_smooth: bool | None = None
     fill_holes: bool | None = None
     batch_size: int = 4
+    pixel_ratio: float = 1.0
+
+
+#: the pixel ratios :func:`at_pixel_ratio` accepts (a stack at 4x finer or coarser pixels)
+PIXEL_RATIO_RANGE = (0.25, 4.0)
+
+
+def at_pixel_ratio(model: LoadedModel, ratio: float) -> LoadedModel:
+    """``model`` set up for a stack whose pixels are ``ratio`` times as large as its training data's.
+
+    The network is shared; only the spec's ``input_scale`` is multiplied by ``ratio``, so each
+    slice is resized to the training pixel size before the network runs and the probabilities
+    are resized back. A fine-tune from the returned model keeps that scale in its own spec.
+    """
+    ratio = float(ratio)
+    if ratio == 1.0:
+        return model
+    lo, hi = PIXEL_RATIO_RANGE
+    if not lo <= ratio <= hi:
+        raise InputError(f"pixel ratio must lie between {lo} and {hi}, got {ratio:g}")
+    try:
+        spec = dataclasses.replace(model.spec, input_scale=model.spec.input_scale * ratio)
+    except ModelError as exc:
+        raise InputError(f"pixel ratio {ratio:g} is too far for model {model.name!r}: {exc}") from None
+    return dataclasses.replace(model, spec=spec)
 
 
 @dataclass
@@ -213,6 +243,7 @@ def iter_predict(
     """
     options = options or PredictOptions()
     check_stack(image)
+    model = at_pixel_ratio(model, options.pixel_ratio)
     if image.ndim == 2:
         image = image[None]
     thr = model.spec.threshold if options.threshold is None else options.threshold

@@ -12,6 +12,7 @@ left out of the loss, so a user may correct only part of a slice.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -298,7 +299,7 @@ def iter_train(
     *,
     spec: ModelSpec | None = None,
     config: TrainConfig | None = None,
-    base: str | os.PathLike | None = None,
+    base: str | os.PathLike | LoadedModel | None = None,
     val_images=None,
     val_masks=None,
     out_dir: str | os.PathLike | None = None,
@@ -320,7 +321,10 @@ def iter_train(
     dev = resolve_device(device)
     t_start = time.perf_counter()
     if base is not None:
-        based = load_model(base, device="cpu")
+        if isinstance(base, LoadedModel):  # e.g. a model set to a stack's pixel size
+            based = dataclasses.replace(base, net=copy.deepcopy(base.net).cpu())
+        else:
+            based = load_model(base, device="cpu")
         spec = based.spec
         net = based.net.to(memory_format=torch.contiguous_format)
         base_info = {"base_model": based.name}

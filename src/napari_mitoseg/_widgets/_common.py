@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 from qtpy.QtCore import Qt, Signal
-from qtpy.QtWidgets import QComboBox, QLabel, QSizePolicy, QWidget
+from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QLabel, QSizePolicy, QWidget
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +48,29 @@ MODEL_NAME = "mitoseg_model"
 INSTANCES = "mitoseg_instances"
 #: layer.metadata key: the PredictOptions (as a dict) the result layer was made with.
 OPTIONS = "mitoseg_options"
+
+
+def pixel_ratio_box(parent: QWidget | None = None) -> QDoubleSpinBox:
+    """Spin box for ``PredictOptions.pixel_ratio`` (your pixel size / the model's)."""
+    from ..inference import PIXEL_RATIO_RANGE
+
+    box = QDoubleSpinBox(parent)
+    box.setRange(*PIXEL_RATIO_RANGE)
+    box.setSingleStep(0.25)
+    box.setDecimals(2)
+    box.setValue(1.0)
+    box.setToolTip(
+        "Your pixel size divided by the pixel size of the model's training data. 2 = your pixels "
+        "are twice as large (mitochondria half as many pixels across); slices are resized to "
+        "match. Leave 1 for data like the training data."
+    )
+    return box
+
+
+def recorded_pixel_ratio(layer) -> float:
+    """The pixel ratio a result layer was segmented with (1 when none is recorded)."""
+    used = (layer.metadata.get(OPTIONS) or {}) if layer is not None else {}
+    return float(used.get("pixel_ratio", 1.0) or 1.0)
 
 
 def layer_array(layer):

@@ -36,16 +36,19 @@ from ._common import (
     message_label,
     model_output,
     no_model_message,
+    pixel_ratio_box,
+    recorded_pixel_ratio,
 )
 from ._segment_run import SegmentationRun
 
 
-def finetune_job(image, labels, slices, base, config, device):
+def finetune_job(image, labels, slices, base, config, device, pixel_ratio=1.0):
     """Worker: :func:`api.iter_finetune`, yielding ``TrainProgress`` per step, then the
     ``FinetuneResult`` (also returned)."""
     from ..api import iter_finetune
 
-    result = yield from iter_finetune(image, labels, slices, base=base, config=config, device=device)
+    result = yield from iter_finetune(image, labels, slices, base=base, config=config, device=device,
+                                      pixel_ratio=pixel_ratio)
     yield result  # the model is saved by now: report it even if Cancel comes this instant
     return result
 
@@ -113,6 +116,9 @@ class FinetuneWidget(QWidget):
         self.steps = QSpinBox()
         self.steps.setRange(1, 100_000)
         self.steps.setValue(FINETUNE.steps)
+        self.pixel_ratio = pixel_ratio_box(self)
+        self.pixel_ratio.setToolTip(self.pixel_ratio.toolTip() + " Set from the labels layer's "
+                                    "segmentation; the new model keeps it.")
         self.steps.setToolTip(f"Optimiser steps of {FINETUNE.batch_size} crops; {FINETUNE.steps} take "
                               "about a minute and a half on a 2-core CPU")
         self.run_button = QPushButton("Fine-tune")
@@ -147,6 +153,7 @@ class FinetuneWidget(QWidget):
         form.addRow(edit_row)
         form.addRow("Base model", self.model_choice)
         form.addRow("Device", self.device_choice)
+        form.addRow("Pixel size vs model", self.pixel_ratio)
         form.addRow("Steps", self.steps)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
@@ -210,6 +217,10 @@ class FinetuneWidget(QWidget):
         if layer is None:
             self.message.setText("Choose the labels layer you corrected.")
             return []
+        if not layer.editable:
+            # a segmentation is writing into the layer; its slices are compared when it lands
+            self.message.setText(f"'{layer.name}' is being segmented; corrections are found when it is done.")
+            return self.slices()
         ref = model_output(layer)
         if ref is None:
             self.message.setText(
@@ -242,6 +253,7 @@ class FinetuneWidget(QWidget):
             emitter.connect(self._schedule_find)
         if layer.metadata.get(MODEL_NAME):
             self.model_choice.select(layer.metadata[MODEL_NAME])
+        self.pixel_ratio.setValue(recorded_pixel_ratio(layer))
         self.find_corrected_slices()
 
     # ------------------------------------------------------------------ fine-tuning
@@ -282,7 +294,7 @@ class FinetuneWidget(QWidget):
         self.progress.setValue(0)
         self.worker = create_worker(
             finetune_job, img, np.array(labels.data), slices, base, cfg, self.device_choice.device(),
-            _ignore_errors=True, _start_thread=False,
+            self.pixel_ratio.value(), _ignore_errors=True, _start_thread=False,
         )
         self.worker.yielded.connect(self._on_step)
         self.worker.returned.connect(self._on_returned)
@@ -374,9 +386,10 @@ class FinetuneWidget(QWidget):
 
         # the settings the layer was segmented with (TTA, threshold, z-smoothing, hole
         # filling); what is not recorded (None) falls to the new model's defaults, which
-        # iter_finetune copied from its base model
+        # iter_finetune copied from its base model. The pixel ratio is part of the new model's
+        # spec, so it segments at a ratio of 1.
         used = labels.metadata.get(OPTIONS) or {}
-        known = {f.name for f in dataclasses.fields(PredictOptions)}
+        known = {f.name for f in dataclasses.fields(PredictOptions)} - {"pixel_ratio"}
         options = PredictOptions(**{k: v for k, v in used.items() if k in known})
         run = SegmentationRun(
             self.viewer, image, str(self.result.path), device=self.device_choice.device(),
@@ -407,6 +420,7 @@ class FinetuneWidget(QWidget):
     def _on_resegmented(self, layer) -> None:
         self._idle()
         self.segment_again_button.setEnabled(True)
+        self.find_corrected_slices()  # against the new model's output, at once
         kept = self.segment_run.kept if self.segment_run else []
         self.message.setText(f"Segmented again with {self.result.name}; kept slices {kept} exactly.")
         self.resegmented.emit(layer)

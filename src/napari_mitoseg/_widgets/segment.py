@@ -24,6 +24,7 @@ from ._common import (
     default_z_smooth,
     message_label,
     no_model_message,
+    pixel_ratio_box,
 )
 from ._segment_run import SegmentationRun
 
@@ -64,6 +65,7 @@ class SegmentWidget(QWidget):
         self.z_smooth = QCheckBox("Smooth along z (thin serial sections)")
         self.z_smooth.setToolTip("Average each slice's probabilities with its neighbours' before "
                                  "thresholding; set to the model's recommendation when you pick it")
+        self.pixel_ratio = pixel_ratio_box(self)
         self.instances = QCheckBox("One id per mitochondrion (3D)")
         self.instances.setToolTip("Split the mask into 3D-connected objects, each with its own id")
 
@@ -87,6 +89,7 @@ class SegmentWidget(QWidget):
         form.addRow(self.model_message)
         form.addRow("Device", self.device_choice)
         form.addRow("Threshold", self.threshold)
+        form.addRow("Pixel size vs model", self.pixel_ratio)
         form.addRow(self.tta)
         form.addRow(self.z_smooth)
         form.addRow(self.instances)
@@ -117,7 +120,8 @@ class SegmentWidget(QWidget):
 
         thr = self.threshold.value()
         return PredictOptions(threshold=thr if thr > 0 else None, tta=self.tta.isChecked(),
-                              z_smooth=self.z_smooth.isChecked())
+                              z_smooth=self.z_smooth.isChecked(),
+                              pixel_ratio=self.pixel_ratio.value())
 
     def start(self) -> SegmentationRun | None:
         """Start segmenting the chosen image with the chosen model (returns the run)."""
