@@ -157,7 +157,7 @@ def test_fine_tuning_a_fine_tuned_model_counts_on(tiny_model_dir, sample):
         "tiny-v1-ft1"
 
 
-def test_fine_tuning_at_a_pixel_ratio_keeps_it_in_the_new_models_spec(tiny_model_dir, sample):
+def test_fine_tuning_for_a_stack_keeps_its_pixel_ratio_and_contrast_in_the_new_spec(tiny_model_dir, sample):
     import torch
 
     from napari_mitoseg.inference import InputError
@@ -181,3 +181,11 @@ def test_fine_tuning_at_a_pixel_ratio_keeps_it_in_the_new_models_spec(tiny_model
     with pytest.raises(InputError, match="between 0.25 and 4"):
         next(api.iter_finetune(image, mask, [0], base=tiny_model_dir, config=cfg, device="cpu",
                                pixel_ratio=8))
+
+    # reversed contrast is kept the same way
+    for _ in api.iter_finetune(255 - image, mask, [0], base=tiny_model_dir, config=cfg, device="cpu",
+                               invert=True):
+        pass
+    tuned = load_model("tiny-v1-ft2", device="cpu")
+    assert tuned.spec.invert and tuned.info["invert"] and not base.spec.invert
+    assert "contrast the reverse" in (tuned.path / CARD_NAME).read_text()

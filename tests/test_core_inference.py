@@ -253,7 +253,7 @@ def test_fill_holes_default_comes_from_the_model(tiny_model, rng, monkeypatch):
 
 
 def test_pixel_ratio_resizes_slices_to_the_models_pixel_size(tiny_model, rng):
-    from napari_mitoseg.inference import at_pixel_ratio
+    from napari_mitoseg.inference import for_stack
 
     seen = []
     forward = tiny_model.net.forward
@@ -268,8 +268,8 @@ def test_pixel_ratio_resizes_slices_to_the_models_pixel_size(tiny_model, rng):
     assert seen and all(s == (-(-24 // st) * st, -(-32 // st) * st) for s in seen)
     # the model itself is untouched: the ratio lives in the options only
     assert tiny_model.spec.input_scale == 1.0
-    assert at_pixel_ratio(tiny_model, 1.0) is tiny_model
-    scaled = at_pixel_ratio(tiny_model, 2.0)
+    assert for_stack(tiny_model, 1.0) is tiny_model
+    scaled = for_stack(tiny_model, 2.0)
     assert scaled.net is tiny_model.net and scaled.spec.input_scale == 2.0
 
 
@@ -279,3 +279,11 @@ def test_pixel_ratio_out_of_range_is_refused_with_a_message(tiny_model, ratio, m
     x = np.zeros((1, 32, 32), np.uint8)
     with pytest.raises(InputError, match=message):
         predict(tiny_model, x, PredictOptions(pixel_ratio=ratio))
+
+
+def test_invert_reads_a_contrast_reversed_stack_as_the_original(tiny_model, rng):
+    x = rng.integers(0, 256, (2, 48, 64), dtype=np.uint8)
+    prob, _ = predict(tiny_model, x)
+    prob_inv, _ = predict(tiny_model, 255 - x, PredictOptions(invert=True))
+    np.testing.assert_allclose(prob_inv, prob, atol=1e-5)
+    assert not np.allclose(predict(tiny_model, 255 - x)[0], prob, atol=1e-3)

@@ -273,3 +273,17 @@ def test_initial_weights_follow_the_seed(sample, tiny_spec):
     _, c = _run(image, mask, tiny_spec, dataclasses.replace(one, seed=5))
     assert not torch.equal(a.net.state_dict()["segmentation_head.0.weight"],
                            c.net.state_dict()["segmentation_head.0.weight"])
+
+
+def test_inverted_sampler_gives_the_same_crops_with_reversed_contrast(sample):
+    from napari_mitoseg.training import CropSampler
+
+    image, mask = sample
+    ims, mks = prepare(image, mask)
+    cfg = TrainConfig(batch_size=4, tile=64, augment="basic")
+    plain, inverted = CropSampler(ims, mks, cfg), CropSampler(ims, mks, cfg, invert=True)
+    plain.intensity = inverted.intensity = lambda t: t  # brightness jitter is not symmetric
+    (x, y), (xi, yi) = plain.sample(3), inverted.sample(3)
+    torch_testing = __import__("torch").testing
+    torch_testing.assert_close(xi, -x)
+    torch_testing.assert_close(yi, y)

@@ -387,13 +387,14 @@ def test_finetune_finds_corrections_trains_saves_and_segments_again(viewer, qtbo
     seg = _segment_widget(viewer)
     seg.tta.setChecked(True)
     seg.pixel_ratio.setValue(1.5)  # the user's pixels are 1.5x the model's
+    seg.invert.setChecked(True)  # ... and their contrast is reversed
     layer = _run(qtbot, seg)
     assert layer.metadata["mitoseg_options"]["tta"] is True
     assert layer.metadata["mitoseg_options"]["pixel_ratio"] == 1.5
 
     ft = _dock(viewer, FinetuneWidget(viewer))
     assert ft.labels_choice.layer() is layer and ft.image_choice.layer().name == "em"
-    assert ft.pixel_ratio.value() == 1.5  # taken from the layer's segmentation
+    assert ft.pixel_ratio.value() == 1.5 and ft.invert.isChecked()  # from the layer's segmentation
     assert ft.steps.value() == FINETUNE.steps
     assert ft.slices() == []
     layer.data[1] = gt[1]  # the user corrects slice 1
@@ -417,7 +418,7 @@ def test_finetune_finds_corrections_trains_saves_and_segments_again(viewer, qtbo
     assert (models / "tiny-ft1" / "model.safetensors").is_file()
     _, info = read_config(result.path)
     assert info["slices"] == [1] and info["steps"] == 3 and info["base_model"] == "tiny"
-    assert info["pixel_ratio"] == 1.5
+    assert info["pixel_ratio"] == 1.5 and info["invert"] is True
     assert len(ft.losses) == 3 and all(np.isfinite(ft.losses))
     assert len(ft._loss_line.get_xdata()) == 3
     assert ft.progress.value() == 3
@@ -435,8 +436,9 @@ def test_finetune_finds_corrections_trains_saves_and_segments_again(viewer, qtbo
     assert layer.metadata["mitoseg_model"] == "tiny-ft1"
     assert ft.segment_run.options.tta  # segmented again with the settings the layer was made with
     # ... except the pixel ratio, which the new model holds in its spec
-    assert ft.segment_run.options.pixel_ratio == 1.0
-    assert load_model(result.path, device="cpu").spec.input_scale == 1.5
+    assert ft.segment_run.options.pixel_ratio == 1.0 and not ft.segment_run.options.invert
+    tuned = load_model(result.path, device="cpu")
+    assert tuned.spec.input_scale == 1.5 and tuned.spec.invert
     assert ft.slices() == [1]  # still found as corrected against the new model's output
 
     # painting with the brush updates the list by itself, shortly after the stroke

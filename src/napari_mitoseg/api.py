@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .inference import PredictOptions, at_pixel_ratio, check_stack, iter_predict
+from .inference import PredictOptions, check_stack, for_stack, iter_predict
 from .metrics import Report, evaluate, score
 from .model import (
     DEFAULT_MODEL,
@@ -68,12 +68,12 @@ class SegmentResult:
 
 def segment_file(
     image_path, *, model=None, device="auto", threshold=None, tta=False, z_smooth=None,
-    instances=False, out=None, gt=None, pixel_ratio=1.0,
+    instances=False, out=None, gt=None, pixel_ratio=1.0, invert=False,
 ) -> SegmentResult:
     """Read, segment, optionally score against ``gt`` and write ``out`` (atomically).
 
-    ``pixel_ratio``: the stack's pixel size over the model's training pixel size (see
-    :class:`~napari_mitoseg.inference.PredictOptions`).
+    ``pixel_ratio`` (the stack's pixel size over the model's training pixel size) and
+    ``invert`` (reversed contrast): see :class:`~napari_mitoseg.inference.PredictOptions`.
     """
     from .io import check_label_path, read_stack, write_labels
 
@@ -90,7 +90,8 @@ def segment_file(
                 f"ground truth shape {gt_arr.shape} does not match image shape {tuple(image.shape)}"
             )
     m = get_model(model, device)
-    opts = PredictOptions(threshold=threshold, tta=tta, z_smooth=z_smooth, pixel_ratio=pixel_ratio)
+    opts = PredictOptions(threshold=threshold, tta=tta, z_smooth=z_smooth, pixel_ratio=pixel_ratio,
+                          invert=invert)
     labels = segment(image, m, opts, instances=instances)
     report = evaluate(labels > 0, gt_arr > 0) if gt_arr is not None else None
     if out:
@@ -144,11 +145,13 @@ def iter_finetune(
     name: str | None = None,
     out_root: str | os.PathLike | None = None,
     pixel_ratio: float = 1.0,
+    invert: bool = False,
 ) -> Iterator:
     """Fine-tune ``base`` on the corrected ``slices`` of (Z, Y, X) ``image`` / ``labels``.
 
-    ``pixel_ratio`` (the stack's pixel size over the base model's training pixel size) is
-    kept in the new model's spec, so the new model segments this stack with a ratio of 1.
+    ``pixel_ratio`` (the stack's pixel size over the base model's training pixel size) and
+    ``invert`` (the stack's contrast is reversed) are kept in the new model's spec
+    (:func:`~napari_mitoseg.inference.for_stack`): the new model segments this stack as it is.
 
     Yields :class:`~napari_mitoseg.training.TrainProgress` per step; returns (as the
     generator's value) a :class:`FinetuneResult`. The new model is saved as a new version in
@@ -168,7 +171,7 @@ def iter_finetune(
         raise ValueError(f"labels {labels.shape} and image {image.shape} differ in shape")
     cfg = config or FINETUNE
     sl = sorted({int(s) for s in slices})
-    base_model = at_pixel_ratio(get_model(base, device), pixel_ratio)
+    base_model = for_stack(get_model(base, device), pixel_ratio, invert)
     ims, mks = image[sl], np.where(labels[sl] == 255, 255, labels[sl] > 0).astype(np.uint8)
     before = score(segment(ims, base_model) > 0, mks == 1, ignore=mks == 255).iou
     root = Path(out_root) if out_root else user_model_dir()
@@ -189,14 +192,17 @@ def iter_finetune(
         "summary": f"fine-tuned from {base_model.name} on {len(sl)} slice(s), IoU on them "
                    f"{before:.3f} -> {after:.3f}",
         "base_model": base_model.name, "slices": sl, "pixel_ratio": float(pixel_ratio),
+        "invert": bool(invert),
         # the base model's recommended post-processing carries over
         **{k: bool(base_model.info.get(k, False)) for k in ("default_z_smooth", "default_fill_holes")},
         "steps": cfg.steps,
         "train_seconds": round(seconds, 1), "iou_before": before, "iou_after": after,
         "train_config": dataclasses.asdict(cfg),
     }
-    scale_note = (f", for pixels {pixel_ratio:g}x the size of its base model's training data"
-                  if pixel_ratio != 1 else "")
+    scale_note = "".join([
+        f", for pixels {pixel_ratio:g}x the size of its base model's training data" if pixel_ratio != 1 else "",
+        ", for contrast the reverse of its base model's training data" if invert else "",
+    ])
     card = (
         f"# {name}\n\nFine-tuned from `{base_model.name}` on slices {sl} "
         f"({cfg.steps} steps, {seconds:.0f} s){scale_note}.\n\n"

@@ -33,6 +33,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--pixel-ratio", type=float, default=1.0,
                    help="your pixel size / the model's training pixel size (2: pixels twice "
                         "as large); slices are resized to match (default 1)")
+    s.add_argument("--invert", action="store_true",
+                   help="the stack's contrast is the reverse of the model's training data "
+                        "(bright membranes on dark)")
     s.add_argument("--instances", action="store_true", help="one id per mitochondrion (3D)")
     s.add_argument("--gt", help="ground truth to score against")
     s.add_argument("--json", action="store_true", help="print one JSON object")
@@ -109,10 +112,11 @@ def cmd_segment(args) -> int:
     result = api.segment_file(
         args.image, model=args.model, device=args.device, threshold=args.threshold,
         tta=args.tta, z_smooth=args.z_smooth, instances=args.instances, out=args.out,
-        gt=args.gt, pixel_ratio=args.pixel_ratio,
+        gt=args.gt, pixel_ratio=args.pixel_ratio, invert=args.invert,
     )
     extra = {"seconds": round(time.perf_counter() - t0, 3), "model": result.model_name,
-             "shape": list(result.labels.shape), "tta": args.tta, "pixel_ratio": args.pixel_ratio}
+             "shape": list(result.labels.shape), "tta": args.tta, "pixel_ratio": args.pixel_ratio,
+             "invert": args.invert}
     if result.report is not None:
         _report(result.report.as_dict(), args, extra)
     elif args.json:

@@ -37,7 +37,9 @@ class PredictOptions:
     pixel_ratio : the stack's pixel size divided by the pixel size of the model's training
         data (2: your pixels are twice as large, so a mitochondrion is half as many pixels
         across). Slices are resized by this factor so that the network sees tissue at the scale
-        it learned (see :func:`at_pixel_ratio`); 1 leaves them as they are.
+        it learned; 1 leaves them as they are. See :func:`for_stack`.
+    invert : the stack's contrast is the reverse of the model's training data (bright
+        membranes and mitochondria on a dark background); slices are inverted for the network.
     """
 
     threshold: float | None = None
@@ -46,27 +48,31 @@ class PredictOptions:
     fill_holes: bool | None = None
     batch_size: int = 4
     pixel_ratio: float = 1.0
+    invert: bool = False
 
 
-#: the pixel ratios :func:`at_pixel_ratio` accepts (a stack at 4x finer or coarser pixels)
+#: the pixel ratios :func:`for_stack` accepts (a stack at 4x finer or coarser pixels)
 PIXEL_RATIO_RANGE = (0.25, 4.0)
 
 
-def at_pixel_ratio(model: LoadedModel, ratio: float) -> LoadedModel:
-    """``model`` set up for a stack whose pixels are ``ratio`` times as large as its training data's.
+def for_stack(model: LoadedModel, pixel_ratio: float = 1.0, invert: bool = False) -> LoadedModel:
+    """``model`` set up for a stack whose pixels are ``pixel_ratio`` times as large as its
+    training data's, and whose contrast is reversed if ``invert``.
 
-    The network is shared; only the spec's ``input_scale`` is multiplied by ``ratio``, so each
-    slice is resized to the training pixel size before the network runs and the probabilities
-    are resized back. A fine-tune from the returned model keeps that scale in its own spec.
+    The network is shared; only the spec changes: ``input_scale`` is multiplied by the ratio, so
+    each slice is resized to the training pixel size before the network runs (and the
+    probabilities resized back), and ``invert`` is toggled. A fine-tune from the returned model
+    keeps both in its own spec, so the new model needs neither for this stack.
     """
-    ratio = float(ratio)
-    if ratio == 1.0:
+    ratio = float(pixel_ratio)
+    if ratio == 1.0 and not invert:
         return model
     lo, hi = PIXEL_RATIO_RANGE
     if not lo <= ratio <= hi:
         raise InputError(f"pixel ratio must lie between {lo} and {hi}, got {ratio:g}")
     try:
-        spec = dataclasses.replace(model.spec, input_scale=model.spec.input_scale * ratio)
+        spec = dataclasses.replace(model.spec, input_scale=model.spec.input_scale * ratio,
+                                   invert=model.spec.invert != bool(invert))
     except ModelError as exc:
         raise InputError(f"pixel ratio {ratio:g} is too far for model {model.name!r}: {exc}") from None
     return dataclasses.replace(model, spec=spec)
@@ -123,6 +129,12 @@ def normalise01(slice_: np.ndarray, mode: str = "percentile") -> np.ndarray:
 def normalise(slice_: np.ndarray, mode: str = "percentile") -> np.ndarray:
     """(Y, X) slice -> float32 network input in [-1, 1] (see :func:`normalise01`)."""
     return normalise01(slice_, mode) * np.float32(2.0) - np.float32(1.0)
+
+
+def _network_input(slice_: np.ndarray, spec: ModelSpec) -> np.ndarray:
+    """Normalise as ``spec`` says; contrast-inverted when ``spec.invert``."""
+    x = normalise(slice_, spec.normalisation)
+    return np.negative(x, out=x) if spec.invert else x
 
 
 def pad_to_stride(x: np.ndarray, stride: int) -> tuple[np.ndarray, tuple[int, int]]:
@@ -226,7 +238,7 @@ def network_shape(spec: ModelSpec, shape: tuple[int, int]) -> tuple[int, int]:
 def predict_slice(model: LoadedModel, slice_: np.ndarray, tta: bool = False) -> np.ndarray:
     """(Y, X) raw slice -> (Y, X) float32 foreground probability."""
     spec: ModelSpec = model.spec
-    x = normalise(slice_, spec.normalisation)
+    x = _network_input(slice_, spec)
     shape = x.shape
     x = resize(x, network_shape(spec, shape))
     p = tiled_apply(x, lambda t: _forward(model, t[None], tta)[0], spec.tile_size, spec.tile_overlap)
@@ -243,7 +255,7 @@ def iter_predict(
     """
     options = options or PredictOptions()
     check_stack(image)
-    model = at_pixel_ratio(model, options.pixel_ratio)
+    model = for_stack(model, options.pixel_ratio, options.invert)
     if image.ndim == 2:
         image = image[None]
     thr = model.spec.threshold if options.threshold is None else options.threshold
@@ -255,7 +267,7 @@ def iter_predict(
         for start in range(0, z, bs):
             raw = [np.asarray(image[i]) for i in range(start, min(z, start + bs))]
             if bs > 1:
-                batch = np.stack([normalise(r, spec.normalisation) for r in raw])
+                batch = np.stack([_network_input(r, spec) for r in raw])
                 batch = resize(batch, network_shape(spec, batch.shape[1:]))
                 probs = _forward(model, batch, options.tta)
                 yield from np.clip(resize(probs, raw[0].shape), 0.0, 1.0)

@@ -52,6 +52,9 @@ class ModelSpec:
     input_scale : slices are resized by this factor before the network sees them and the
         probabilities resized back (0.5: the network works at half resolution, seeing twice
         the context for a quarter of the compute). Training crops use the same factor.
+    invert : slices are contrast-inverted after normalisation, before the network sees them
+        (and so are training crops): a model set up for stacks whose contrast is the reverse of
+        its training data's, bright membranes on a dark background.
     """
 
     arch: str = "Unet"
@@ -65,6 +68,7 @@ class ModelSpec:
     tile_size: int = 1024
     tile_overlap: int = 64
     input_scale: float = 1.0
+    invert: bool = False
 
     def __post_init__(self) -> None:
         if self.normalisation not in NORMALISATIONS:

@@ -154,12 +154,12 @@ class CropSampler:
     """Draws augmented (image, mask) crops; deterministic given (seed, step)."""
 
     def __init__(self, images: list[np.ndarray], masks: list[np.ndarray], cfg: TrainConfig,
-                 input_scale: float = 1.0):
+                 input_scale: float = 1.0, invert: bool = False):
         import torch
         from torchvision.transforms import v2
 
         self.images, self.masks, self.cfg = images, masks, cfg
-        self.input_scale = input_scale
+        self.input_scale, self.invert = input_scale, invert
         #: flat indices of wrongly predicted pixels per slice (see :meth:`set_hard`)
         self.hard: list[np.ndarray] = [np.zeros(0, np.int64) for _ in masks]
         labelled = np.array([float((m != IGNORE).sum()) for m in masks])
@@ -223,7 +223,9 @@ class CropSampler:
             cy, cx = divmod(centre, w)
             y0 = int(np.clip(cy - ch // 2 + rng.integers(-ch // 4, ch // 4 + 1), 0, h - ch))
             x0 = int(np.clip(cx - cw // 2 + rng.integers(-cw // 4, cw // 4 + 1), 0, w - cw))
-            im = tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(img[y0 : y0 + ch, x0 : x0 + cw]))[None])
+            crop = img[y0 : y0 + ch, x0 : x0 + cw]
+            crop = 1.0 - crop if self.invert else crop  # the network's polarity (spec.invert)
+            im = tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(crop))[None])
             mk = tv_tensors.Mask(torch.from_numpy(np.ascontiguousarray(msk[y0 : y0 + ch, x0 : x0 + cw]))[None])
             im, mk = self.geometry(im, mk)
             k = int(rng.integers(4))
@@ -321,7 +323,7 @@ def iter_train(
     dev = resolve_device(device)
     t_start = time.perf_counter()
     if base is not None:
-        if isinstance(base, LoadedModel):  # e.g. a model set to a stack's pixel size
+        if isinstance(base, LoadedModel):  # e.g. a model set up for a stack (for_stack)
             based = dataclasses.replace(base, net=copy.deepcopy(base.net).cpu())
         else:
             based = load_model(base, device="cpu")
@@ -338,7 +340,7 @@ def iter_train(
     if have_val:
         v_ims = _as_slices(val_images, "validation image")
         v_mks = _as_slices(val_masks, "validation mask")
-    sampler = CropSampler(ims, mks, cfg, spec.input_scale)
+    sampler = CropSampler(ims, mks, cfg, spec.input_scale, spec.invert)
     net = net.to(dev)
     if dev.type == "cpu":
         net = net.to(memory_format=torch.channels_last)
@@ -354,7 +356,8 @@ def iter_train(
             state = torch.load(ck, map_location=dev, weights_only=False)
             saved = {k: v for k, v in state["config"].items() if k != "steps"}
             now_cfg = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "steps"}
-            if saved != now_cfg or state["spec"] != spec.to_dict():
+            # specs compare as specs: a field added since the checkpoint takes its default
+            if saved != now_cfg or ModelSpec.from_dict(state["spec"]) != spec:
                 raise TrainingError(
                     f"{ck} was written with other settings; resume with the same ones or "
                     "choose a new --out"

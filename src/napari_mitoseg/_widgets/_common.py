@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 from qtpy.QtCore import Qt, Signal
-from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QLabel, QSizePolicy, QWidget
+from qtpy.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QLabel, QSizePolicy, QWidget
 
 logger = logging.getLogger(__name__)
 
@@ -67,10 +67,18 @@ def pixel_ratio_box(parent: QWidget | None = None) -> QDoubleSpinBox:
     return box
 
 
-def recorded_pixel_ratio(layer) -> float:
-    """The pixel ratio a result layer was segmented with (1 when none is recorded)."""
+def invert_box(parent: QWidget | None = None) -> QCheckBox:
+    """Check box for ``PredictOptions.invert``."""
+    box = QCheckBox("Bright membranes (inverted contrast)", parent)
+    box.setToolTip("Check when membranes and mitochondria are bright on a dark background, the "
+                   "reverse of the model's training data; slices are inverted for the model.")
+    return box
+
+
+def recorded_stack_options(layer) -> tuple[float, bool]:
+    """(pixel ratio, invert) a result layer was segmented with ((1, False) when not recorded)."""
     used = (layer.metadata.get(OPTIONS) or {}) if layer is not None else {}
-    return float(used.get("pixel_ratio", 1.0) or 1.0)
+    return float(used.get("pixel_ratio", 1.0) or 1.0), bool(used.get("invert", False))
 
 
 def layer_array(layer):

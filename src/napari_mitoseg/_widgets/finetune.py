@@ -32,23 +32,24 @@ from ._common import (
     ModelChoice,
     PlotCanvas,
     avoid_llvm_clash,
+    invert_box,
     layer_array,
     message_label,
     model_output,
     no_model_message,
     pixel_ratio_box,
-    recorded_pixel_ratio,
+    recorded_stack_options,
 )
 from ._segment_run import SegmentationRun
 
 
-def finetune_job(image, labels, slices, base, config, device, pixel_ratio=1.0):
+def finetune_job(image, labels, slices, base, config, device, pixel_ratio=1.0, invert=False):
     """Worker: :func:`api.iter_finetune`, yielding ``TrainProgress`` per step, then the
     ``FinetuneResult`` (also returned)."""
     from ..api import iter_finetune
 
     result = yield from iter_finetune(image, labels, slices, base=base, config=config, device=device,
-                                      pixel_ratio=pixel_ratio)
+                                      pixel_ratio=pixel_ratio, invert=invert)
     yield result  # the model is saved by now: report it even if Cancel comes this instant
     return result
 
@@ -117,8 +118,10 @@ class FinetuneWidget(QWidget):
         self.steps.setRange(1, 100_000)
         self.steps.setValue(FINETUNE.steps)
         self.pixel_ratio = pixel_ratio_box(self)
-        self.pixel_ratio.setToolTip(self.pixel_ratio.toolTip() + " Set from the labels layer's "
-                                    "segmentation; the new model keeps it.")
+        self.invert = invert_box(self)
+        for box in (self.pixel_ratio, self.invert):
+            box.setToolTip(box.toolTip() + " Set from the labels layer's segmentation; the new "
+                           "model keeps it.")
         self.steps.setToolTip(f"Optimiser steps of {FINETUNE.batch_size} crops; {FINETUNE.steps} take "
                               "about a minute and a half on a 2-core CPU")
         self.run_button = QPushButton("Fine-tune")
@@ -154,6 +157,7 @@ class FinetuneWidget(QWidget):
         form.addRow("Base model", self.model_choice)
         form.addRow("Device", self.device_choice)
         form.addRow("Pixel size vs model", self.pixel_ratio)
+        form.addRow(self.invert)
         form.addRow("Steps", self.steps)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
@@ -253,7 +257,9 @@ class FinetuneWidget(QWidget):
             emitter.connect(self._schedule_find)
         if layer.metadata.get(MODEL_NAME):
             self.model_choice.select(layer.metadata[MODEL_NAME])
-        self.pixel_ratio.setValue(recorded_pixel_ratio(layer))
+        ratio, invert = recorded_stack_options(layer)
+        self.pixel_ratio.setValue(ratio)
+        self.invert.setChecked(invert)
         self.find_corrected_slices()
 
     # ------------------------------------------------------------------ fine-tuning
@@ -294,7 +300,7 @@ class FinetuneWidget(QWidget):
         self.progress.setValue(0)
         self.worker = create_worker(
             finetune_job, img, np.array(labels.data), slices, base, cfg, self.device_choice.device(),
-            self.pixel_ratio.value(), _ignore_errors=True, _start_thread=False,
+            self.pixel_ratio.value(), self.invert.isChecked(), _ignore_errors=True, _start_thread=False,
         )
         self.worker.yielded.connect(self._on_step)
         self.worker.returned.connect(self._on_returned)
@@ -386,10 +392,10 @@ class FinetuneWidget(QWidget):
 
         # the settings the layer was segmented with (TTA, threshold, z-smoothing, hole
         # filling); what is not recorded (None) falls to the new model's defaults, which
-        # iter_finetune copied from its base model. The pixel ratio is part of the new model's
-        # spec, so it segments at a ratio of 1.
+        # iter_finetune copied from its base model. The pixel ratio and the inversion are part
+        # of the new model's spec, so it takes the stack as it is.
         used = labels.metadata.get(OPTIONS) or {}
-        known = {f.name for f in dataclasses.fields(PredictOptions)} - {"pixel_ratio"}
+        known = {f.name for f in dataclasses.fields(PredictOptions)} - {"pixel_ratio", "invert"}
         options = PredictOptions(**{k: v for k, v in used.items() if k in known})
         run = SegmentationRun(
             self.viewer, image, str(self.result.path), device=self.device_choice.device(),

@@ -22,6 +22,7 @@ from ._common import (
     LayerChoice,
     ModelChoice,
     default_z_smooth,
+    invert_box,
     message_label,
     no_model_message,
     pixel_ratio_box,
@@ -66,6 +67,7 @@ class SegmentWidget(QWidget):
         self.z_smooth.setToolTip("Average each slice's probabilities with its neighbours' before "
                                  "thresholding; set to the model's recommendation when you pick it")
         self.pixel_ratio = pixel_ratio_box(self)
+        self.invert = invert_box(self)
         self.instances = QCheckBox("One id per mitochondrion (3D)")
         self.instances.setToolTip("Split the mask into 3D-connected objects, each with its own id")
 
@@ -90,6 +92,7 @@ class SegmentWidget(QWidget):
         form.addRow("Device", self.device_choice)
         form.addRow("Threshold", self.threshold)
         form.addRow("Pixel size vs model", self.pixel_ratio)
+        form.addRow(self.invert)
         form.addRow(self.tta)
         form.addRow(self.z_smooth)
         form.addRow(self.instances)
@@ -121,7 +124,7 @@ class SegmentWidget(QWidget):
         thr = self.threshold.value()
         return PredictOptions(threshold=thr if thr > 0 else None, tta=self.tta.isChecked(),
                               z_smooth=self.z_smooth.isChecked(),
-                              pixel_ratio=self.pixel_ratio.value())
+                              pixel_ratio=self.pixel_ratio.value(), invert=self.invert.isChecked())
 
     def start(self) -> SegmentationRun | None:
         """Start segmenting the chosen image with the chosen model (returns the run)."""
