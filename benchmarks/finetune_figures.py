@@ -2,7 +2,9 @@
 
 Two cases on the SBEM testing stack (10 slices):
 - ``same``: the stack as it is (the shipped model was trained on this microscope);
-- ``shifted``: the stack rescaled by 0.5x and with inverted contrast (another "microscope").
+- ``shifted``: the stack rescaled by 0.5x and with inverted contrast (another "microscope");
+- ``shifted-set``: the same, with the user telling the model so (pixel ratio 2, inverted
+  contrast), for the segmentation before and for the fine-tune (whose model keeps both).
 For each, slices 2 and 7 play the user's corrected slices (their ground truth); the IoU on the
 other 8 is reported before and after fine-tuning, with the fine-tune's wall time.
 
@@ -29,6 +31,7 @@ import torch
 from skimage.transform import rescale
 
 from napari_mitoseg.api import get_model, iter_finetune, sbem_dir, segment
+from napari_mitoseg.inference import PredictOptions
 from napari_mitoseg.metrics import score
 from napari_mitoseg.training import FINETUNE
 
@@ -39,14 +42,16 @@ def shifted(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return (255 - small).astype(np.uint8), (msk > 0).astype(np.uint8)
 
 
-def run_case(name: str, image, mask, model: str, corrected, config) -> dict:
+def run_case(name: str, image, mask, model: str, corrected, config, pixel_ratio=1.0,
+             invert=False) -> dict:
     others = [z for z in range(image.shape[0]) if z not in corrected]
     base = get_model(model, "cpu")
-    before = score(segment(image[others], base), mask[others]).iou
+    told = PredictOptions(pixel_ratio=pixel_ratio, invert=invert)
+    before = score(segment(image[others], base, told), mask[others]).iou
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         gen = iter_finetune(image, mask, corrected, base=model, device="cpu", out_root=tmp,
-                            config=config)
+                            config=config, pixel_ratio=pixel_ratio, invert=invert)
         while True:
             try:
                 next(gen)
@@ -67,7 +72,8 @@ def run_case(name: str, image, mask, model: str, corrected, config) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="mito-em-v2")
-    ap.add_argument("--cases", nargs="+", default=["same", "shifted"])
+    ap.add_argument("--cases", nargs="+", default=["same", "shifted", "shifted-set"],
+                    choices=["same", "shifted", "shifted-set"])
     ap.add_argument("--data", choices=["test", "val"], default="test")
     ap.add_argument("--config", default="{}", help="JSON overrides of training.FINETUNE")
     args = ap.parse_args(argv)
@@ -86,7 +92,8 @@ def main(argv=None) -> int:
         corrected = (0, 2)
     for case in args.cases:
         im, mk = (image, mask) if case == "same" else shifted(image, mask)
-        row = run_case(case, im, mk, args.model, corrected, config)
+        told = {"pixel_ratio": 2.0, "invert": True} if case == "shifted-set" else {}
+        row = run_case(case, im, mk, args.model, corrected, config, **told)
         print(json.dumps({"data": args.data, **row}), flush=True)
     return 0
 
