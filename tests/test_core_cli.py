@@ -99,6 +99,17 @@ def test_train_a_couple_of_steps(files, tiny_spec, tmp_path, capsys):
     assert (run / "best" / "model.safetensors").exists()
 
 
+def test_train_from_a_base_for_another_stack_keeps_its_pixel_ratio_and_contrast(files, tiny_model_dir, tmp_path,
+                                                                                capsys):
+    run = tmp_path / "ft"
+    assert main(["train", "--image", str(files["image"]), "--mask", str(files["gt"]),
+                 "--base", str(tiny_model_dir), "--pixel-ratio", "2", "--invert", "--steps", "1",
+                 "--batch-size", "2", "--out", str(run), "--device", "cpu"]) == 0
+    config = json.loads((run / "last" / "config.json").read_text())
+    assert config["spec"]["input_scale"] == 2.0 and config["spec"]["invert"] is True
+    assert config["info"]["base_model"] == "tiny-v1"
+
+
 def _error_cases(files, model, tmp_path):
     missing = str(tmp_path / "missing.tif")
     seg = ["segment", str(files["image"]), "--device", "cpu"]
@@ -112,6 +123,8 @@ def _error_cases(files, model, tmp_path):
         "evaluate shapes": (["evaluate", str(files["gt"]), str(files["short_gt"])], "does not match"),
         "train bad spec": (["train", "--image", str(files["image"]), "--mask", str(files["gt"]), "--spec", "{x",
                             "--out", str(tmp_path / "run")], "--spec must be a JSON object"),
+        "train ratio without base": (["train", "--image", str(files["image"]), "--mask", str(files["gt"]),
+                                      "--invert", "--out", str(tmp_path / "run")], "need --base"),
         "train bad mask": (["train", "--image", str(files["image"]), "--mask", str(files["short_gt"]), "--out",
                             str(tmp_path / "run")], "differ in shape"),
     }
@@ -119,7 +132,8 @@ def _error_cases(files, model, tmp_path):
 
 @pytest.mark.parametrize("case", ["missing file", "unknown model", "gt shape", "output format", "rgb image",
                                   "pixel ratio",
-                                  "evaluate shapes", "train bad spec", "train bad mask"])
+                                  "evaluate shapes", "train bad spec", "train ratio without base",
+                                  "train bad mask"])
 def test_errors_are_one_line_without_traceback_and_leave_the_output(case, files, tiny_model_dir, tmp_path,
                                                                      capsys):
     argv, message = _error_cases(files, str(tiny_model_dir), tmp_path)[case]

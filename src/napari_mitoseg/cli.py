@@ -53,6 +53,12 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--val-fraction", type=float, default=0.0,
                    help="hold out the last fraction of slices for validation")
     t.add_argument("--base", help="start from this model (fine-tuning)")
+    t.add_argument("--pixel-ratio", type=float, default=1.0,
+                   help="with --base: the stack's pixel size / the base model's training pixel "
+                        "size; the new model keeps it")
+    t.add_argument("--invert", action="store_true",
+                   help="with --base: the stack's contrast is the reverse of the base model's "
+                        "training data; the new model keeps it")
     t.add_argument("--spec", help="JSON model spec, e.g. '{\"encoder\": \"resnet18\"}'")
     t.add_argument("--steps", type=int, default=None)
     t.add_argument("--batch-size", type=int, default=None)
@@ -152,6 +158,15 @@ def cmd_train(args) -> int:
                                    "hard_fraction": args.hard_fraction,
                                    "seed": args.seed}.items() if v is not None}
     cfg = dataclasses.replace(base_cfg, **overrides)
+    base = args.base
+    if args.pixel_ratio != 1.0 or args.invert:
+        if not base:
+            raise ModelError("--pixel-ratio and --invert set up a base model for a stack; they "
+                             "need --base (a new model learns the stack as it is)")
+        from .inference import for_stack
+        from .model import load_model
+
+        base = for_stack(load_model(base, device="cpu"), args.pixel_ratio, args.invert)
     try:
         spec = ModelSpec.from_dict(json.loads(args.spec)) if args.spec else None
     except (json.JSONDecodeError, TypeError) as exc:
@@ -165,7 +180,7 @@ def cmd_train(args) -> int:
     info = {"command": "mitoseg " + shlex.join(sys.argv[1:]) if sys.argv else "",
             "train_image": str(args.image), "train_slices": len(tr_i), "val_slices": len(va_i)}
     gen = iter_train(
-        tr_i, tr_m, spec=spec, config=cfg, base=args.base,
+        tr_i, tr_m, spec=spec, config=cfg, base=base,
         val_images=va_i if len(va_i) else None, val_masks=va_m if len(va_m) else None,
         out_dir=args.out, resume=args.resume,
         max_seconds=args.minutes * 60 if args.minutes else None, device=args.device, info=info,
