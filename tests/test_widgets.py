@@ -118,6 +118,32 @@ def test_segment_instances_gives_one_id_per_object(viewer, qtbot, models):
     assert layer.metadata["mitoseg_instances"] is True
 
 
+def test_segment_again_as_instances_undoes_to_the_mask_and_huge_changes_are_not_recorded(viewer, qtbot, models,
+                                                                                         monkeypatch):
+    from napari_mitoseg._widgets import _segment_run
+
+    image, _ = make_sample(shape=(3, 96, 96), seed=2)
+    viewer.add_image(image, name="em")
+    w = _segment_widget(viewer)
+    w.threshold.setValue(0.45)
+    layer = _run(qtbot, w)
+    mask = layer.data.copy()
+    w.instances.setChecked(True)  # uint8 mask -> int32 ids: the undo step spans the dtype change
+    _run(qtbot, w)
+    assert w.current_run.undoable and layer.data.dtype == np.int32 and layer.data.max() >= 2
+    layer.undo()
+    np.testing.assert_array_equal(layer.data, mask)
+
+    # beyond the limit the result still lands, without an undo step, and the widget does not
+    # promise one
+    monkeypatch.setattr(_segment_run, "UNDO_MAX_VOXELS", 10)
+    w.instances.setChecked(False)
+    w.threshold.setValue(0.3)
+    _run(qtbot, w)
+    assert not w.current_run.undoable and "Undo" not in w.message.text()
+    np.testing.assert_array_equal(layer.data, layer.metadata["mitoseg_model_output"])
+
+
 def test_segment_z_smoothing_follows_model_card(viewer, qtbot, models):
     import json
 
@@ -250,6 +276,20 @@ def test_segment_rerun_keeps_painted_slices_exactly(viewer, qtbot, models):
     for z in (0, 1, 3):
         np.testing.assert_array_equal(layer.data[z], new_out[z])
     assert (layer.data[2] == 7).any() and (layer.data[4, 50:60, 50:60] == 3).all()
+
+    # the re-run is one undo step: Ctrl+Z brings back what the layer held, redo the new result
+    assert w.current_run.undoable and "Undo" in w.message.text()
+    result = layer.data.copy()
+    layer.undo()
+    np.testing.assert_array_equal(layer.data, painted)
+    # ... and the earlier model output there is not mistaken for corrections
+    from napari_mitoseg._widgets._common import painted_slices
+
+    assert painted_slices(layer) == [2, 4]
+    layer.redo()
+    np.testing.assert_array_equal(layer.data, result)
+    assert painted_slices(layer) == [2, 4]
+
     # a plain re-run without painting replaces everything
     layer.data[...] = 0
     layer.metadata[MODEL_OUTPUT] = layer.data.copy()

@@ -42,6 +42,8 @@ def avoid_llvm_clash(maps_file: str | Path = "/proc/self/maps") -> bool:
 
 #: layer.metadata key holding the last model output (numpy array) of a result layer.
 MODEL_OUTPUT = "mitoseg_model_output"
+#: layer.metadata key: the model output of the run before the last one (see painted_slices).
+PREVIOUS_OUTPUT = "mitoseg_previous_output"
 #: layer.metadata key: name of the model that made the result layer.
 MODEL_NAME = "mitoseg_model"
 #: layer.metadata key: whether the result layer holds instance ids (one per mitochondrion).
@@ -86,12 +88,31 @@ def layer_array(layer):
     return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
 
 
-def model_output(layer) -> np.ndarray | None:
+def model_output(layer, key: str = MODEL_OUTPUT) -> np.ndarray | None:
     """The model output recorded on a result layer, when it still fits the layer's shape."""
-    ref = layer.metadata.get(MODEL_OUTPUT) if layer is not None else None
+    ref = layer.metadata.get(key) if layer is not None else None
     if ref is None or np.shape(ref) != np.shape(layer.data):
         return None
     return ref
+
+
+def painted_slices(layer) -> list[int] | None:
+    """Slices of a result layer that the user changed; None when no model output is recorded.
+
+    A slice counts when it differs from the last model output and, if there was a run before
+    that one, from its output too: after an undo of a re-segmentation (Ctrl+Z) the layer shows
+    the earlier output again, and that is not a correction.
+    """
+    from ..api import changed_slices
+
+    ref = model_output(layer)
+    if ref is None:
+        return None
+    found = changed_slices(layer.data, ref)
+    earlier = model_output(layer, PREVIOUS_OUTPUT)
+    if earlier is not None and found:
+        found = sorted(set(found) & set(changed_slices(layer.data, earlier)))
+    return found
 
 
 def message_label() -> QLabel:

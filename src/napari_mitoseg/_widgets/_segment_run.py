@@ -12,7 +12,9 @@ Rules kept here, in one place:
 - slices the user painted (:func:`api.changed_slices` against that output), plus any slices the
   caller names, are kept exactly (:func:`api.merge_unpainted`); the rest are replaced;
 - Cancel (``worker.quit()``) stops within one slice and leaves a pre-existing layer exactly as it
-  was (same array, same metadata); a layer this run created is removed again.
+  was (same array, same metadata); a layer this run created is removed again;
+- a finished run over a pre-existing layer is one undo step of that layer (Ctrl+Z brings back
+  the previous result, Ctrl+Shift+Z the new one), up to :data:`UNDO_MAX_VOXELS` changed voxels.
 """
 
 from __future__ import annotations
@@ -29,10 +31,15 @@ from ._common import (
     MODEL_NAME,
     MODEL_OUTPUT,
     OPTIONS,
+    PREVIOUS_OUTPUT,
     avoid_llvm_clash,
     layer_array,
-    model_output,
+    painted_slices,
 )
+
+#: a re-segmentation changing more voxels than this is not recorded for undo (the undo step
+#: holds about 30 bytes per changed voxel: 750 MB at this limit)
+UNDO_MAX_VOXELS = 25_000_000
 
 
 @dataclass
@@ -108,6 +115,8 @@ class SegmentationRun(QObject):
         self._restore: tuple | None = None  # (layer, original data array, editable)
         self._buffer3: np.ndarray | None = None
         self._active = False
+        #: whether the finished run can be undone on the layer (Ctrl+Z)
+        self.undoable = False
 
     # ------------------------------------------------------------------ main thread
 
@@ -116,7 +125,6 @@ class SegmentationRun(QObject):
         from napari.layers import Labels
         from napari.qt.threading import create_worker
 
-        from ..api import changed_slices
         from ..inference import check_stack
 
         avoid_llvm_clash()
@@ -132,8 +140,7 @@ class SegmentationRun(QObject):
         keep: list[int] = []
         if existing is not None and tuple(existing.data.shape) == shape:
             old = np.asarray(existing.data)
-            ref = model_output(existing)
-            painted = changed_slices(old, ref) if ref is not None else []
+            painted = painted_slices(existing) or []
             n_slices = shape[0] if len(shape) == 3 else 1
             keep = sorted(set(painted) | {z for z in self.extra_keep if 0 <= z < n_slices})
         self.kept = keep
@@ -185,12 +192,17 @@ class SegmentationRun(QObject):
 
     def _on_returned(self, out: SegmentOutcome) -> None:
         layer = self.layer
+        self.undoable = False
         if layer not in self.viewer.layers:  # the user deleted it meanwhile
             layer = self.viewer.add_labels(out.labels, name=self.target_name, opacity=0.6)
+        elif self._restore is not None:
+            self.undoable = self._replace_undoably(layer, self._restore[1], out.labels)
         else:
             layer.data = out.labels
         layer.scale = self.image_layer.scale
         layer.translate = self.image_layer.translate
+        if self._restore is not None and MODEL_OUTPUT in layer.metadata:
+            layer.metadata[PREVIOUS_OUTPUT] = layer.metadata[MODEL_OUTPUT]
         layer.metadata[MODEL_OUTPUT] = out.output
         layer.metadata[MODEL_NAME] = out.model_name
         layer.metadata[INSTANCES] = self.instances
@@ -199,6 +211,30 @@ class SegmentationRun(QObject):
         self.layer = layer
         self._finish()
         self.done.emit(layer)
+
+    @staticmethod
+    def _replace_undoably(layer, original, new: np.ndarray) -> bool:
+        """Put ``new`` on ``layer`` as one undo step over ``original`` (the data it had).
+
+        Returns False, replacing the data without an undo step, when the step cannot be
+        recorded: the original is not an in-memory array of the same shape, or the change is
+        larger than :data:`UNDO_MAX_VOXELS`.
+        """
+        if not isinstance(original, np.ndarray) or original.shape != new.shape:
+            layer.data = new
+            return False
+        changed = original != new
+        n_changed = int(np.count_nonzero(changed))
+        if n_changed > UNDO_MAX_VOXELS:
+            layer.data = new
+            return False
+        dtype = np.result_type(original.dtype, new.dtype)
+        layer.data = original if original.dtype == dtype else original.astype(dtype)
+        if n_changed:
+            where = np.nonzero(changed)
+            with layer.block_history():  # one Ctrl+Z for the whole run
+                layer.data_setitem(where, new[where])
+        return True
 
     def _restore_layers(self) -> None:
         if self._created:

@@ -35,8 +35,8 @@ from ._common import (
     invert_box,
     layer_array,
     message_label,
-    model_output,
     no_model_message,
+    painted_slices,
     pixel_ratio_box,
     recorded_stack_options,
 )
@@ -62,7 +62,7 @@ class FinetuneWidget(QWidget):
     """Fine-tune a model on the slices corrected in a result layer, then segment again.
 
     Corrected slices are found by comparing the layer with the model output recorded when it
-    was segmented (``api.changed_slices``); add or drop slices by hand. The new model is saved
+    was segmented (``_common.painted_slices``); add or drop slices by hand. The new model is saved
     as a new version in the user's model folder, never over an existing one. ``base_config``
     (a ``TrainConfig``) holds the training settings other than the number of steps.
     ``finetuned`` fires with the ``FinetuneResult`` (None if cancelled or failed);
@@ -215,8 +215,6 @@ class FinetuneWidget(QWidget):
 
     def find_corrected_slices(self) -> list[int]:
         """List the slices where the labels layer differs from its recorded model output."""
-        from ..api import changed_slices
-
         layer = self.labels_choice.layer()
         if layer is None:
             self.message.setText("Choose the labels layer you corrected.")
@@ -225,14 +223,13 @@ class FinetuneWidget(QWidget):
             # a segmentation is writing into the layer; its slices are compared when it lands
             self.message.setText(f"'{layer.name}' is being segmented; corrections are found when it is done.")
             return self.slices()
-        ref = model_output(layer)
-        if ref is None:
+        found = painted_slices(layer)
+        if found is None:
             self.message.setText(
                 f"'{layer.name}' has no recorded model output (segment the image with 'Segment "
                 "mitochondria' first), so corrections cannot be found; add slices by hand."
             )
             return self.slices()
-        found = changed_slices(layer.data, ref)
         self.set_slices(found)
         self.message.setText(
             f"Corrected slices: {found}." if found else
@@ -428,7 +425,9 @@ class FinetuneWidget(QWidget):
         self.segment_again_button.setEnabled(True)
         self.find_corrected_slices()  # against the new model's output, at once
         kept = self.segment_run.kept if self.segment_run else []
-        self.message.setText(f"Segmented again with {self.result.name}; kept slices {kept} exactly.")
+        undo = (" Undo (Ctrl+Z on the layer) brings back the previous result."
+                if self.segment_run is not None and self.segment_run.undoable else "")
+        self.message.setText(f"Segmented again with {self.result.name}; kept slices {kept} exactly.{undo}")
         self.resegmented.emit(layer)
 
     def _on_resegment_stopped(self, text: str) -> None:
