@@ -13,7 +13,7 @@ other 8 is reported before and after fine-tuning, with the fine-tune's wall time
 (``training.FINETUNE``) are chosen, trying settings with ``--config '{"steps": 300}'``.
 
     python benchmarks/finetune_figures.py [--model mito-em-v2] [--cases same shifted] \
-        [--data test|val] [--config JSON]
+        [--data test|val] [--config JSON] [--corrected Z ...]
 """
 
 from __future__ import annotations
@@ -76,6 +76,8 @@ def main(argv=None) -> int:
                     choices=["same", "shifted", "shifted-set"])
     ap.add_argument("--data", choices=["test", "val"], default="test")
     ap.add_argument("--config", default="{}", help="JSON overrides of training.FINETUNE")
+    ap.add_argument("--corrected", type=int, nargs="+", default=None,
+                    help="the corrected slices (default: 2 7 on test, 0 2 on val)")
     args = ap.parse_args(argv)
     config = dataclasses.replace(FINETUNE, **json.loads(args.config))
     d = sbem_dir()
@@ -90,6 +92,8 @@ def main(argv=None) -> int:
         image = tifffile.imread(d / "train_image.tif")[-4:]
         mask = (tifffile.imread(d / "train_mask.tif")[-4:] > 0).astype(np.uint8)
         corrected = (0, 2)
+    if args.corrected:
+        corrected = tuple(args.corrected)
     for case in args.cases:
         im, mk = (image, mask) if case == "same" else shifted(image, mask)
         told = {"pixel_ratio": 2.0, "invert": True} if case == "shifted-set" else {}
