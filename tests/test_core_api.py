@@ -76,6 +76,46 @@ def test_segment_file_scores_and_writes(tiny_model_dir, sample, tmp_path):
     assert 0.0 <= res.report.overall.iou <= 1.0
 
 
+def test_segment_file_streams_a_stack_into_zarr_slice_by_slice(tiny_model_dir, sample, tmp_path, monkeypatch):
+    import zarr
+
+    from napari_mitoseg.metrics import evaluate
+
+    image, gt = sample
+    for name, arr in (("im.zarr", image), ("gt.zarr", gt)):
+        z = zarr.open(str(tmp_path / name), mode="w", shape=arr.shape, dtype=arr.dtype, chunks=(1, *arr.shape[1:]))
+        z[:] = arr
+    model = api.get_model(tiny_model_dir, "cpu")
+    expected = api.segment(image, model)
+    (tmp_path / "out.zarr").mkdir()
+    (tmp_path / "out.zarr" / "old").write_text("the user's old result")
+
+    def whole_volume(*args, **kwargs):
+        raise AssertionError("the whole volume was segmented in memory")
+
+    monkeypatch.setattr(api, "segment", whole_volume)
+    res = api.segment_file(tmp_path / "im.zarr", model=tiny_model_dir, device="cpu", gt=tmp_path / "gt.zarr",
+                           out=tmp_path / "out.zarr")
+    assert res.labels is None and res.shape == image.shape
+    np.testing.assert_array_equal(np.asarray(read_stack(tmp_path / "out.zarr")), expected)
+    assert res.report == evaluate(expected, gt)
+    assert not (tmp_path / "out.zarr" / "old").exists()
+
+    # a run that fails half-way leaves the earlier result as it was, and no temporary folder
+    from napari_mitoseg import inference
+
+    def fail_after_one(*args, **kwargs):
+        gen = inference.iter_predict(*args, **kwargs)
+        yield next(gen)
+        raise MemoryError("out of memory")
+
+    monkeypatch.setattr(api, "iter_predict", fail_after_one)
+    with pytest.raises(MemoryError):
+        api.segment_file(tmp_path / "im.zarr", model=tiny_model_dir, device="cpu", out=tmp_path / "out.zarr")
+    np.testing.assert_array_equal(np.asarray(read_stack(tmp_path / "out.zarr")), expected)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gt.zarr", "im.zarr", "out.zarr"]
+
+
 def test_segment_file_checks_before_it_works(tiny_model_dir, sample, tmp_path):
     image, gt = sample
     tifffile.imwrite(tmp_path / "im.tif", image, photometric="minisblack")

@@ -61,9 +61,10 @@ def segment(
 
 @dataclass
 class SegmentResult:
-    labels: np.ndarray
+    labels: np.ndarray | None  # None when the labels went straight to a zarr ``out``
     model_name: str
     report: Report | None
+    shape: tuple[int, ...] = ()
 
 
 def segment_file(
@@ -74,6 +75,11 @@ def segment_file(
 
     ``pixel_ratio`` (the stack's pixel size over the model's training pixel size) and
     ``invert`` (reversed contrast): see :class:`~napari_mitoseg.inference.PredictOptions`.
+
+    A (Z, Y, X) stack written to a ``.zarr`` ``out`` without ``instances`` streams: each
+    slice is read, segmented, written and scored in turn, so the stack, its labels and its
+    ground truth need not fit in memory (``labels`` is then None). Instances need the whole
+    volume at once (3D connected components), and TIFF output is written whole.
     """
     from .io import check_label_path, read_stack, write_labels
 
@@ -82,21 +88,52 @@ def segment_file(
     image = read_stack(image_path)
     gt_arr = None
     if gt is not None:
-        gt_arr = np.asarray(read_stack(gt))
-        if gt_arr.shape != tuple(image.shape):
+        gt_arr = read_stack(gt)
+        if tuple(gt_arr.shape) != tuple(image.shape):
             from .metrics import ShapeMismatchError
 
             raise ShapeMismatchError(
-                f"ground truth shape {gt_arr.shape} does not match image shape {tuple(image.shape)}"
+                f"ground truth shape {tuple(gt_arr.shape)} does not match image shape "
+                f"{tuple(image.shape)}"
             )
     m = get_model(model, device)
     opts = PredictOptions(threshold=threshold, tta=tta, z_smooth=z_smooth, pixel_ratio=pixel_ratio,
                           invert=invert)
+    shape = tuple(image.shape)
+    if out and Path(out).suffix.lower() == ".zarr" and not instances and image.ndim == 3:
+        report = _segment_to_zarr(image, m, opts, Path(out), gt_arr)
+        return SegmentResult(None, m.name, report, shape)
     labels = segment(image, m, opts, instances=instances)
-    report = evaluate(labels > 0, gt_arr > 0) if gt_arr is not None else None
+    report = evaluate(labels > 0, np.asarray(gt_arr) > 0) if gt_arr is not None else None
     if out:
         write_labels(out, labels)
-    return SegmentResult(labels, m.name, report)
+    return SegmentResult(labels, m.name, report, shape)
+
+
+def _segment_to_zarr(image, model: LoadedModel, options: PredictOptions, out: Path, gt) -> Report | None:
+    """Stream (Z, Y, X) ``image`` slice by slice into a new zarr at ``out`` (swapped in whole
+    when complete); score each slice against ``gt`` on the way."""
+    import zarr
+
+    from .io import atomic_dir
+    from .metrics import Counts, scores_from_counts
+    from .metrics import counts as confusion
+
+    per: list[Counts] = []
+
+    def write(tmp: Path) -> None:
+        arr = zarr.open(str(tmp), mode="w", shape=tuple(image.shape), dtype=np.uint8,
+                        chunks=(1, *image.shape[1:]))
+        for r in iter_predict(model, image, options):
+            arr[r.index] = r.mask.astype(np.uint8)
+            if gt is not None:
+                per.append(confusion(r.mask, np.asarray(gt[r.index]) > 0))
+
+    atomic_dir(out, write)
+    if gt is None:
+        return None
+    total = sum(per[1:], per[0])
+    return Report(scores_from_counts(total), [scores_from_counts(c) for c in per])
 
 
 # --------------------------------------------------------------------------- corrections

@@ -121,7 +121,7 @@ def cmd_segment(args) -> int:
         gt=args.gt, pixel_ratio=args.pixel_ratio, invert=args.invert,
     )
     extra = {"seconds": round(time.perf_counter() - t0, 3), "model": result.model_name,
-             "shape": list(result.labels.shape), "tta": args.tta, "pixel_ratio": args.pixel_ratio,
+             "shape": list(result.shape), "tta": args.tta, "pixel_ratio": args.pixel_ratio,
              "invert": args.invert}
     if result.report is not None:
         _report(result.report.as_dict(), args, extra)
