@@ -9,7 +9,7 @@ Rules kept here, in one place:
 
 - the result layer is ``"<image> mitochondria"`` (or a given name) with the image's scale and
   translate; its ``metadata[MODEL_OUTPUT]`` keeps the last model output;
-- slices the user painted (:func:`api.changed_slices` against that output), plus any slices the
+- slices the user painted (:func:`_common.painted_slices` against that output), plus any slices the
   caller names, are kept exactly (:func:`api.merge_unpainted`); the rest are replaced;
 - Cancel (``worker.quit()``) stops within one slice and leaves a pre-existing layer exactly as it
   was (same array, same metadata); a layer this run created is removed again;
