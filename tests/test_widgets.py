@@ -479,6 +479,8 @@ def test_finetune_finds_corrections_trains_saves_and_segments_again(viewer, qtbo
     assert ft.segment_run.options.pixel_ratio == 1.0 and not ft.segment_run.options.invert
     tuned = load_model(result.path, device="cpu")
     assert tuned.spec.input_scale == 1.5 and tuned.spec.invert
+    # the next fine-tune starts from the new model, which holds both already
+    assert ft.pixel_ratio.value() == 1.0 and not ft.invert.isChecked()
     assert ft.slices() == [1]  # still found as corrected against the new model's output
 
     # painting with the brush updates the list by itself, shortly after the stroke

@@ -84,6 +84,7 @@ class FinetuneWidget(QWidget):
         self.segment_run: SegmentationRun | None = None
         self.losses: list[float] = []
         self._watched = None
+        self._seen_options = None  # the layer's recorded options last copied to the controls
         self._debounce = QTimer(self)
         self._debounce.setSingleShot(True)
         self._debounce.setInterval(400)
@@ -223,6 +224,7 @@ class FinetuneWidget(QWidget):
             # a segmentation is writing into the layer; its slices are compared when it lands
             self.message.setText(f"'{layer.name}' is being segmented; corrections are found when it is done.")
             return self.slices()
+        self._sync_stack_options(layer)
         found = painted_slices(layer)
         if found is None:
             self.message.setText(
@@ -236,6 +238,17 @@ class FinetuneWidget(QWidget):
             "No corrected slice yet: paint corrections on the layer (or add slices by hand)."
         )
         return found
+
+    def _sync_stack_options(self, layer) -> None:
+        """Set pixel ratio and contrast from the layer's latest segmentation, once per run (a
+        segmentation by a fine-tuned model records 1 and no inversion: the model holds them)."""
+        used = layer.metadata.get(OPTIONS)
+        if used is not None and used is self._seen_options:
+            return
+        self._seen_options = used
+        ratio, invert = recorded_stack_options(layer)
+        self.pixel_ratio.setValue(ratio)
+        self.invert.setChecked(invert)
 
     def _schedule_find(self, event=None) -> None:
         """Look for corrected slices shortly after painting stops."""
@@ -254,9 +267,7 @@ class FinetuneWidget(QWidget):
             emitter.connect(self._schedule_find)
         if layer.metadata.get(MODEL_NAME):
             self.model_choice.select(layer.metadata[MODEL_NAME])
-        ratio, invert = recorded_stack_options(layer)
-        self.pixel_ratio.setValue(ratio)
-        self.invert.setChecked(invert)
+        self._seen_options = None
         self.find_corrected_slices()
 
     # ------------------------------------------------------------------ fine-tuning
