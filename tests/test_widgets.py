@@ -481,6 +481,10 @@ def test_finetune_finds_corrections_trains_saves_and_segments_again(viewer, qtbo
     assert tuned.spec.input_scale == 1.5 and tuned.spec.invert
     # the next fine-tune starts from the new model, which holds both already
     assert ft.pixel_ratio.value() == 1.0 and not ft.invert.isChecked()
+    # ... and choosing it in the Segment widget sets both back for it
+    seg.model_choice.refresh()
+    seg.model_choice.select("tiny-ft1")
+    assert seg.pixel_ratio.value() == 1.0 and not seg.invert.isChecked()
     assert ft.slices() == [1]  # still found as corrected against the new model's output
 
     # painting with the brush updates the list by itself, shortly after the stroke

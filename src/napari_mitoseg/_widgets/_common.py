@@ -263,6 +263,20 @@ def default_z_smooth(source: str | None) -> bool:
     return False
 
 
+def made_for_a_stack(source: str | None) -> bool:
+    """Whether the model at ``source`` was fine-tuned with a pixel ratio or reversed contrast,
+    which its spec now holds (so it takes that stack with a ratio of 1 and no inversion)."""
+    from ..model import ModelError, read_config, resolve_model_path
+
+    if not source:
+        return False
+    try:
+        _, info = read_config(resolve_model_path(source))
+    except ModelError:
+        return False
+    return float(info.get("pixel_ratio", 1.0) or 1.0) != 1.0 or bool(info.get("invert", False))
+
+
 class DeviceChoice(QComboBox):
     """'auto' plus the devices torch can use here (CUDA, MPS, CPU)."""
 

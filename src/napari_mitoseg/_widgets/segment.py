@@ -23,6 +23,7 @@ from ._common import (
     ModelChoice,
     default_z_smooth,
     invert_box,
+    made_for_a_stack,
     message_label,
     no_model_message,
     pixel_ratio_box,
@@ -109,7 +110,11 @@ class SegmentWidget(QWidget):
         self._on_model_chosen()
 
     def _on_model_chosen(self, index: int = -1) -> None:
-        self.z_smooth.setChecked(default_z_smooth(self.model_choice.source()))
+        source = self.model_choice.source()
+        self.z_smooth.setChecked(default_z_smooth(source))
+        if made_for_a_stack(source):  # the model holds that stack's pixel ratio and contrast
+            self.pixel_ratio.setValue(1.0)
+            self.invert.setChecked(False)
 
     def _on_models(self, available: bool) -> None:
         self.model_message.setText("" if available else no_model_message())
