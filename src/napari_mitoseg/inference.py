@@ -235,14 +235,24 @@ def network_shape(spec: ModelSpec, shape: tuple[int, int]) -> tuple[int, int]:
     return (max(8, round(shape[0] * s)), max(8, round(shape[1] * s)))
 
 
+def _to_network(raw: list[np.ndarray], spec: ModelSpec) -> np.ndarray:
+    """Equal-shaped raw (Y, X) slices -> (B, Y', X') network input: normalised, inverted when
+    the spec says so, resized by ``input_scale``."""
+    batch = np.stack([_network_input(r, spec) for r in raw])
+    return resize(batch, network_shape(spec, batch.shape[1:]))
+
+
+def _to_slices(probs: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Network probabilities (..., Y', X') -> the slices' own (Y, X), within [0, 1]."""
+    return np.clip(resize(probs, shape), 0.0, 1.0)
+
+
 def predict_slice(model: LoadedModel, slice_: np.ndarray, tta: bool = False) -> np.ndarray:
     """(Y, X) raw slice -> (Y, X) float32 foreground probability."""
     spec: ModelSpec = model.spec
-    x = _network_input(slice_, spec)
-    shape = x.shape
-    x = resize(x, network_shape(spec, shape))
+    x = _to_network([slice_], spec)[0]
     p = tiled_apply(x, lambda t: _forward(model, t[None], tta)[0], spec.tile_size, spec.tile_overlap)
-    return np.clip(resize(p, shape), 0.0, 1.0)
+    return _to_slices(p, np.shape(slice_))
 
 
 def iter_predict(
@@ -267,10 +277,7 @@ def iter_predict(
         for start in range(0, z, bs):
             raw = [np.asarray(image[i]) for i in range(start, min(z, start + bs))]
             if bs > 1:
-                batch = np.stack([_network_input(r, spec) for r in raw])
-                batch = resize(batch, network_shape(spec, batch.shape[1:]))
-                probs = _forward(model, batch, options.tta)
-                yield from np.clip(resize(probs, raw[0].shape), 0.0, 1.0)
+                yield from _to_slices(_forward(model, _to_network(raw, spec), options.tta), raw[0].shape)
             else:
                 yield predict_slice(model, raw[0], options.tta)
 
