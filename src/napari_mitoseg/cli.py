@@ -16,6 +16,16 @@ import time
 logger = logging.getLogger(__name__)
 
 
+def _stack_flags(p: argparse.ArgumentParser, note: str) -> None:
+    """--pixel-ratio and --invert: how a stack differs from the model's training data."""
+    p.add_argument("--pixel-ratio", type=float, default=1.0,
+                   help="the stack's pixel size / the model's training pixel size (2: pixels "
+                        f"twice as large; default 1); {note}")
+    p.add_argument("--invert", action="store_true",
+                   help="the stack's contrast is the reverse of the model's training data "
+                        f"(bright membranes on dark); {note}")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mitoseg", description=__doc__.splitlines()[0])
     p.add_argument("-v", "--verbose", action="store_true", help="log progress")
@@ -30,12 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--tta", action="store_true", help="test-time augmentation (8 views)")
     s.add_argument("--z-smooth", action=argparse.BooleanOptionalAction, default=None,
                    help="smooth probabilities along z (default: the model's choice)")
-    s.add_argument("--pixel-ratio", type=float, default=1.0,
-                   help="your pixel size / the model's training pixel size (2: pixels twice "
-                        "as large); slices are resized to match (default 1)")
-    s.add_argument("--invert", action="store_true",
-                   help="the stack's contrast is the reverse of the model's training data "
-                        "(bright membranes on dark)")
+    _stack_flags(s, "slices are adapted to the model to match")
     s.add_argument("--instances", action="store_true", help="one id per mitochondrion (3D)")
     s.add_argument("--gt", help="ground truth to score against")
     s.add_argument("--json", action="store_true", help="print one JSON object")
@@ -53,12 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--val-fraction", type=float, default=0.0,
                    help="hold out the last fraction of slices for validation")
     t.add_argument("--base", help="start from this model (fine-tuning)")
-    t.add_argument("--pixel-ratio", type=float, default=1.0,
-                   help="with --base: the stack's pixel size / the base model's training pixel "
-                        "size; the new model keeps it")
-    t.add_argument("--invert", action="store_true",
-                   help="with --base: the stack's contrast is the reverse of the base model's "
-                        "training data; the new model keeps it")
+    _stack_flags(t, "with --base only; the new model keeps them")
     t.add_argument("--spec", help="JSON model spec, e.g. '{\"encoder\": \"resnet18\"}'")
     t.add_argument("--steps", type=int, default=None)
     t.add_argument("--batch-size", type=int, default=None)

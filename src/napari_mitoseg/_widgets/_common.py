@@ -77,10 +77,15 @@ def invert_box(parent: QWidget | None = None) -> QCheckBox:
     return box
 
 
+def _stack_options(record: dict) -> tuple[float, bool]:
+    """(pixel ratio, invert) from a record (a layer's options, a model's info); (1, False) when
+    absent."""
+    return float(record.get("pixel_ratio", 1.0) or 1.0), bool(record.get("invert", False))
+
+
 def recorded_stack_options(layer) -> tuple[float, bool]:
     """(pixel ratio, invert) a result layer was segmented with ((1, False) when not recorded)."""
-    used = (layer.metadata.get(OPTIONS) or {}) if layer is not None else {}
-    return float(used.get("pixel_ratio", 1.0) or 1.0), bool(used.get("invert", False))
+    return _stack_options((layer.metadata.get(OPTIONS) or {}) if layer is not None else {})
 
 
 def layer_array(layer):
@@ -274,7 +279,7 @@ def made_for_a_stack(source: str | None) -> bool:
         _, info = read_config(resolve_model_path(source))
     except ModelError:
         return False
-    return float(info.get("pixel_ratio", 1.0) or 1.0) != 1.0 or bool(info.get("invert", False))
+    return _stack_options(info) != (1.0, False)
 
 
 class DeviceChoice(QComboBox):
