@@ -19,10 +19,10 @@ import json
 import sys
 
 import numpy as np
-import tifffile
+import sbem_data  # beside this script
 from scipy import ndimage as ndi
 
-from napari_mitoseg.api import get_model, sbem_dir, segment
+from napari_mitoseg.api import get_model, segment
 from napari_mitoseg.metrics import score
 
 
@@ -45,19 +45,12 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=None, help="default: the shipped model")
     args = ap.parse_args(argv)
-    d = sbem_dir()
-    if d is None:
-        print("SBEM data not found; set MITOSEG_SBEM_DIR", file=sys.stderr)
-        return 1
     model = get_model(args.model, "cpu")
-    stacks = {
-        "val": (tifffile.imread(d / "train_image.tif")[-4:], tifffile.imread(d / "train_mask.tif")[-4:]),
-        "test": (tifffile.imread(d / "test_image.tif"), tifffile.imread(d / "test_mask.tif")),
-    }
-    for name, (image, mask) in stacks.items():
+    for name in ("val", "test"):
+        image, mask = sbem_data.load(name)
         pred = segment(image, model).astype(bool)
         print(json.dumps({"data": name, "model": model.name, "slices": len(image),
-                          **breakdown(pred, mask > 0)}), flush=True)
+                          **breakdown(pred, mask)}), flush=True)
     return 0
 
 

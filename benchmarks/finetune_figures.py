@@ -26,11 +26,11 @@ import tempfile
 import time
 
 import numpy as np
-import tifffile
+import sbem_data  # beside this script
 import torch
 from skimage.transform import rescale
 
-from napari_mitoseg.api import get_model, iter_finetune, sbem_dir, segment
+from napari_mitoseg.api import get_model, iter_finetune, segment
 from napari_mitoseg.inference import PredictOptions
 from napari_mitoseg.metrics import score
 from napari_mitoseg.training import FINETUNE
@@ -80,20 +80,9 @@ def main(argv=None) -> int:
                     help="the corrected slices (default: 2 7 on test, 0 2 on val)")
     args = ap.parse_args(argv)
     config = dataclasses.replace(FINETUNE, **json.loads(args.config))
-    d = sbem_dir()
-    if d is None:
-        print("SBEM data not found; set MITOSEG_SBEM_DIR", file=sys.stderr)
-        return 1
-    if args.data == "test":
-        image = tifffile.imread(d / "test_image.tif")
-        mask = (tifffile.imread(d / "test_mask.tif") > 0).astype(np.uint8)
-        corrected = (2, 7)
-    else:
-        image = tifffile.imread(d / "train_image.tif")[-4:]
-        mask = (tifffile.imread(d / "train_mask.tif")[-4:] > 0).astype(np.uint8)
-        corrected = (0, 2)
-    if args.corrected:
-        corrected = tuple(args.corrected)
+    image, mask = sbem_data.load(args.data)
+    mask = mask.astype(np.uint8)
+    corrected = tuple(args.corrected or ((2, 7) if args.data == "test" else (0, 2)))
     for case in args.cases:
         im, mk = (image, mask) if case == "same" else shifted(image, mask)
         told = {"pixel_ratio": 2.0, "invert": True} if case == "shifted-set" else {}

@@ -19,10 +19,10 @@ import json
 import sys
 
 import numpy as np
-import tifffile
+import sbem_data  # beside this script
 from skimage.transform import rescale
 
-from napari_mitoseg.api import get_model, sbem_dir, segment
+from napari_mitoseg.api import get_model, segment
 from napari_mitoseg.inference import PredictOptions
 from napari_mitoseg.metrics import score
 
@@ -42,16 +42,7 @@ def main(argv=None) -> int:
     ap.add_argument("--data", choices=["val", "test"], default="val")
     ap.add_argument("--model", default=None, help="default: the shipped model")
     args = ap.parse_args(argv)
-    d = sbem_dir()
-    if d is None:
-        print("SBEM data not found; set MITOSEG_SBEM_DIR", file=sys.stderr)
-        return 1
-    if args.data == "val":
-        image = tifffile.imread(d / "train_image.tif")[-4:]
-        mask = tifffile.imread(d / "train_mask.tif")[-4:] > 0
-    else:
-        image = tifffile.imread(d / "test_image.tif")
-        mask = tifffile.imread(d / "test_mask.tif") > 0
+    image, mask = sbem_data.load(args.data)
     model = get_model(args.model, "cpu")
     for s in SCALES:
         im, mk = resample(image, mask, s)

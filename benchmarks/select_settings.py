@@ -12,9 +12,8 @@ import json
 import sys
 
 import numpy as np
-import tifffile
+import sbem_data  # beside this script
 
-from napari_mitoseg.api import sbem_dir
 from napari_mitoseg.inference import binarise, predict_slice, smooth_z
 from napari_mitoseg.metrics import score
 from napari_mitoseg.model import load_model
@@ -23,12 +22,7 @@ THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
 
 
 def main(folders: list[str]) -> int:
-    d = sbem_dir()
-    if d is None:
-        print("SBEM data not found; set MITOSEG_SBEM_DIR", file=sys.stderr)
-        return 1
-    image = tifffile.imread(d / "train_image.tif")[-4:]
-    gt = tifffile.imread(d / "train_mask.tif")[-4:] > 0
+    image, gt = sbem_data.load("val")
     best = None
     for folder in folders:
         model = load_model(folder, "cpu")

@@ -21,10 +21,10 @@ import sys
 import time
 from pathlib import Path
 
-import tifffile
+import sbem_data  # beside this script
 import torch
 
-from napari_mitoseg.api import sbem_dir, segment
+from napari_mitoseg.api import segment
 from napari_mitoseg.inference import PredictOptions
 from napari_mitoseg.metrics import score
 from napari_mitoseg.model import SHIPPED_DIR, load_model, read_config, save_model
@@ -54,15 +54,10 @@ def main(argv=None) -> int:
     ap.add_argument("--card-notes", help="markdown appended to the card (choices, baseline)")
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
-    d = sbem_dir()
-    if d is None:
-        print("SBEM data not found", file=sys.stderr)
-        return 1
+    image, gt = sbem_data.load("test")
     spec, info = read_config(args.run)
     spec = dataclasses.replace(spec, threshold=args.threshold)
     src = load_model(args.run, "cpu")
-    image = tifffile.imread(d / "test_image.tif")
-    gt = tifffile.imread(d / "test_mask.tif") > 0
     # the weights are stored as fp16: measure the model exactly as it will be shipped
     tmp = SHIPPED_DIR / f".{args.name}.measure"
     save_model(src.net, spec, tmp, info=info)
