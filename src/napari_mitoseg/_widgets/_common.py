@@ -251,16 +251,25 @@ def no_model_message() -> str:
     )
 
 
+def _model_info(source: str | None) -> dict | None:
+    """The ``info`` of the model at ``source`` (name or folder); None when there is none."""
+    from ..model import ModelError, read_config, resolve_model_path
+
+    if not source:
+        return None
+    try:
+        return read_config(resolve_model_path(source))[1]
+    except ModelError:
+        return None
+
+
 def default_z_smooth(source: str | None) -> bool:
     """Whether the model at ``source`` recommends smoothing along z (its card's
     ``default_z_smooth``; a fine-tuned model inherits its base model's choice)."""
-    from ..model import ModelError, read_config, resolve_model_path
-
     seen = 0
     while source and seen < 4:
-        try:
-            _, info = read_config(resolve_model_path(source))
-        except ModelError:
+        info = _model_info(source)
+        if info is None:
             return False
         if "default_z_smooth" in info:
             return bool(info["default_z_smooth"])
@@ -271,15 +280,8 @@ def default_z_smooth(source: str | None) -> bool:
 def made_for_a_stack(source: str | None) -> bool:
     """Whether the model at ``source`` was fine-tuned with a pixel ratio or reversed contrast,
     which its spec now holds (so it takes that stack with a ratio of 1 and no inversion)."""
-    from ..model import ModelError, read_config, resolve_model_path
-
-    if not source:
-        return False
-    try:
-        _, info = read_config(resolve_model_path(source))
-    except ModelError:
-        return False
-    return _stack_options(info) != (1.0, False)
+    info = _model_info(source)
+    return info is not None and _stack_options(info) != (1.0, False)
 
 
 class DeviceChoice(QComboBox):
