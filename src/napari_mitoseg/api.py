@@ -113,27 +113,21 @@ def segment_file(
 def _segment_to_zarr(image, model: LoadedModel, options: PredictOptions, out: Path, gt) -> Report | None:
     """Stream (Z, Y, X) ``image`` slice by slice into a new zarr at ``out`` (swapped in whole
     when complete); score each slice against ``gt`` on the way."""
-    import zarr
-
-    from .io import atomic_dir
-    from .metrics import Counts, scores_from_counts
+    from .io import atomic_dir, open_labels_zarr
+    from .metrics import Counts, report_from_counts
     from .metrics import counts as confusion
 
     per: list[Counts] = []
 
     def write(tmp: Path) -> None:
-        arr = zarr.open(str(tmp), mode="w", shape=tuple(image.shape), dtype=np.uint8,
-                        chunks=(1, *image.shape[1:]))
+        arr = open_labels_zarr(tmp, tuple(image.shape), np.uint8)
         for r in iter_predict(model, image, options):
             arr[r.index] = r.mask.astype(np.uint8)
             if gt is not None:
                 per.append(confusion(r.mask, np.asarray(gt[r.index]) > 0))
 
     atomic_dir(out, write)
-    if gt is None:
-        return None
-    total = sum(per[1:], per[0])
-    return Report(scores_from_counts(total), [scores_from_counts(c) for c in per])
+    return report_from_counts(per) if gt is not None else None
 
 
 # --------------------------------------------------------------------------- corrections

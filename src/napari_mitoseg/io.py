@@ -252,11 +252,17 @@ def write_labels(path: str | os.PathLike, labels, voxel_size=None) -> Path:
                              metadata={"axes": "ZYX"[-labels.ndim :]})
 
         return _atomic_file(p, write_tiff)
-    import zarr  # .zarr: a folder, written beside and swapped in
 
-    def write_zarr(tmp: Path) -> None:
-        arr = zarr.open(str(tmp), mode="w", shape=labels.shape, dtype=labels.dtype,
-                        chunks=(1, *labels.shape[1:]))
-        arr[:] = labels
+    def write_zarr(tmp: Path) -> None:  # .zarr: a folder, written beside and swapped in
+        open_labels_zarr(tmp, labels.shape, labels.dtype)[:] = labels
 
     return atomic_dir(p, write_zarr)
+
+
+def open_labels_zarr(path: Path, shape: tuple[int, ...], dtype):
+    """A new zarr label array at ``path``, chunked by slice (so slices can be written and read
+    one at a time). Used inside :func:`atomic_dir`."""
+    import zarr
+
+    return zarr.open(str(path), mode="w", shape=tuple(shape), dtype=dtype,
+                     chunks=(1, *shape[1:]))

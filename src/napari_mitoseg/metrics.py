@@ -7,6 +7,7 @@ empty the undefined ratios are 0.0.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -82,8 +83,8 @@ def iou(pred, gt) -> float:
     return score(pred, gt).iou
 
 
-def score_per_slice(pred, gt) -> list[Scores]:
-    """Scores of each slice of (Z, Y, X) stacks (a 2D pair counts as one slice)."""
+def _slice_counts(pred, gt) -> list[Counts]:
+    """Confusion counts of each slice of (Z, Y, X) stacks (a 2D pair counts as one slice)."""
     pred = np.asarray(pred)
     gt = np.asarray(gt)
     if pred.shape != gt.shape:
@@ -92,7 +93,12 @@ def score_per_slice(pred, gt) -> list[Scores]:
         )
     if pred.ndim == 2:
         pred, gt = pred[None], gt[None]
-    return [score(p, g) for p, g in zip(pred, gt, strict=True)]
+    return [counts(p, g) for p, g in zip(pred, gt, strict=True)]
+
+
+def score_per_slice(pred, gt) -> list[Scores]:
+    """Scores of each slice of (Z, Y, X) stacks (a 2D pair counts as one slice)."""
+    return [scores_from_counts(c) for c in _slice_counts(pred, gt)]
 
 
 @dataclass(frozen=True)
@@ -106,10 +112,16 @@ class Report:
         return d
 
 
+def report_from_counts(per_slice: Sequence[Counts]) -> Report:
+    """The :class:`Report` of a stack from its slices' confusion counts, e.g. gathered slice
+    by slice while a stack larger than memory streams through."""
+    total = sum(per_slice, Counts(0, 0, 0, 0))
+    return Report(scores_from_counts(total), [scores_from_counts(c) for c in per_slice])
+
+
 def evaluate(pred, gt) -> Report:
     """Overall and per-slice scores of (Z, Y, X) ``pred`` against ``gt``."""
-    per = score_per_slice(pred, gt)
-    return Report(score(pred, gt), per)
+    return report_from_counts(_slice_counts(pred, gt))
 
 
 #: Values of :func:`error_map`.
