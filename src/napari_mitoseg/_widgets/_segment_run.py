@@ -192,7 +192,6 @@ class SegmentationRun(QObject):
 
     def _on_returned(self, out: SegmentOutcome) -> None:
         layer = self.layer
-        self.undoable = False
         if layer not in self.viewer.layers:  # the user deleted it meanwhile
             layer = self.viewer.add_labels(out.labels, name=self.target_name, opacity=0.6)
         elif self._restore is not None:
