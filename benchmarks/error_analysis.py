@@ -1,7 +1,8 @@
 """Where a model's errors are: whole objects, boundaries, or inside objects.
 
-For the validation block (last 4 training slices) and the testing stack, segments with the
-model's default settings and splits the errors, summed over the slices:
+For the validation block (last 4 training slices) and the testing stack (``--data`` adds
+``fit``: the 16 training slices the model learnt from), segments with the model's default
+settings and splits the errors, summed over the slices:
 
 - false positives in predicted objects (2D, per slice) that touch no ground-truth object;
 - false negatives in ground-truth objects the prediction misses entirely;
@@ -9,7 +10,7 @@ model's default settings and splits the errors, summed over the slices:
   inside one: boundary disagreement. More of the second than of the first means the ground
   truth's outlines run wider than the prediction's.
 
-    python benchmarks/error_analysis.py [--model mito-em-v2]
+    python benchmarks/error_analysis.py [--model mito-em-v2] [--data fit val test]
 """
 
 from __future__ import annotations
@@ -44,9 +45,10 @@ def breakdown(pred: np.ndarray, gt: np.ndarray) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=None, help="default: the shipped model")
+    ap.add_argument("--data", nargs="+", choices=["fit", "val", "test"], default=["val", "test"])
     args = ap.parse_args(argv)
     model = get_model(args.model, "cpu")
-    for name in ("val", "test"):
+    for name in args.data:
         image, mask = sbem_data.load(name)
         pred = segment(image, model).astype(bool)
         print(json.dumps({"data": name, "model": model.name, "slices": len(image),
