@@ -16,18 +16,21 @@ from napari_mitoseg.api import sbem_dir
 
 VAL_SLICES = 4
 
+#: which stack (file prefix) and which of its slices each name means
+SPLITS = {
+    "val": ("train", slice(-VAL_SLICES, None)),
+    "test": ("test", slice(None)),
+    "fit": ("train", slice(None, -VAL_SLICES)),
+}
+
 
 def load(which: str) -> tuple[np.ndarray, np.ndarray]:
     """(image uint8, mask bool) of ``"val"``, ``"test"`` or ``"fit"``; exits without the data."""
+    if which not in SPLITS:
+        raise ValueError(f"which must be one of {sorted(SPLITS)}, got {which!r}")
     d = sbem_dir()
     if d is None:
         raise SystemExit("SBEM data not found; set MITOSEG_SBEM_DIR")
-    if which == "val":
-        return (tifffile.imread(d / "train_image.tif")[-VAL_SLICES:],
-                tifffile.imread(d / "train_mask.tif")[-VAL_SLICES:] > 0)
-    if which == "test":
-        return tifffile.imread(d / "test_image.tif"), tifffile.imread(d / "test_mask.tif") > 0
-    if which == "fit":
-        return (tifffile.imread(d / "train_image.tif")[:-VAL_SLICES],
-                tifffile.imread(d / "train_mask.tif")[:-VAL_SLICES] > 0)
-    raise ValueError(f"which must be 'val', 'test' or 'fit', got {which!r}")
+    stack, z = SPLITS[which]
+    return (tifffile.imread(d / f"{stack}_image.tif")[z],
+            tifffile.imread(d / f"{stack}_mask.tif")[z] > 0)
