@@ -118,6 +118,11 @@ class SegmentationRun(QObject):
         #: whether the finished run can be undone on the layer (Ctrl+Z)
         self.undoable = False
 
+    @property
+    def undo_note(self) -> str:
+        """A sentence for the user when the finished run can be undone on the layer, else ""."""
+        return " Undo (Ctrl+Z on the layer) brings back the previous result." if self.undoable else ""
+
     # ------------------------------------------------------------------ main thread
 
     def start(self) -> None:

@@ -436,8 +436,7 @@ class FinetuneWidget(QWidget):
         self.segment_again_button.setEnabled(True)
         self.find_corrected_slices()  # against the new model's output, at once
         kept = self.segment_run.kept if self.segment_run else []
-        undo = (" Undo (Ctrl+Z on the layer) brings back the previous result."
-                if self.segment_run is not None and self.segment_run.undoable else "")
+        undo = self.segment_run.undo_note if self.segment_run is not None else ""
         self.message.setText(f"Segmented again with {self.result.name}; kept slices {kept} exactly.{undo}")
         self.resegmented.emit(layer)
 

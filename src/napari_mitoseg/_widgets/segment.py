@@ -187,8 +187,8 @@ class SegmentWidget(QWidget):
         self._idle()
         kept = self.current_run.kept if self.current_run else []
         note = f" Kept your painted slices {kept} exactly." if kept else ""
-        if self.current_run is not None and self.current_run.undoable:
-            note += " Undo (Ctrl+Z on the layer) brings back the previous result."
+        if self.current_run is not None:
+            note += self.current_run.undo_note
         self.message.setText(f"Done: '{layer.name}' ({layer.metadata.get('mitoseg_model')}).{note}")
         self.run_finished.emit(layer)
 
