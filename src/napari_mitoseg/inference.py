@@ -71,11 +71,37 @@ def for_stack(model: LoadedModel, pixel_ratio: float = 1.0, invert: bool = False
     if not lo <= ratio <= hi:
         raise InputError(f"pixel ratio must lie between {lo} and {hi}, got {ratio:g}")
     try:
+        nm = model.spec.pixel_size_nm
         spec = dataclasses.replace(model.spec, input_scale=model.spec.input_scale * ratio,
-                                   invert=model.spec.invert != bool(invert))
+                                   invert=model.spec.invert != bool(invert),
+                                   pixel_size_nm=None if nm is None else nm * ratio)
     except ModelError as exc:
         raise InputError(f"pixel ratio {ratio:g} is too far for model {model.name!r}: {exc}") from None
     return dataclasses.replace(model, spec=spec)
+
+
+def pixel_ratio_for(pixel_size_nm: float | None, spec: ModelSpec) -> float:
+    """The pixel ratio (see :class:`PredictOptions`) of a stack whose pixels are
+    ``pixel_size_nm`` nanometres wide, for a model with ``spec``; 1.0 when ``pixel_size_nm`` is None.
+
+    Raises :class:`InputError` for a size that is not a positive finite number, when the model
+    records no pixel size, or when the ratio leaves :data:`PIXEL_RATIO_RANGE`.
+    """
+    if pixel_size_nm is None:
+        return 1.0
+    nm = float(pixel_size_nm)
+    if not (np.isfinite(nm) and nm > 0):
+        raise InputError(f"pixel size must be a positive number of nanometres, got {pixel_size_nm!r}")
+    if spec.pixel_size_nm is None:
+        raise InputError("this model records no pixel size in nm; give a pixel ratio instead")
+    ratio = nm / spec.pixel_size_nm
+    lo, hi = PIXEL_RATIO_RANGE
+    if not lo <= ratio <= hi:
+        raise InputError(
+            f"pixel size {nm:g} nm is {ratio:.3g}x the model's {spec.pixel_size_nm:g} nm; "
+            f"the model takes {lo * spec.pixel_size_nm:g}-{hi * spec.pixel_size_nm:g} nm"
+        )
+    return ratio
 
 
 @dataclass

@@ -46,7 +46,9 @@ class ModelSpec:
     normalisation : ``"percentile"`` (per slice, 1st-99th percentile to zero mean, unit-ish
         spread) or ``"none"`` (uint8 scaled to [0, 1]).
     threshold : probability above which a pixel is foreground.
-    pixel_size_nm : pixel size of the training data, if known (informational).
+    pixel_size_nm : pixel size (nm, in Y and X) of the stacks this model takes as they are, at
+        pixel ratio 1: the training data's native pixel size (before ``input_scale``). None if
+        unknown; then a stack's pixel size in nm cannot be turned into a pixel ratio.
     tile_size, tile_overlap : slices larger than ``tile_size`` run as overlapping tiles
         (sizes in the network's pixels, after ``input_scale``).
     input_scale : slices are resized by this factor before the network sees them and the
