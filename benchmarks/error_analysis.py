@@ -19,8 +19,8 @@ import argparse
 import json
 import sys
 
+import em_data  # beside this script
 import numpy as np
-import sbem_data  # beside this script
 from scipy import ndimage as ndi
 
 from napari_mitoseg.api import get_model, segment
@@ -49,7 +49,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     model = get_model(args.model, "cpu")
     for name in args.data:
-        image, mask = sbem_data.load(name)
+        image, mask = em_data.load(name)
         pred = segment(image, model).astype(bool)
         print(json.dumps({"data": name, "model": model.name, "slices": len(image),
                           **breakdown(pred, mask)}), flush=True)

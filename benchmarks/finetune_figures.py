@@ -25,8 +25,8 @@ import sys
 import tempfile
 import time
 
+import em_data  # beside this script
 import numpy as np
-import sbem_data  # beside this script
 import torch
 from skimage.transform import rescale
 
@@ -80,7 +80,7 @@ def main(argv=None) -> int:
                     help="the corrected slices (default: 2 7 on test, 0 2 on val)")
     args = ap.parse_args(argv)
     config = dataclasses.replace(FINETUNE, **json.loads(args.config))
-    image, mask = sbem_data.load(args.data)
+    image, mask = em_data.load(args.data)
     mask = mask.astype(np.uint8)
     corrected = tuple(args.corrected or ((2, 7) if args.data == "test" else (0, 2)))
     for case in args.cases:

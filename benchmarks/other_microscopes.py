@@ -18,8 +18,8 @@ import argparse
 import json
 import sys
 
+import em_data  # beside this script
 import numpy as np
-import sbem_data  # beside this script
 from skimage.transform import rescale
 
 from napari_mitoseg.api import get_model, segment
@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     ap.add_argument("--data", choices=["val", "test"], default="val")
     ap.add_argument("--model", default=None, help="default: the shipped model")
     args = ap.parse_args(argv)
-    image, mask = sbem_data.load(args.data)
+    image, mask = em_data.load(args.data)
     model = get_model(args.model, "cpu")
     for s in SCALES:
         im, mk = resample(image, mask, s)

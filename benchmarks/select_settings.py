@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 import sys
 
+import em_data  # beside this script
 import numpy as np
-import sbem_data  # beside this script
 
 from napari_mitoseg.inference import binarise, predict_slice, smooth_z
 from napari_mitoseg.metrics import score
@@ -22,7 +22,7 @@ THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
 
 
 def main(folders: list[str]) -> int:
-    image, gt = sbem_data.load("val")
+    image, gt = em_data.load("val")
     best = None
     for folder in folders:
         model = load_model(folder, "cpu")

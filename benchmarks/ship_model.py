@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-import sbem_data  # beside this script
+import em_data  # beside this script
 import torch
 
 from napari_mitoseg.api import segment
@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     ap.add_argument("--card-notes", help="markdown appended to the card (choices, baseline)")
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
-    image, gt = sbem_data.load("test")
+    image, gt = em_data.load("test")
     spec, info = read_config(args.run)
     spec = dataclasses.replace(spec, threshold=args.threshold)
     src = load_model(args.run, "cpu")

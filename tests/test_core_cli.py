@@ -110,6 +110,33 @@ def test_train_from_a_base_for_another_stack_keeps_its_pixel_ratio_and_contrast(
     assert config["info"]["base_model"] == "tiny-v1"
 
 
+def test_train_on_two_volumes_of_different_pixel_sizes(files, tiny_spec, tmp_path, capsys):
+    run = tmp_path / "two"
+    vol = ["--image", str(files["image"]), "--mask", str(files["gt"])]
+    assert main(["train", *vol, "--pixel-size", "5", *vol, "--pixel-size", "7.5", "--spec",
+                 json.dumps(tiny_spec.to_dict()), "--steps", "2", "--batch-size", "2",
+                 "--val-fraction", "0.34", "--out", str(run), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "slices resized by 1.5 to the model's pixel size" in out
+    config = json.loads((run / "last" / "config.json").read_text())
+    assert config["spec"]["pixel_size_nm"] == 5.0  # the first volume's
+    assert config["info"]["train_pixel_sizes_nm"] == [5.0, 7.5]
+    assert config["info"]["train_slices"] == 4 and config["info"]["val_slices"] == 2
+    history = json.loads((run / "history.json").read_text())
+    assert len(history[-1]["val_iou_by_volume"]) == 2
+
+
+def test_fine_tuning_at_a_pixel_size_needs_a_base_that_records_one(files, tiny_model_dir, tmp_path, capsys):
+    args = ["train", "--image", str(files["image"]), "--mask", str(files["gt"]), "--pixel-size", "10",
+            "--base", str(tiny_model_dir), "--steps", "1", "--batch-size", "2", "--device", "cpu"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 2
+    assert "records no pixel size" in capsys.readouterr().err
+    # declared in --spec, the base model's pixel size is 5 nm: a 10 nm stack is a ratio of 2
+    assert main([*args, "--spec", '{"pixel_size_nm": 5}', "--out", str(tmp_path / "b")]) == 0
+    config = json.loads((tmp_path / "b" / "last" / "config.json").read_text())
+    assert config["spec"]["input_scale"] == 2.0 and config["spec"]["pixel_size_nm"] == 10.0
+
+
 def _error_cases(files, model, tmp_path):
     missing = str(tmp_path / "missing.tif")
     seg = ["segment", str(files["image"]), "--device", "cpu"]
@@ -127,13 +154,19 @@ def _error_cases(files, model, tmp_path):
                                       "--invert", "--out", str(tmp_path / "run")], "need --base"),
         "train bad mask": (["train", "--image", str(files["image"]), "--mask", str(files["short_gt"]), "--out",
                             str(tmp_path / "run")], "differ in shape"),
+        "train masks per image": (["train", "--image", str(files["image"]), "--image", str(files["image"]),
+                                   "--mask", str(files["gt"]), "--out", str(tmp_path / "run")],
+                                  "one --mask per --image"),
+        "train sizes per image": (["train", "--image", str(files["image"]), "--mask", str(files["gt"]),
+                                   "--pixel-size", "5", "--pixel-size", "6", "--out", str(tmp_path / "run")],
+                                  "one --pixel-size per --image"),
     }
 
 
 @pytest.mark.parametrize("case", ["missing file", "unknown model", "gt shape", "output format", "rgb image",
                                   "pixel ratio",
                                   "evaluate shapes", "train bad spec", "train ratio without base",
-                                  "train bad mask"])
+                                  "train bad mask", "train masks per image", "train sizes per image"])
 def test_errors_are_one_line_without_traceback_and_leave_the_output(case, files, tiny_model_dir, tmp_path,
                                                                      capsys):
     argv, message = _error_cases(files, str(tiny_model_dir), tmp_path)[case]

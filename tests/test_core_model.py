@@ -216,3 +216,35 @@ def test_auto_prefers_cuda_and_unknown_device_lists_choices(monkeypatch):
     assert M.available_devices()[-1] == "cpu"
     with pytest.raises(ModelError, match=r"unknown device 'tpu'; choose one of \('auto', 'cpu', 'cuda', 'mps'\)"):
         M.resolve_device("tpu")
+
+
+def test_spare_cpu_threads_leave_busy_cores_alone(monkeypatch):
+    from napari_mitoseg.model import spare_cpu_threads
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("MITOSEG_THREADS", raising=False)
+    assert spare_cpu_threads(cores=2, load=0.2) == 2  # an idle machine: every core
+    assert spare_cpu_threads(cores=2, load=8.0) == 1  # a busy one: one thread, never 0
+    assert spare_cpu_threads(cores=8, load=3.0) == 5
+    assert spare_cpu_threads(own=2, cores=2, load=2.1) == 2  # its own threads are not "others"
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert spare_cpu_threads(cores=2, load=8.0) is None  # the user's choice stands
+    monkeypatch.setenv("MITOSEG_THREADS", "4")
+    assert spare_cpu_threads(cores=2, load=8.0) == 4
+
+
+def test_training_on_a_busy_machine_uses_one_thread_and_restores_torch(monkeypatch, sample, tiny_spec):
+    import torch
+
+    from napari_mitoseg import model as model_mod
+    from napari_mitoseg.training import TrainConfig, iter_train
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("MITOSEG_THREADS", raising=False)
+    monkeypatch.setattr(model_mod.os, "getloadavg", lambda: (8.0, 8.0, 8.0))
+    before = torch.get_num_threads()
+    image, mask = sample
+    cfg = TrainConfig(steps=2, batch_size=2, tile=64, warmup=1, val_every=0, checkpoint_every=0)
+    progress = list(iter_train(image, mask, spec=tiny_spec, config=cfg, device="cpu"))
+    assert [h["threads"] for h in progress[-1].history] == [1, 1]
+    assert torch.get_num_threads() == before

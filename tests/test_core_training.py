@@ -16,13 +16,19 @@ from napari_mitoseg.training import (
     CHECKPOINT,
     HISTORY,
     IGNORE,
+    CropSampler,
     DiceBCELoss,
     TrainConfig,
     TrainingError,
+    Volume,
+    em_artefacts,
     iter_train,
+    iter_train_volumes,
     prepare,
+    respec,
     split_validation,
     train,
+    volume_weights,
 )
 
 SMALL = TrainConfig(steps=6, batch_size=4, tile=64, lr=3e-3, warmup=2, val_every=0, checkpoint_every=0)
@@ -201,7 +207,7 @@ def test_split_validation_holds_out_the_last_block():
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"augment": "heavy"}, "augment must be 'full' or 'basic'"), ({"tile": 100}, "multiple of 32"),
+    [({"augment": "heavy"}, "augment must be one of full, strong, basic"), ({"tile": 100}, "multiple of 32"),
      ({"steps": 0}, ">= 1")],
 )
 def test_train_config_validation(kwargs, message):
@@ -287,3 +293,61 @@ def test_inverted_sampler_gives_the_same_crops_with_reversed_contrast(sample):
     torch_testing = __import__("torch").testing
     torch_testing.assert_close(xi, -x)
     torch_testing.assert_close(yi, y)
+
+
+# --------------------------------------------------------------------------- several volumes
+
+
+def test_volume_weights_draw_each_volume_equally_often():
+    big = [np.ones((8, 8), np.uint8)] * 10
+    small = [np.ones((8, 8), np.uint8), np.full((8, 8), IGNORE, np.uint8)]
+    small[1][:2] = 1  # 16 labelled pixels against 64
+    w = volume_weights(big + small, [10, 2])
+    assert w.sum() == pytest.approx(1.0)
+    assert w[:10].sum() == pytest.approx(0.5) and w[10:].sum() == pytest.approx(0.5)
+    assert w[10] == pytest.approx(4 * w[11])  # by labelled pixels within a volume
+
+
+def test_crops_of_a_coarser_volume_cover_fewer_of_its_pixels():
+    ims = [np.zeros((300, 300), np.float32)] * 2
+    mks = [np.ones((300, 300), np.uint8)] * 2
+    sampler = CropSampler(ims, mks, TrainConfig(tile=64), input_scale=0.5, ratios=[1.0, 2.0])
+    # the same tissue at twice the pixel size: half as many pixels make one tile
+    assert sampler.crop_size(0) == 128 and sampler.crop_size(1) == 64
+
+
+def test_em_artefacts_mark_blotted_out_pixels_unlabelled():
+    im = torch.full((1, 32, 32), 0.5)
+    seen = 0
+    for seed in range(400):
+        out, mk = em_artefacts(im, torch.ones((1, 32, 32)), np.random.default_rng(seed))
+        assert out.shape == im.shape and float(out.min()) >= 0 and float(out.max()) <= 1
+        hidden = mk == IGNORE
+        if hidden.any():
+            seen += 1
+            assert torch.unique(out[hidden]).numel() == 1  # one flat dark or bright blot
+    assert seen > 0
+
+
+def test_training_on_two_volumes_validates_each(tiny_spec, tmp_path):
+    from napari_mitoseg.synthetic import make_sample
+
+    a_im, a_mk = make_sample(shape=(4, 96, 96), seed=1)
+    b_im, b_mk = make_sample(shape=(3, 64, 64), seed=2)
+    vols = [Volume(a_im[:3], a_mk[:3], a_im[3:], a_mk[3:], name="a"),
+            Volume(b_im[:2], b_mk[:2], b_im[2:], b_mk[2:], pixel_ratio=1.5, name="b")]
+    cfg = dataclasses.replace(SMALL, steps=2, val_every=2)
+    gen = iter_train_volumes(vols, spec=tiny_spec, config=cfg, device="cpu", out_dir=tmp_path / "run")
+    progress = list(gen)
+    rec = progress[-1].history[-1]
+    assert set(rec["val_iou_by_volume"]) == {"a", "b"}
+    assert rec["val_iou"] == pytest.approx(np.mean(list(rec["val_iou_by_volume"].values())))
+    with pytest.raises(TrainingError, match="validation images and masks together"):
+        next(iter_train_volumes([Volume(a_im, a_mk, val_images=a_im)], spec=tiny_spec, config=cfg))
+
+
+def test_respec_changes_what_the_weights_do_not_fix(tiny_spec):
+    out = respec(tiny_spec, {"pixel_size_nm": 5.0, "threshold": 0.4})
+    assert out.pixel_size_nm == 5.0 and out.threshold == 0.4 and out.encoder == tiny_spec.encoder
+    with pytest.raises(TrainingError, match="fix encoder"):
+        respec(tiny_spec, {"encoder": "resnet34"})

@@ -244,12 +244,24 @@ def iter_finetune(
     return FinetuneResult(name, path, sl, before, after, seconds, cfg.steps)
 
 
-def sbem_dir() -> Path | None:
-    """The SBEM data folder (``$MITOSEG_SBEM_DIR``, else ``shared/data/sbem`` beside the
-    checkout) when it holds the testing stack, else None."""
-    env = os.environ.get("MITOSEG_SBEM_DIR")
-    cand = Path(env) if env else Path(__file__).resolve().parents[3] / "shared" / "data" / "sbem"
+def data_dir(volume: str = "sbem") -> Path | None:
+    """The folder of a reference EM volume (``sbem`` or ``lucchipp``: ``$MITOSEG_DATA_DIR/<volume>``,
+    else ``shared/data/<volume>`` beside the checkout; ``$MITOSEG_SBEM_DIR`` for ``sbem``) when
+    it holds the testing stack, else None."""
+    env = os.environ.get("MITOSEG_SBEM_DIR") if volume == "sbem" else None
+    root = os.environ.get("MITOSEG_DATA_DIR")
+    if env:
+        cand = Path(env)
+    elif root:
+        cand = Path(root) / volume
+    else:
+        cand = Path(__file__).resolve().parents[3] / "shared" / "data" / volume
     return cand if (cand / "test_image.tif").exists() else None
+
+
+def sbem_dir() -> Path | None:
+    """The SBEM data folder (see :func:`data_dir`), or None."""
+    return data_dir("sbem")
 
 
 def demo(out: str | os.PathLike | None = None) -> dict:

@@ -12,6 +12,7 @@ import logging
 import shlex
 import sys
 import time
+from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
@@ -51,19 +52,25 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true")
 
     t = sub.add_parser("train", help="train a model, or fine-tune one with --base")
-    t.add_argument("--image", required=True)
-    t.add_argument("--mask", required=True, help="0 background, >0 mitochondrion, 255 ignore")
+    t.add_argument("--image", required=True, action="append",
+                   help="training stack; repeat --image/--mask for several volumes")
+    t.add_argument("--mask", required=True, action="append",
+                   help="0 background, >0 mitochondrion, 255 ignore; one per --image")
+    t.add_argument("--pixel-size", type=float, action="append", metavar="NM",
+                   help="pixel size of each --image in nm (one per --image, in order); each "
+                        "volume is resized to the model's pixel size (the first volume's for a "
+                        "new model, unless --spec gives pixel_size_nm)")
     t.add_argument("--val-image")
     t.add_argument("--val-mask")
-    t.add_argument("--val-fraction", type=float, default=0.0,
-                   help="hold out the last fraction of slices for validation")
+    t.add_argument("--val-fraction", type=float, action="append",
+                   help="hold out the last fraction of slices for validation (one for all, or one per --image)")
     t.add_argument("--base", help="start from this model (fine-tuning)")
     _stack_flags(t, "with --base only; the new model keeps them")
     t.add_argument("--spec", help="JSON model spec, e.g. '{\"encoder\": \"resnet18\"}'")
     t.add_argument("--steps", type=int, default=None)
     t.add_argument("--batch-size", type=int, default=None)
     t.add_argument("--lr", type=float, default=None)
-    t.add_argument("--augment", choices=["full", "basic"], default=None)
+    t.add_argument("--augment", choices=["full", "strong", "basic"], default=None)
     t.add_argument("--hard-fraction", type=float, default=None,
                    help="share of crops centred on the model's current errors (0 = off)")
     t.add_argument("--minutes", type=float, default=None, help="pause after this long")
@@ -150,39 +157,82 @@ def cmd_train(args) -> int:
 
     from .io import read_stack
     from .model import ModelError, ModelSpec
-    from .training import FINETUNE, TrainConfig, iter_train, split_validation
+    from .training import FINETUNE, TrainConfig, Volume, iter_train_volumes, split_validation
 
+    n = len(args.image)
+    if len(args.mask) != n:
+        raise ModelError(f"give one --mask per --image ({n} images, {len(args.mask)} masks)")
+    sizes = args.pixel_size or []
+    if sizes and len(sizes) != n:
+        raise ModelError(f"give one --pixel-size per --image ({n} images, {len(sizes)} sizes)")
+    fractions = args.val_fraction or [0.0]
+    if len(fractions) not in (1, n):
+        raise ModelError(f"give one --val-fraction, or one per --image ({n} images)")
+    fractions = fractions * n if len(fractions) == 1 else fractions
+    if (args.val_image or args.val_mask) and n > 1:
+        raise ModelError("--val-image/--val-mask go with a single --image; use --val-fraction")
     base_cfg = FINETUNE if args.base else TrainConfig()
     overrides = {k: v for k, v in {"steps": args.steps, "batch_size": args.batch_size,
                                    "lr": args.lr, "augment": args.augment,
                                    "hard_fraction": args.hard_fraction,
                                    "seed": args.seed}.items() if v is not None}
     cfg = dataclasses.replace(base_cfg, **overrides)
+    try:
+        spec_d = json.loads(args.spec) if args.spec else {}
+        spec = ModelSpec.from_dict(spec_d) if args.spec and not args.base else None
+    except (json.JSONDecodeError, TypeError, AttributeError) as exc:
+        raise ModelError(f"--spec must be a JSON object of model spec fields: {exc}") from exc
     base = args.base
+    if base:
+        from .model import load_model
+
+        base = load_model(base, device="cpu")
+        if spec_d:
+            from .training import respec
+
+            base = dataclasses.replace(base, spec=respec(base.spec, spec_d))
+    model_nm = base.spec.pixel_size_nm if base else (spec.pixel_size_nm if spec else None)
+    if sizes and model_nm is None:
+        if base:
+            raise ModelError("the base model records no pixel size; give one in --spec "
+                             "('{\"pixel_size_nm\": NM}') to use --pixel-size")
+        model_nm = sizes[0]
+        spec = dataclasses.replace(spec or ModelSpec(), pixel_size_nm=model_nm)
+    ratios = [s_nm / model_nm for s_nm in sizes] if sizes else [1.0] * n
     if args.pixel_ratio != 1.0 or args.invert:
         if not base:
             raise ModelError("--pixel-ratio and --invert set up a base model for a stack; they "
                              "need --base (a new model learns the stack as it is)")
+        if sizes:
+            raise ModelError("give either --pixel-size or --pixel-ratio, not both")
+        ratios = [args.pixel_ratio] * n
+    if base and n == 1:
+        # one stack: the fine-tuned model is set up for it and needs no ratio afterwards
         from .inference import for_stack
-        from .model import load_model
 
-        base = for_stack(load_model(base, device="cpu"), args.pixel_ratio, args.invert)
-    try:
-        spec = ModelSpec.from_dict(json.loads(args.spec)) if args.spec else None
-    except (json.JSONDecodeError, TypeError) as exc:
-        raise ModelError(f"--spec must be a JSON object of model spec fields: {exc}") from exc
-    image, mask = np.asarray(read_stack(args.image)), np.asarray(read_stack(args.mask))
-    if args.val_image and args.val_mask:
-        tr_i, tr_m = image, mask
-        va_i, va_m = np.asarray(read_stack(args.val_image)), np.asarray(read_stack(args.val_mask))
-    else:
-        tr_i, tr_m, va_i, va_m = split_validation(image, mask, args.val_fraction)
+        base = for_stack(base, ratios[0], args.invert)
+        ratios = [1.0]
+    volumes = []
+    for k, (im_path, mk_path) in enumerate(zip(args.image, args.mask, strict=True)):
+        image, mask = np.asarray(read_stack(im_path)), np.asarray(read_stack(mk_path))
+        if args.val_image and args.val_mask:
+            tr_i, tr_m = image, mask
+            va_i, va_m = np.asarray(read_stack(args.val_image)), np.asarray(read_stack(args.val_mask))
+        else:
+            tr_i, tr_m, va_i, va_m = split_validation(image, mask, fractions[k])
+        volumes.append(Volume(tr_i, tr_m, va_i if len(va_i) else None, va_m if len(va_m) else None,
+                              pixel_ratio=ratios[k], name=str(im_path)))
+        if ratios[k] != 1.0:
+            print(f"{im_path}: pixel size {sizes[k] if sizes else '?'} nm, model {model_nm} nm: "
+                  f"slices resized by {ratios[k]:.3g} to the model's pixel size", flush=True)
     info = {"command": "mitoseg " + shlex.join(sys.argv[1:]) if sys.argv else "",
-            "train_image": str(args.image), "train_slices": len(tr_i), "val_slices": len(va_i)}
-    gen = iter_train(
-        tr_i, tr_m, spec=spec, config=cfg, base=base,
-        val_images=va_i if len(va_i) else None, val_masks=va_m if len(va_m) else None,
-        out_dir=args.out, resume=args.resume,
+            "train_image": " ".join(str(i) for i in args.image),
+            "train_slices": sum(len(v.images) for v in volumes),
+            "val_slices": sum(len(v.val_images) for v in volumes if v.val_images is not None)}
+    if sizes:
+        info["train_pixel_sizes_nm"] = sizes
+    gen = iter_train_volumes(
+        volumes, spec=spec, config=cfg, base=base, out_dir=args.out, resume=args.resume,
         max_seconds=args.minutes * 60 if args.minutes else None, device=args.device, info=info,
     )
     last = None
@@ -190,6 +240,9 @@ def cmd_train(args) -> int:
         last = prog
         if prog.val_iou is not None or prog.step % 50 == 0 or prog.done:
             val = f" val_iou={prog.val_iou:.4f}" if prog.val_iou is not None else ""
+            by_vol = prog.history[-1].get("val_iou_by_volume") if prog.history else None
+            if by_vol:
+                val += " (" + ", ".join(f"{Path(k).parent.name or k}={v:.4f}" for k, v in by_vol.items()) + ")"
             print(f"step {prog.step}/{prog.total} loss={prog.loss:.4f}{val} "
                   f"t={prog.seconds:.0f}s", flush=True)
     if last is not None and not last.done:

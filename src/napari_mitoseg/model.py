@@ -156,6 +156,29 @@ def resolve_device(device: str = "auto"):
     return torch.device(device)
 
 
+def spare_cpu_threads(own: int = 0, cores: int | None = None, load: float | None = None) -> int | None:
+    """CPU threads torch can use now: the cores less the other work running (the 1-minute load
+    average less ``own``, the threads this process already runs), at least 1.
+
+    Torch's threads meet at a barrier in every layer, so on a busy machine each step waits for
+    the thread that was descheduled: two threads on two cores at load 8 ran a fine-tuning step
+    many times slower than one. None when the user fixed the number (``OMP_NUM_THREADS`` or
+    ``MITOSEG_THREADS``): leave torch as it is.
+    """
+    if os.environ.get("MITOSEG_THREADS"):
+        return max(1, int(os.environ["MITOSEG_THREADS"]))
+    if os.environ.get("OMP_NUM_THREADS"):
+        return None
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if load is None:
+        try:
+            load = os.getloadavg()[0]
+        except OSError:  # not on this platform
+            return None
+    return max(1, min(cores, int(cores - max(0.0, load - own) + 0.5)))
+
+
 def available_devices() -> list[str]:
     """Devices usable on this machine, best first (for the widget's choice)."""
     import torch

@@ -23,18 +23,29 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from .inference import check_stack, normalise01, predict_slice
+from .inference import check_stack, for_stack, normalise01, predict_slice
 from .metrics import Counts, counts, scores_from_counts
-from .model import LoadedModel, ModelSpec, build_model, load_model, resolve_device, save_model
+from .model import (
+    LoadedModel,
+    ModelSpec,
+    build_model,
+    load_model,
+    resolve_device,
+    save_model,
+    spare_cpu_threads,
+)
 
 logger = logging.getLogger(__name__)
 
 IGNORE = 255
 CHECKPOINT = "checkpoint.pt"
 HISTORY = "history.json"
+#: the augmentation recipes of :class:`TrainConfig`
+AUGMENTS = ("full", "strong", "basic")
 
 
 class TrainingError(ValueError):
@@ -54,8 +65,11 @@ class TrainConfig:
         wrong (false positive or negative on the training slices), the pool refreshed every
         ``hard_every`` steps: online hard-example mining, so rare look-alikes (myelin) are seen
         often. 0 turns it off.
-    augment : ``"full"`` (geometry, scale, intensity, gamma, blur, noise, elastic) or
-        ``"basic"`` (flips, rotations, brightness: the naive baseline).
+    augment : ``"full"`` (geometry, scale, intensity, gamma, blur, noise, elastic),
+        ``"strong"`` (``full`` with wider contrast, gamma, blur and noise ranges plus the
+        artefacts of other microscopes: uneven illumination, scan-line stripes, low-dose
+        noise, debris and missing data) or ``"basic"`` (flips, rotations, brightness: the
+        naive baseline).
     val_every, checkpoint_every : in steps (0 = only at the end).
     """
 
@@ -75,8 +89,8 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.augment not in ("full", "basic"):
-            raise TrainingError(f"augment must be 'full' or 'basic', got {self.augment!r}")
+        if self.augment not in AUGMENTS:
+            raise TrainingError(f"augment must be one of {', '.join(AUGMENTS)}, got {self.augment!r}")
         if not (self.hard_fraction >= 0 and self.foreground_fraction >= 0
                 and self.hard_fraction + self.foreground_fraction <= 1 and self.hard_every >= 1):
             raise TrainingError("hard_fraction and foreground_fraction must be >= 0 with a sum "
@@ -151,32 +165,43 @@ def split_validation(images, masks, fraction: float):
 
 
 class CropSampler:
-    """Draws augmented (image, mask) crops; deterministic given (seed, step)."""
+    """Draws augmented (image, mask) crops; deterministic given (seed, step).
+
+    ``ratios`` (one per slice, default 1) is each slice's pixel size over the model's: a crop is
+    resized by ``input_scale * ratio``, so every slice reaches the network at the model's pixel
+    size. ``weights`` (one per slice, default: labelled pixels) set how often a slice is drawn.
+    """
 
     def __init__(self, images: list[np.ndarray], masks: list[np.ndarray], cfg: TrainConfig,
-                 input_scale: float = 1.0, invert: bool = False):
+                 input_scale: float = 1.0, invert: bool = False,
+                 ratios: Sequence[float] | None = None, weights: Sequence[float] | None = None):
         import torch
         from torchvision.transforms import v2
 
         self.images, self.masks, self.cfg = images, masks, cfg
         self.input_scale, self.invert = input_scale, invert
+        self.ratios = [1.0] * len(images) if ratios is None else [float(r) for r in ratios]
         #: flat indices of wrongly predicted pixels per slice (see :meth:`set_hard`)
         self.hard: list[np.ndarray] = [np.zeros(0, np.int64) for _ in masks]
         labelled = np.array([float((m != IGNORE).sum()) for m in masks])
-        self.p_slice = labelled / labelled.sum()
+        w = labelled if weights is None else np.asarray(weights, float)
+        self.p_slice = w / w.sum()
         self.fg = [np.flatnonzero(m.ravel() == 1) for m in masks]
         self.lab = [np.flatnonzero(m.ravel() != IGNORE) for m in masks]
         t = cfg.tile
         geo = [v2.Resize((t, t), antialias=True), v2.RandomHorizontalFlip(), v2.RandomVerticalFlip()]
-        if cfg.augment == "full":
+        if cfg.augment in ("full", "strong"):
+            strong = cfg.augment == "strong"
             self.geometry = v2.Compose(
                 [*geo, v2.RandomApply([v2.ElasticTransform(alpha=25.0, sigma=6.0)], p=0.2)]
             )
             self.intensity = v2.Compose(
                 [
-                    v2.ColorJitter(brightness=0.35, contrast=0.45),
-                    v2.RandomApply([v2.GaussianBlur(5, sigma=(0.3, 1.5))], p=0.3),
-                    v2.RandomApply([v2.GaussianNoise(sigma=0.06, clip=True)], p=0.3),
+                    v2.ColorJitter(brightness=0.5 if strong else 0.35, contrast=0.6 if strong else 0.45),
+                    v2.RandomApply([v2.GaussianBlur(7 if strong else 5, sigma=(0.3, 2.2 if strong else 1.5))],
+                                   p=0.35 if strong else 0.3),
+                    v2.RandomApply([v2.GaussianNoise(sigma=0.1 if strong else 0.06, clip=True)],
+                                   p=0.4 if strong else 0.3),
                 ]
             )
         else:
@@ -184,10 +209,15 @@ class CropSampler:
             self.intensity = v2.ColorJitter(brightness=0.2)
         self._torch = torch
 
+    def crop_size(self, i: int, scale: float = 1.0) -> int:
+        """Side in slice ``i``'s pixels of a crop that becomes one ``tile`` at the network, for an
+        augmentation rescale by ``scale``."""
+        return int(round(self.cfg.tile / (scale * self.input_scale * self.ratios[i])))
+
     def set_hard(self, model: LoadedModel) -> int:
         """Refresh the hard-example pools from ``model``'s errors; returns their total size."""
         for i, (im, m) in enumerate(zip(self.images, self.masks, strict=True)):
-            pred = predict_slice(model, im) > model.spec.threshold
+            pred = predict_slice(for_stack(model, self.ratios[i]), im) > model.spec.threshold
             wrong = (pred != (m == 1)) & (m != IGNORE)
             self.hard[i] = np.flatnonzero(wrong.ravel())
         return int(sum(len(h) for h in self.hard))
@@ -205,12 +235,12 @@ class CropSampler:
             i = int(rng.choice(len(self.images), p=self.p_slice))
             img, msk = self.images[i], self.masks[i]
             h, w = img.shape
-            if cfg.augment == "full":
+            if cfg.augment != "basic":
                 lo, hi = np.log(cfg.scale_range[0]), np.log(cfg.scale_range[1])
                 scale = float(np.exp(rng.uniform(lo, hi)))
             else:
                 scale = 1.0
-            c = int(round(cfg.tile / (scale * self.input_scale)))
+            c = self.crop_size(i, scale)
             ch, cw = min(c, h), min(c, w)
             r = rng.random()
             if r < cfg.hard_fraction and len(self.hard[i]):
@@ -231,11 +261,44 @@ class CropSampler:
             k = int(rng.integers(4))
             im, mk = torch.rot90(im, k, (1, 2)), torch.rot90(mk, k, (1, 2))
             im = self.intensity(im)
-            if cfg.augment == "full" and rng.random() < 0.3:
-                im = F.adjust_gamma(im.clamp(0, 1), float(np.exp(rng.uniform(-0.4, 0.4))))
+            if cfg.augment == "strong":
+                im, mk = em_artefacts(im, mk, rng)
+            if cfg.augment != "basic" and rng.random() < (0.5 if cfg.augment == "strong" else 0.3):
+                g = 0.7 if cfg.augment == "strong" else 0.4
+                im = F.adjust_gamma(im.clamp(0, 1), float(np.exp(rng.uniform(-g, g))))
             xs.append(im.as_subclass(torch.Tensor).float() * 2.0 - 1.0)
             ys.append(mk.as_subclass(torch.Tensor).float())
         return torch.stack(xs), torch.stack(ys)
+
+
+def em_artefacts(im, mask, rng: np.random.Generator):
+    """Artefacts of other microscopes and preparations on a (1, T, T) float crop in [0, 1],
+    each applied at random: uneven illumination (a linear ramp of brightness), scan-line
+    stripes (row or column offsets), low-dose noise (Poisson-like, stronger in bright areas),
+    and debris or missing data (a dark or bright blob, its pixels marked :data:`IGNORE` in the
+    (1, T, T) ``mask``). Returns (image, mask)."""
+    import torch
+
+    _, h, w = im.shape
+    g = torch.Generator().manual_seed(int(rng.integers(2**31)))
+    if rng.random() < 0.3:  # uneven illumination or charging
+        a, angle = rng.uniform(-0.35, 0.35), rng.uniform(0, 2 * np.pi)
+        yy, xx = torch.meshgrid(torch.linspace(-0.5, 0.5, h), torch.linspace(-0.5, 0.5, w), indexing="ij")
+        im = im * (1.0 + a * (np.cos(angle) * yy + np.sin(angle) * xx))[None]
+    if rng.random() < 0.2:  # scan-line stripes
+        shape = (1, h, 1) if rng.random() < 0.5 else (1, 1, w)
+        im = im + torch.randn(shape, generator=g) * float(rng.uniform(0.02, 0.08))
+    if rng.random() < 0.2:  # low-dose shot noise
+        k = float(rng.uniform(20, 120))
+        im = torch.poisson(im.clamp(0, 1) * k, generator=g) / k
+    if rng.random() < 0.05:  # debris / missing data
+        r = float(rng.uniform(0.05, 0.2)) * min(h, w)
+        cy, cx = rng.uniform(0, h), rng.uniform(0, w)
+        yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+        blob = ((yy - cy) ** 2 + (xx - cx) ** 2) < r * r
+        im = torch.where(blob[None], torch.tensor(float(rng.integers(2))), im)
+        mask = torch.where(blob[None], torch.tensor(IGNORE, dtype=mask.dtype), mask)
+    return im.clamp(0, 1), mask
 
 
 # --------------------------------------------------------------------------- loss
@@ -295,23 +358,60 @@ def validate(model: LoadedModel, images: Sequence[np.ndarray], masks: Sequence[n
     return scores_from_counts(total).iou
 
 
-def iter_train(
-    images,
-    masks,
+def volume_weights(masks: Sequence[np.ndarray], per_volume: Sequence[int]) -> np.ndarray:
+    """How often to draw each slice: every volume (``per_volume`` consecutive slices of
+    ``masks``) equally often, and within a volume each slice by its labelled pixels."""
+    labelled = np.array([float((np.asarray(m) != IGNORE).sum()) for m in masks])
+    out, start = np.zeros(len(masks)), 0
+    for n in per_volume:
+        part = labelled[start : start + n]
+        out[start : start + n] = part / part.sum() / len(per_volume)
+        start += n
+    return out
+
+
+@dataclass
+class Volume:
+    """One training volume: raw (Z, Y, X) ``images`` and ``masks`` (0 background, 1-254
+    mitochondrion, 255 unlabelled), optional held-out ``val_images`` / ``val_masks``, and
+    ``pixel_ratio``, the volume's pixel size over the model's (``ModelSpec.pixel_size_nm``):
+    its slices reach the network resized by it, as :func:`inference.for_stack` does at
+    inference, so volumes of different pixel sizes train one model."""
+
+    images: Any
+    masks: Any
+    val_images: Any = None
+    val_masks: Any = None
+    pixel_ratio: float = 1.0
+    name: str = ""
+
+
+def iter_train(images, masks, *, val_images=None, val_masks=None, **kwargs) -> Iterator[TrainProgress]:
+    """Train (or fine-tune from ``base``) on raw (Z, Y, X) images and masks, yielding progress.
+
+    One volume; see :func:`iter_train_volumes` for the keywords and for several volumes.
+    The generator's final value (``StopIteration.value``) is the trained :class:`LoadedModel`.
+    """
+    vol = Volume(images, masks, val_images, val_masks)
+    return (yield from iter_train_volumes([vol], **kwargs))
+
+
+def iter_train_volumes(
+    volumes: Sequence[Volume],
     *,
     spec: ModelSpec | None = None,
     config: TrainConfig | None = None,
     base: str | os.PathLike | LoadedModel | None = None,
-    val_images=None,
-    val_masks=None,
     out_dir: str | os.PathLike | None = None,
     resume: bool = False,
     max_seconds: float | None = None,
     device: str = "auto",
     info: dict | None = None,
 ) -> Iterator[TrainProgress]:
-    """Train (or fine-tune from ``base``) on raw (Z, Y, X) images and masks, yielding progress.
+    """Train (or fine-tune from ``base``) on one or more :class:`Volume`, yielding progress.
 
+    Each volume is drawn from equally often, whatever its size. Validation IoU is the mean
+    over the volumes that have validation slices (each volume's own IoU is in the history).
     Writes ``out_dir/checkpoint.pt`` every ``checkpoint_every`` steps, ``out_dir/best`` (the
     best model by validation IoU, or the last one without validation) and ``out_dir/last``.
     ``max_seconds`` pauses the run (checkpoint saved) so it can go on with ``resume=True``.
@@ -319,6 +419,8 @@ def iter_train(
     """
     import torch
 
+    if not volumes:
+        raise TrainingError("no training volume given")
     cfg = config or TrainConfig()
     dev = resolve_device(device)
     t_start = time.perf_counter()
@@ -327,7 +429,7 @@ def iter_train(
             based = dataclasses.replace(base, net=copy.deepcopy(base.net).cpu())
         else:
             based = load_model(base, device="cpu")
-        spec = based.spec
+        spec = based.spec  # a spec passed with a base is ignored (see respec to change one)
         net = based.net.to(memory_format=torch.contiguous_format)
         base_info = {"base_model": based.name}
     else:
@@ -335,12 +437,24 @@ def iter_train(
         torch.manual_seed(cfg.seed)  # reproducible initial weights
         net = build_model(spec)
         base_info = {}
-    ims, mks = prepare(images, masks)
-    have_val = val_images is not None and val_masks is not None
-    if have_val:
-        v_ims = _as_slices(val_images, "validation image")
-        v_mks = _as_slices(val_masks, "validation mask")
-    sampler = CropSampler(ims, mks, cfg, spec.input_scale, spec.invert)
+    ims, mks, ratios, vals, per_volume = [], [], [], [], []
+    for k, vol in enumerate(volumes):
+        name = vol.name or f"volume {k + 1}"
+        if any(name == v[0] for v in vals):
+            name = f"{name} #{k + 1}"
+        v_ims, v_mks = prepare(vol.images, vol.masks)
+        ims += v_ims
+        mks += v_mks
+        ratios += [float(vol.pixel_ratio)] * len(v_ims)
+        per_volume.append(len(v_ims))
+        if (vol.val_images is None) != (vol.val_masks is None):
+            raise TrainingError(f"{name}: give validation images and masks together, or neither")
+        if vol.val_images is not None:
+            vals.append((name, vol.pixel_ratio, _as_slices(vol.val_images, f"{name} validation image"),
+                         _as_slices(vol.val_masks, f"{name} validation mask")))
+    have_val = bool(vals)
+    sampler = CropSampler(ims, mks, cfg, spec.input_scale, spec.invert, ratios=ratios,
+                          weights=None if len(volumes) == 1 else volume_weights(mks, per_volume))
     net = net.to(dev)
     if dev.type == "cpu":
         net = net.to(memory_format=torch.channels_last)
@@ -401,55 +515,84 @@ def iter_train(
         (out / HISTORY).write_text(json.dumps(history, indent=1))
 
     use_amp = dev.type == "cuda"
-    t_chunk = time.perf_counter()
-    while step < cfg.steps:
-        if cfg.hard_fraction > 0 and step > 0 and step % cfg.hard_every == 0:
-            # a checkpoint holds the pool in use after its step, so a resumed run refreshes
-            # exactly where an uninterrupted one does, from the same weights
-            net.eval()
-            n_hard = sampler.set_hard(wrapped)
-            logger.info("step %d: %d hard pixels", step, n_hard)
-        net.train()
-        x, y = sampler.sample(step)
-        x, y = x.to(dev), y.to(dev)
-        if dev.type == "cpu":
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(dev.type, enabled=use_amp, dtype=torch.bfloat16):
-            logits = net(x)
-        loss = loss_fn(logits.float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        step += 1
-        now = time.perf_counter()
-        rec = {"step": step, "loss": float(loss.detach()), "seconds": now - t_chunk}
-        t_chunk = now
-        val_iou = None
-        last = step == cfg.steps
-        if have_val and ((cfg.val_every and step % cfg.val_every == 0) or last):
-            net.eval()
-            val_iou = validate(wrapped, v_ims, v_mks)
-            rec["val_iou"] = val_iou
-            if val_iou > best:
-                best = val_iou
-                snapshot("best")
-        history.append(rec)
-        if last or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
-            checkpoint()
-        paused = max_seconds is not None and now - t_start > max_seconds and not last
-        yield TrainProgress(step, cfg.steps, rec["loss"], now - t_start, val_iou,
-                            best if best >= 0 else None, done=last, history=history)
-        if paused:
-            checkpoint()
-            logger.info("paused at step %d of %d; continue with resume", step, cfg.steps)
-            break
+    threads_before = torch.get_num_threads()
+    threads = spare_cpu_threads() if dev.type == "cpu" else None
+    try:
+        t_chunk = time.perf_counter()
+        while step < cfg.steps:
+            if cfg.hard_fraction > 0 and step > 0 and step % cfg.hard_every == 0:
+                # a checkpoint holds the pool in use after its step, so a resumed run refreshes
+                # exactly where an uninterrupted one does, from the same weights
+                net.eval()
+                n_hard = sampler.set_hard(wrapped)
+                logger.info("step %d: %d hard pixels", step, n_hard)
+            if threads is not None and step % 25 == 0:  # follow the machine's load as it changes
+                threads = spare_cpu_threads(own=torch.get_num_threads()) or threads
+                torch.set_num_threads(threads)
+            net.train()
+            x, y = sampler.sample(step)
+            x, y = x.to(dev), y.to(dev)
+            if dev.type == "cpu":
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(dev.type, enabled=use_amp, dtype=torch.bfloat16):
+                logits = net(x)
+            loss = loss_fn(logits.float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            now = time.perf_counter()
+            rec = {"step": step, "loss": float(loss.detach()), "seconds": now - t_chunk,
+                   "threads": torch.get_num_threads()}
+            t_chunk = now
+            val_iou = None
+            last = step == cfg.steps
+            if have_val and ((cfg.val_every and step % cfg.val_every == 0) or last):
+                net.eval()
+                by_volume = {name: validate(for_stack(wrapped, ratio), v_i, v_m)
+                             for name, ratio, v_i, v_m in vals}
+                val_iou = float(np.mean(list(by_volume.values())))
+                rec["val_iou"] = val_iou
+                if len(by_volume) > 1:
+                    rec["val_iou_by_volume"] = by_volume
+                if val_iou > best:
+                    best = val_iou
+                    snapshot("best")
+            history.append(rec)
+            if last or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
+                checkpoint()
+            paused = max_seconds is not None and now - t_start > max_seconds and not last
+            yield TrainProgress(step, cfg.steps, rec["loss"], now - t_start, val_iou,
+                                best if best >= 0 else None, done=last, history=history)
+            if paused:
+                checkpoint()
+                logger.info("paused at step %d of %d; continue with resume", step, cfg.steps)
+                break
+    finally:
+        torch.set_num_threads(threads_before)
     net.eval()
     if step == cfg.steps:
         snapshot("last")
         if not have_val:
             snapshot("best")
     return wrapped
+
+
+#: spec fields fixed by a network's weights; the rest may change when fine-tuning from a base
+ARCHITECTURE_FIELDS = ("arch", "encoder", "encoder_depth", "decoder_channels", "in_channels")
+
+
+def respec(base: ModelSpec, given: ModelSpec | dict) -> ModelSpec:
+    """``base`` with the fields of ``given`` that differ from the defaults and are not fixed by
+    the weights; raises :class:`TrainingError` for an architecture field that differs."""
+    given_d = given if isinstance(given, dict) else {
+        f.name: getattr(given, f.name) for f in dataclasses.fields(ModelSpec)
+        if getattr(given, f.name) != getattr(ModelSpec(), f.name)}
+    clash = [k for k in ARCHITECTURE_FIELDS if k in given_d and given_d[k] != getattr(base, k)]
+    if clash:
+        raise TrainingError(f"the base model's weights fix {', '.join(clash)}; leave them out of the spec")
+    return dataclasses.replace(base, **given_d)
 
 
 def train(images, masks, **kwargs) -> LoadedModel:
