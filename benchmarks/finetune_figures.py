@@ -1,19 +1,21 @@
-"""Fine-tuning figures: correct 2 slices, fine-tune with the default settings, score the rest.
+"""Fine-tuning figures: correct a few slices, fine-tune with the default settings, score the rest.
 
-Two cases on the SBEM testing stack (10 slices):
-- ``same``: the stack as it is (the shipped model was trained on this microscope);
-- ``shifted``: the stack rescaled by 0.5x and with inverted contrast (another "microscope");
-- ``shifted-set``: the same, with the user telling the model so (pixel ratio 2, inverted
-  contrast), for the segmentation before and for the fine-tune (whose model keeps both).
-For each, slices 2 and 7 play the user's corrected slices (their ground truth); the IoU on the
-other 8 is reported before and after fine-tuning, with the fine-tune's wall time.
+Cases (``--cases``):
+- ``same``: the stack as it is, told its pixel size in nm (``em_data.VOLUMES``);
+- ``shifted``: the stack rescaled by 0.5x and with inverted contrast (another "microscope"),
+  told nothing;
+- ``shifted-set``: the same, with the user telling the model its pixel size and contrast, for
+  the segmentation before and for the fine-tune (whose model keeps both).
+The corrected slices (``--corrected``, default: 2 of the stack, spread out) play the user's
+corrections (their ground truth); the IoU on the other slices is reported before and after
+fine-tuning, with the fine-tune's wall time.
 
-``--data val`` runs the same protocol on the validation block of the training stack (its last
-4 slices; slices 0 and 2 corrected, 1 and 3 scored): that is where the fine-tuning defaults
-(``training.FINETUNE``) are chosen, trying settings with ``--config '{"steps": 300}'``.
+``--data val`` runs the same protocol on the validation block of the training stack: that is
+where the fine-tuning defaults (``training.FINETUNE``) are chosen, trying settings with
+``--config '{"steps": 300}'``.
 
-    python benchmarks/finetune_figures.py [--model mito-em-v2] [--cases same shifted] \
-        [--data test|val] [--config JSON] [--corrected Z ...]
+    python benchmarks/finetune_figures.py [--model mito-em-v3] [--volume sbem|lucchipp] \
+        [--cases same shifted] [--data test|val] [--config JSON] [--corrected Z ...]
 """
 
 from __future__ import annotations
@@ -65,29 +67,35 @@ def run_case(name: str, image, mask, model: str, corrected, config, pixel_ratio=
             "iou_others_before": round(before, 4), "iou_others_after": round(after, 4),
             "iou_corrected_before": round(res.iou_before, 4),
             "iou_corrected_after": round(res.iou_after, 4),
-            "steps": res.steps, "lr": config.lr, "finetune_seconds": round(seconds, 1),
+            "steps": res.steps, "lr": config.lr, "pixel_ratio": round(pixel_ratio, 3),
+            "finetune_seconds": round(seconds, 1),
             "threads": torch.get_num_threads()}
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="mito-em-v2")
+    ap.add_argument("--model", default="mito-em-v3")
+    ap.add_argument("--volume", choices=sorted(em_data.VOLUMES), default="sbem")
     ap.add_argument("--cases", nargs="+", default=["same", "shifted", "shifted-set"],
                     choices=["same", "shifted", "shifted-set"])
     ap.add_argument("--data", choices=["test", "val"], default="test")
     ap.add_argument("--config", default="{}", help="JSON overrides of training.FINETUNE")
     ap.add_argument("--corrected", type=int, nargs="+", default=None,
-                    help="the corrected slices (default: 2 7 on test, 0 2 on val)")
+                    help="the corrected slices (default: 2 spread over the stack)")
     args = ap.parse_args(argv)
     config = dataclasses.replace(FINETUNE, **json.loads(args.config))
-    image, mask = em_data.load(args.data)
+    image, mask = em_data.load(args.data, args.volume)
     mask = mask.astype(np.uint8)
-    corrected = tuple(args.corrected or ((2, 7) if args.data == "test" else (0, 2)))
+    z = image.shape[0]
+    corrected = tuple(args.corrected or (z // 4, (3 * z) // 4))
+    model_nm = get_model(args.model, "cpu").spec.pixel_size_nm
+    ratio = em_data.VOLUMES[args.volume].pixel_nm / model_nm if model_nm else 1.0
     for case in args.cases:
         im, mk = (image, mask) if case == "same" else shifted(image, mask)
-        told = {"pixel_ratio": 2.0, "invert": True} if case == "shifted-set" else {}
+        told = {"same": {"pixel_ratio": ratio}, "shifted": {},
+                "shifted-set": {"pixel_ratio": 2.0 * ratio, "invert": True}}[case]
         row = run_case(case, im, mk, args.model, corrected, config, **told)
-        print(json.dumps({"data": args.data, **row}), flush=True)
+        print(json.dumps({"volume": args.volume, "data": args.data, **row}), flush=True)
     return 0
 
 

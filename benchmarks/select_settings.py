@@ -1,47 +1,62 @@
-"""Choose threshold, TTA, z-smoothing, hole filling and checkpoint on validation only (never test).
+"""Choose threshold, z-smoothing, hole filling and checkpoint on validation only (never test).
 
-Validation = the last 4 slices of the SBEM training stack (the block held out by
-``mitoseg train --val-fraction 0.2``). Prints one line per setting and the best, as JSON.
+Validation = the held-out block of each volume's training stack (``em_data``: SBEM's last 4
+slices, Lucchi++'s last 20), each segmented at its pixel size (``em_data.VOLUMES``; a model
+without a recorded pixel size is taken as trained on the first volume named). The score of a
+setting is the mean of the volumes' IoUs, so each volume counts equally. Prints one JSON line
+per setting and the best.
 
-    python benchmarks/select_settings.py runs/mito-em-v1/best [more model folders...]
+    python benchmarks/select_settings.py runs/mito-em-v3/best runs/mito-em-v3/last \
+        [--volumes sbem lucchipp] [--tta]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 
 import em_data  # beside this script
 import numpy as np
 
-from napari_mitoseg.inference import binarise, predict_slice, smooth_z
+from napari_mitoseg.inference import binarise, for_stack, predict_slice, smooth_z
 from napari_mitoseg.metrics import score
 from napari_mitoseg.model import load_model
 
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
 
 
-def main(folders: list[str]) -> int:
-    image, gt = em_data.load("val")
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("models", nargs="+")
+    ap.add_argument("--volumes", nargs="+", choices=sorted(em_data.VOLUMES), default=["sbem", "lucchipp"])
+    ap.add_argument("--tta", action="store_true", help="also try test-time augmentation (8x slower)")
+    args = ap.parse_args(argv)
+    data = {v: em_data.load("val", v) for v in args.volumes}
     best = None
-    for folder in folders:
+    for folder in args.models:
         model = load_model(folder, "cpu")
-        for tta in (False, True):
-            raw = np.stack([predict_slice(model, s, tta=tta) for s in image])
+        model_nm = model.spec.pixel_size_nm or em_data.VOLUMES[args.volumes[0]].pixel_nm
+        for tta in (False, True) if args.tta else (False,):
+            raw = {}
+            for v, (image, _) in data.items():
+                m = for_stack(model, em_data.VOLUMES[v].pixel_nm / model_nm)
+                raw[v] = np.stack([predict_slice(m, s, tta=tta) for s in image])
             for zs in (False, True):
-                prob = np.stack(list(smooth_z(iter(raw)))) if zs else raw
+                prob = {v: np.stack(list(smooth_z(iter(r)))) if zs else r for v, r in raw.items()}
                 for fill in (False, True):
                     for thr in THRESHOLDS:
-                        mask = np.stack([binarise(p, thr, fill) for p in prob])
-                        iou = score(mask, gt).iou
+                        ious = {v: score(np.stack([binarise(p, thr, fill) for p in prob[v]]), data[v][1]).iou
+                                for v in data}
                         row = {"model": folder, "tta": tta, "z_smooth": zs, "fill_holes": fill,
-                               "threshold": thr, "val_iou": round(iou, 4)}
+                               "threshold": thr, "val_iou": round(float(np.mean(list(ious.values()))), 4),
+                               **{f"val_iou_{v}": round(i, 4) for v, i in ious.items()}}
                         print(json.dumps(row), flush=True)
-                        if best is None or iou > best["val_iou"]:
+                        if best is None or row["val_iou"] > best["val_iou"]:
                             best = row
     print("best:", json.dumps(best))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

@@ -67,6 +67,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--base", help="start from this model (fine-tuning)")
     _stack_flags(t, "with --base only; the new model keeps them")
     t.add_argument("--spec", help="JSON model spec, e.g. '{\"encoder\": \"resnet18\"}'")
+    t.add_argument("--config", help="JSON training settings (TrainConfig fields) over the defaults, "
+                                    "e.g. '{\"val_every\": 250}'; the flags below win")
     t.add_argument("--steps", type=int, default=None)
     t.add_argument("--batch-size", type=int, default=None)
     t.add_argument("--lr", type=float, default=None)
@@ -176,7 +178,11 @@ def cmd_train(args) -> int:
                                    "lr": args.lr, "augment": args.augment,
                                    "hard_fraction": args.hard_fraction,
                                    "seed": args.seed}.items() if v is not None}
-    cfg = dataclasses.replace(base_cfg, **overrides)
+    try:
+        cfg = dataclasses.replace(base_cfg, **{**(json.loads(args.config) if args.config else {}),
+                                               **overrides})
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise ModelError(f"--config must be a JSON object of training settings: {exc}") from exc
     try:
         spec_d = json.loads(args.spec) if args.spec else {}
         spec = ModelSpec.from_dict(spec_d) if args.spec and not args.base else None
