@@ -9,11 +9,14 @@ one was.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
 import shutil
 import tempfile
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +25,9 @@ logger = logging.getLogger(__name__)
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 SLICE_SUFFIXES = (".tif", ".tiff", ".png")
-#: TIFFs larger than this (bytes) open lazily instead of loading whole.
-LAZY_BYTES = 1 << 30
+#: TIFFs larger than this (bytes, 100 MiB) open lazily (a dask array over tifffile's zarr view,
+#: one chunk per page) instead of loading whole.
+LAZY_BYTES = 100 << 20
 
 
 class ReadError(ValueError):
@@ -37,15 +41,80 @@ class WriteError(ValueError):
 LABEL_SUFFIXES = (".tif", ".tiff", ".zarr")
 
 
-def check_label_path(path: str | os.PathLike) -> Path:
-    """Raise :class:`WriteError` unless :func:`write_labels` can write ``path`` (by suffix).
+def as_path(path, error: type[Exception] = ReadError) -> Path:
+    """``path`` (str, bytes or os.PathLike) as a :class:`Path`; anything else raises ``error``."""
+    try:
+        return Path(os.fsdecode(path))
+    except TypeError:
+        raise error(f"expected a file path (str or os.PathLike), got {type(path).__name__}") from None
 
-    Call it before long work, so a bad output name fails at once, not after the work.
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """True when ``a`` and ``b`` name the same file or folder (after resolving links)."""
+    a, b = as_path(a), as_path(b)
+    if a.exists() and b.exists():
+        return os.path.samefile(a, b)
+    return a.resolve() == b.resolve()
+
+
+def check_not_input(out: str | os.PathLike, inputs: Iterable, what: str = "output") -> None:
+    """Raise :class:`WriteError` when ``out`` is one of ``inputs`` (or lies inside an input
+    folder, such as a zarr store): writing it would destroy the data being read."""
+    out_p = as_path(out, WriteError)
+    for item in inputs:
+        if item is None or isinstance(item, (np.ndarray, list, tuple)):
+            continue
+        src = as_path(item)
+        inside = src.is_dir() and out_p.resolve().is_relative_to(src.resolve())
+        if same_file(out_p, src):
+            raise WriteError(f"the {what} {out_p} is the input {src}; writing it would destroy the "
+                             "input: choose another name")
+        if inside:
+            raise WriteError(f"the {what} {out_p} lies inside the input {src}; writing it would "
+                             "change the input: choose a path outside it")
+
+
+def check_writable_dir(folder: Path) -> None:
+    """Raise :class:`WriteError` unless ``folder`` (or, when missing, its nearest existing parent,
+    where it would be created) is a folder this process may write to."""
+    probe = Path(folder).absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise WriteError(f"cannot write into {folder}: {probe} is not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise WriteError(f"cannot write into {folder}: {probe} is read-only (no write permission)")
+
+
+def check_label_path(path: str | os.PathLike, inputs: Iterable = ()) -> Path:
+    """Raise :class:`WriteError` unless :func:`write_labels` can write ``path``: a label suffix,
+    a writable folder, and not one of ``inputs`` (the files the same command reads).
+
+    Call it before long work, so a bad output fails at once, not after the work.
     """
-    p = Path(path)
+    p = as_path(path, WriteError)
     if p.suffix.lower() not in LABEL_SUFFIXES:
         raise WriteError(f"{p}: write labels as {', '.join(LABEL_SUFFIXES)}")
+    check_not_input(p, inputs)
+    if p.is_dir() and p.suffix.lower() != ".zarr":
+        raise WriteError(f"{p} is a folder; name a file to write")
+    check_writable_dir(p.parent)
     return p
+
+
+@contextlib.contextmanager
+def _write_errors(path: Path):
+    """Turn an OS error while writing ``path`` (disk full, permission) into one clear
+    :class:`WriteError`."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise WriteError(f"no space left on the device to write {path}; nothing was written "
+                             "(free space or choose another disk)") from exc
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise WriteError(f"cannot write {path}: {exc.strerror}") from exc
+        raise
 
 
 def _to_zyx(arr, source: str, rgb: str = "refuse"):
@@ -79,7 +148,7 @@ def read_stack(path: str | os.PathLike, lazy: bool | None = None):
 
     ``lazy=None`` opens files larger than :data:`LAZY_BYTES` and every zarr lazily.
     """
-    p = Path(path)
+    p = as_path(path)
     if not p.exists():
         raise ReadError(f"{p} does not exist")
     if p.is_dir() and not _is_zarr(p):
@@ -102,11 +171,36 @@ def _read_image_file(p: Path, skio):
         raise ReadError(f"{p} could not be read: {exc}") from exc
 
 
-def _read_tiff(p: Path, lazy: bool | None):
-    import tifffile
+class _DropRecords(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        logger.debug("tifffile: %s", record.getMessage())
+        return False
 
+
+@contextlib.contextmanager
+def quiet_tifffile():
+    """Hold back tifffile's own log lines (``ERROR ... corrupted page``) while we read: a file
+    that cannot be read gets one message of ours; tifffile's lines go to our debug log."""
+    tlog = logging.getLogger("tifffile")
+    drop = _DropRecords()
+    tlog.addFilter(drop)
+    try:
+        yield
+    finally:
+        tlog.removeFilter(drop)
+
+
+def _read_tiff(p: Path, lazy: bool | None):
     if lazy is None:
         lazy = p.stat().st_size > LAZY_BYTES
+    with quiet_tifffile():
+        arr = _open_tiff(p, lazy)
+    return _to_zyx(arr, str(p))
+
+
+def _open_tiff(p: Path, lazy: bool):
+    import tifffile
+
     try:
         _check_tiff_complete(p)
         if lazy:
@@ -125,7 +219,7 @@ def _read_tiff(p: Path, lazy: bool | None):
         raise
     except Exception as exc:  # noqa: BLE001 - a corrupt TIFF fails in many ways inside tifffile
         raise ReadError(f"{p} is not a readable TIFF: {type(exc).__name__}: {exc}") from exc
-    return _to_zyx(arr, str(p))
+    return arr
 
 
 def _check_tiff_complete(p: Path) -> None:
@@ -172,13 +266,30 @@ def _read_zarr(p: Path, lazy: bool = True):
     except Exception as exc:  # noqa: BLE001
         raise ReadError(f"{p} is not a readable zarr store: {exc}") from exc
     if not hasattr(node, "shape"):  # group: OME-Zarr multiscales, take the full resolution
-        attrs = dict(node.attrs)
-        ms = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
-        key = ms[0]["datasets"][0]["path"] if ms else sorted(node.array_keys())[0]
-        node = node[key]
+        node = _zarr_group_array(node, p)
     arr = da.from_zarr(node)
     arr = _to_zyx(arr, str(p))
     return arr if lazy else np.asarray(arr)
+
+
+def _multiscales(attrs) -> list:
+    attrs = dict(attrs)
+    return attrs.get("multiscales") or dict(attrs.get("ome", {})).get("multiscales") or []
+
+
+def _zarr_group_array(group, p: Path):
+    """The array of a zarr group to read: the first dataset of its OME-Zarr multiscales (full
+    resolution), else its first array by name; :class:`ReadError` when it holds none."""
+    ms = _multiscales(group.attrs)
+    try:
+        if ms:
+            return group[ms[0]["datasets"][0]["path"]]
+    except (KeyError, IndexError, TypeError) as exc:
+        raise ReadError(f"{p}: its OME-Zarr multiscales name no readable array ({exc})") from exc
+    keys = sorted(group.array_keys())
+    if not keys:
+        raise ReadError(f"{p} is a zarr group holding no array: nothing to read")
+    return group[keys[0]]
 
 
 def _read_folder(p: Path):
@@ -198,6 +309,11 @@ def _read_folder(p: Path):
 
 
 def _atomic_file(path: Path, write) -> Path:
+    with _write_errors(path):
+        return _atomic_file_unchecked(path, write)
+
+
+def _atomic_file_unchecked(path: Path, write) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     # Not mkstemp: it creates the file owner-only (0600). O_EXCL keeps the name unique and the
     # mode 0666 lets the umask decide, as for a plain open().
@@ -216,6 +332,11 @@ def atomic_dir(final: Path, write) -> Path:
     """Run ``write(tmpdir)`` on a fresh folder beside ``final``, then swap it in whole: an old
     folder at ``final`` is replaced only once the new one is complete."""
     final = Path(final)
+    with _write_errors(final):
+        return _atomic_dir_unchecked(final, write)
+
+
+def _atomic_dir_unchecked(final: Path, write) -> Path:
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:
@@ -266,3 +387,159 @@ def open_labels_zarr(path: Path, shape: tuple[int, ...], dtype):
 
     return zarr.open(str(path), mode="w", shape=tuple(shape), dtype=dtype,
                      chunks=(1, *shape[1:]))
+
+
+# --------------------------------------------------------------------------- voxel size
+
+#: nanometres per unit, for the unit names TIFF, ImageJ, OME-XML and OME-Zarr use
+_NM_PER_UNIT = {
+    "nm": 1.0, "nanometer": 1.0, "nanometre": 1.0,
+    "um": 1e3, "µm": 1e3, "μm": 1e3, "\\u00b5m": 1e3, "micron": 1e3, "microns": 1e3,
+    "micrometer": 1e3, "micrometre": 1e3,
+    "mm": 1e6, "millimeter": 1e6, "millimetre": 1e6,
+    "cm": 1e7, "centimeter": 1e7, "centimetre": 1e7,
+    "m": 1e9, "meter": 1e9, "metre": 1e9,
+    "å": 0.1, "angstrom": 0.1, "ångström": 0.1,
+    "pm": 1e-3, "picometer": 1e-3,
+}
+#: TIFF ResolutionUnit codes (2 inch, 3 centimetre; 4, 5 are tifffile's mm and µm) in nm
+_NM_PER_RESUNIT = {2: 2.54e7, 3: 1e7, 4: 1e6, 5: 1e3}
+#: dots per inch that image programs write by default: never a real pixel size
+_DEFAULT_DPI = (1.0, 72.0, 96.0, 150.0, 300.0, 600.0)
+#: a pixel size outside this range (nm) is not an electron micrograph's: treated as absent
+PLAUSIBLE_NM = (0.01, 10_000.0)
+
+VoxelSize = tuple[float, float, float]
+
+
+def _unit_nm(unit) -> float | None:
+    return _NM_PER_UNIT.get(str(unit).strip().lower()) if unit else None
+
+
+def _plausible(zyx) -> VoxelSize | None:
+    """(Z, Y, X) in nm when every size is a plausible EM pixel size, else None."""
+    if zyx is None or any(v is None for v in zyx):
+        return None
+    lo, hi = PLAUSIBLE_NM
+    vals = tuple(float(v) for v in zyx)
+    return vals if all(np.isfinite(v) and lo <= v <= hi for v in vals) else None
+
+
+def read_voxel_size(path: str | os.PathLike) -> VoxelSize | None:
+    """The voxel size (Z, Y, X) in nanometres that a file's metadata records, or None.
+
+    Read from OME-XML (``PhysicalSize*``), ImageJ metadata (``unit``, ``spacing`` and the
+    resolution tags), plain TIFF resolution tags with a ResolutionUnit of inch or centimetre,
+    and OME-Zarr ``multiscales`` scale transformations with axis units. None when the file
+    records none, only a unitless or default (72 dpi ...) resolution, or sizes no electron
+    micrograph has (outside :data:`PLAUSIBLE_NM`). A missing Z spacing takes the X size.
+    """
+    p = as_path(path)
+    try:
+        if _is_zarr(p):
+            return _plausible(_zarr_voxel_nm(p))
+        if p.suffix.lower() in TIFF_SUFFIXES and p.is_file():
+            with quiet_tifffile():
+                return _plausible(_tiff_voxel_nm(p))
+    except Exception as exc:  # noqa: BLE001 - metadata is a hint: unreadable means absent
+        logger.debug("no voxel size from %s: %s", p, exc)
+    return None
+
+
+def _tiff_voxel_nm(p: Path):
+    import tifffile
+
+    with tifffile.TiffFile(str(p)) as tif:
+        if tif.is_ome and tif.ome_metadata:
+            return _ome_xml_voxel_nm(tif.ome_metadata)
+        page = tif.pages[0]
+        xy = _resolution_nm(page)
+        if tif.imagej_metadata:
+            return _imagej_voxel_nm(tif.imagej_metadata, page)
+        if xy is None:
+            return None
+        return (xy[1], *xy)
+
+
+def _resolution_nm(page, nm_per_unit: float | None = None):
+    """(Y, X) pixel size in nm from the resolution tags (pixels per unit), or None."""
+    tags = page.tags
+    if "XResolution" not in tags or "YResolution" not in tags:
+        return None
+    if nm_per_unit is None:
+        unit = int(tags["ResolutionUnit"].value) if "ResolutionUnit" in tags else 2
+        nm_per_unit = _NM_PER_RESUNIT.get(unit)
+        if nm_per_unit is None:
+            return None
+        default_dpi = unit == 2
+    else:
+        default_dpi = False
+    out = []
+    for name in ("YResolution", "XResolution"):
+        num, den = tags[name].value
+        per_unit = num / den if den else 0.0
+        if per_unit <= 0 or (default_dpi and per_unit in _DEFAULT_DPI):
+            return None
+        out.append(nm_per_unit / per_unit)
+    return tuple(out)
+
+
+def _imagej_voxel_nm(meta: dict, page):
+    nm = _unit_nm(meta.get("unit"))
+    if nm is None:  # 'pixel' or no unit: not a physical size
+        return None
+    xy = _resolution_nm(page, nm)
+    if xy is None:
+        return None
+    spacing = meta.get("spacing")
+    z = float(spacing) * nm if spacing else xy[1]
+    return (z, *xy)
+
+
+def _ome_xml_voxel_nm(xml: str):
+    import xml.etree.ElementTree as ET
+
+    root = ET.fromstring(xml)
+    pixels = next((el for el in root.iter() if el.tag.rsplit("}", 1)[-1] == "Pixels"), None)
+    if pixels is None:
+        return None
+
+    def size(axis: str) -> float | None:
+        value = pixels.get(f"PhysicalSize{axis}")
+        nm = _unit_nm(pixels.get(f"PhysicalSize{axis}Unit", "µm"))
+        return float(value) * nm if value is not None and nm is not None else None
+
+    x, y = size("X"), size("Y")
+    if x is None or y is None:
+        return None
+    z = size("Z")
+    return (z if z is not None else x, y, x)
+
+
+def _zarr_voxel_nm(p: Path):
+    """(Z, Y, X) nm from OME-Zarr ``multiscales``: the first dataset's scale (times a global
+    scale, if any) on the last three axes, each with a length unit."""
+    import zarr
+
+    node = zarr.open(str(p), mode="r")
+    ms = _multiscales(node.attrs) if not hasattr(node, "shape") else []
+    if not ms:
+        return None
+    ms0 = ms[0]
+    axes = ms0.get("axes") or []
+    scale = None
+    for tr in ms0["datasets"][0].get("coordinateTransformations", []):
+        if tr.get("type") == "scale":
+            scale = list(tr["scale"])
+    if scale is None or len(axes) != len(scale) or len(scale) < 2:
+        return None
+    for tr in ms0.get("coordinateTransformations", []) or []:
+        if tr.get("type") == "scale" and len(tr["scale"]) == len(scale):
+            scale = [a * b for a, b in zip(scale, tr["scale"], strict=True)]
+    sizes = []
+    for ax, s in zip(axes[-3:], scale[-3:], strict=True):
+        nm = _unit_nm(ax.get("unit")) if isinstance(ax, dict) else None
+        if nm is None or (isinstance(ax, dict) and ax.get("type", "space") != "space"):
+            return None
+        sizes.append(float(s) * nm)
+    return tuple(sizes) if len(sizes) == 3 else (sizes[-1], *sizes)
