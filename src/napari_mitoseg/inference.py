@@ -412,24 +412,29 @@ def iter_predict(
     spec = model.spec
     small = max(network_shape(spec, image.shape[1:])) <= spec.tile_size
     bs = options.batch_size if (model.device.type != "cpu" and small) else 1
+    bad: dict[int, np.ndarray | None] = {}  # non-finite pixels of the slices read so far
+
     def raw_probs() -> Iterator[np.ndarray]:
         for start in range(0, z, bs):
             raw = [np.asarray(image[i]) for i in range(start, min(z, start + bs))]
-            bad = [check_slice(r, start + k) for k, r in enumerate(raw)]
+            bad.update((start + k, check_slice(r, start + k)) for k, r in enumerate(raw))
             if bs > 1:
                 probs = _to_slices(_forward(model, _to_network(raw, spec), options.tta), raw[0].shape)
             else:
                 probs = [predict_slice(model, raw[0], options.tta)]
-            for p, b in zip(probs, bad, strict=True):
-                if b is not None:  # non-finite pixels are background, and spread nothing along z
-                    p[b] = 0.0
+            for k, p in enumerate(probs):
+                if bad[start + k] is not None:  # 0: spreads nothing to neighbours along z
+                    p[bad[start + k]] = 0.0
                 yield p
 
     z_smooth = _or_model_default(options.z_smooth, model, "default_z_smooth")
     fill = _or_model_default(options.fill_holes, model, "default_fill_holes")
     probs = smooth_z(raw_probs()) if z_smooth else raw_probs()
     for i, p in enumerate(probs):
-        yield SliceResult(i, z, p, binarise(p, thr, fill))
+        b = bad.pop(i)
+        if b is not None:  # non-finite pixels are background, whatever their neighbours say
+            p[b] = 0.0
+        yield SliceResult(i, z, p, binarise(p, thr, fill) & (True if b is None else ~b))
 
 
 def _or_model_default(value: bool | None, model: LoadedModel, key: str) -> bool:

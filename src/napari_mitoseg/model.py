@@ -37,13 +37,11 @@ def threshold_problem(value) -> str | None:
     """Why ``value`` is not a usable probability threshold (a number strictly between 0 and 1),
     or None when it is. The one check behind the model spec, :class:`PredictOptions` and the
     command line."""
-    if isinstance(value, bool):
+    import numbers
+
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         return f"threshold must be a number in (0, 1), got {value!r}"
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return f"threshold must be a number in (0, 1), got {value!r}"
-    if not 0.0 < v < 1.0:  # also False for NaN
+    if not 0.0 < float(value) < 1.0:  # also False for NaN
         return f"threshold must lie in (0, 1), got {value}"
     return None
 
