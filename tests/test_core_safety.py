@@ -426,3 +426,16 @@ def test_the_npe2_reader_opens_a_grey_png(tmp_path, rng):
     assert kind == "image"
     skimage.io.imsave(tmp_path / "rgb.png", np.zeros((30, 40, 3), np.uint8), check_contrast=False)
     assert get_reader(str(tmp_path / "rgb.png")) is None
+
+
+def test_a_full_disk_while_training_is_one_clear_error(sample, tiny_spec, tmp_path, monkeypatch):
+    import torch
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full)
+    image, mask = sample
+    with pytest.raises(io.WriteError, match="no space left"):
+        train(image, mask, spec=tiny_spec, config=TWO_STEPS, device="cpu", out_dir=tmp_path / "run")
+    assert [p.name for p in (tmp_path / "run").iterdir()] == []

@@ -103,7 +103,7 @@ def check_label_path(path: str | os.PathLike, inputs: Iterable = ()) -> Path:
 
 
 @contextlib.contextmanager
-def _write_errors(path: Path):
+def write_errors(path: Path):
     """Turn an OS error while writing ``path`` (disk full, permission) into one clear
     :class:`WriteError`."""
     try:
@@ -309,7 +309,7 @@ def _read_folder(p: Path):
 
 
 def _atomic_file(path: Path, write) -> Path:
-    with _write_errors(path):
+    with write_errors(path):
         return _atomic_file_unchecked(path, write)
 
 
@@ -332,7 +332,7 @@ def atomic_dir(final: Path, write) -> Path:
     """Run ``write(tmpdir)`` on a fresh folder beside ``final``, then swap it in whole: an old
     folder at ``final`` is replaced only once the new one is complete."""
     final = Path(final)
-    with _write_errors(final):
+    with write_errors(final):
         return _atomic_dir_unchecked(final, write)
 
 

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from .inference import check_stack, for_stack, normalise01, predict_slice
+from .io import write_errors
 from .metrics import Counts, counts, scores_from_counts
 from .model import (
     LoadedModel,
@@ -600,6 +601,10 @@ def iter_train_volumes(
     def checkpoint() -> None:
         if out is None:
             return
+        with write_errors(out / CHECKPOINT):
+            _checkpoint()
+
+    def _checkpoint() -> None:
         _atomic_torch_save(
             {"model": net.state_dict(), "optimizer": opt.state_dict(),
              "scheduler": sched.state_dict(), "step": step, "best": best, "history": history,
