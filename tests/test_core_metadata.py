@@ -247,3 +247,15 @@ def test_finetune_from_a_base_converts_the_pixel_size(tmp_path, model_10nm, samp
     assert load_model(result.path, device="cpu").spec.pixel_size_nm == 20.0
     with pytest.raises(InputError, match="not both"):
         next(api.iter_finetune(image, mask, [0], base=model_10nm, pixel_ratio=2.0, pixel_size_nm=20))
+
+
+def test_api_segment_takes_pixel_size_nm(model_10nm, sample):
+    from napari_mitoseg.inference import PredictOptions
+
+    model = api.get_model(model_10nm, "cpu")
+    image = sample[0][:1]
+    by_size = api.segment(image, model, pixel_size_nm=20)
+    by_ratio = api.segment(image, model, PredictOptions(pixel_ratio=2.0))
+    np.testing.assert_array_equal(by_size, by_ratio)
+    with pytest.raises(InputError, match="not both"):
+        api.segment(image, model, PredictOptions(pixel_ratio=2.0), pixel_size_nm=20)

@@ -439,3 +439,10 @@ def test_a_full_disk_while_training_is_one_clear_error(sample, tiny_spec, tmp_pa
     with pytest.raises(io.WriteError, match="no space left"):
         train(image, mask, spec=tiny_spec, config=TWO_STEPS, device="cpu", out_dir=tmp_path / "run")
     assert [p.name for p in (tmp_path / "run").iterdir()] == []
+
+
+def test_segment_file_takes_bytes_paths(files, tiny_model_dir, tmp_path):
+    out = tmp_path / "labels.zarr"
+    res = api.segment_file(os.fsencode(files["image"]), model=tiny_model_dir, device="cpu",
+                           out=os.fsencode(out))
+    assert res.labels is None and io.read_stack(out).shape == (3, 100, 124)

@@ -61,12 +61,22 @@ def get_model(source: str | os.PathLike | None = None, device: str = "auto") -> 
 
 def segment(
     image, model: LoadedModel, options: PredictOptions | None = None, instances: bool = False,
-    min_size: int = 64, progress: ProgressFn | None = None,
+    min_size: int = 64, progress: ProgressFn | None = None, pixel_size_nm: float | None = None,
 ) -> np.ndarray:
     """(Z, Y, X) image (an array, or a nested list of numbers) -> (Z, Y, X) uint8 mask (0/1)
-    or int32 instance labels. ``progress(done, total)`` is called after each slice."""
+    or int32 instance labels. ``progress(done, total)`` is called after each slice.
+
+    ``pixel_size_nm``: the stack's Y/X pixel size, turned into ``options.pixel_ratio`` with the
+    model's own pixel size (then ``options`` may not set a pixel ratio too)."""
     image = as_stack(image)
     check_stack(image)
+    if pixel_size_nm is not None:
+        options = options or PredictOptions()
+        if options.pixel_ratio != 1.0:
+            raise InputError("give the stack's pixel size or a pixel ratio, not both")
+        ratio, note = choose_pixel_ratio(model.spec, pixel_size_nm=pixel_size_nm)
+        logger.info(note, extra=NOTE)
+        options = dataclasses.replace(options, pixel_ratio=ratio)
     mask = np.zeros(image.shape if image.ndim == 3 else (1, *image.shape), np.uint8)
     for r in iter_predict(model, image, options):
         mask[r.index] = r.mask
@@ -140,8 +150,9 @@ def segment_file(
         logger.info(note, extra=NOTE)
     opts = dataclasses.replace(opts, pixel_ratio=ratio)
     shape = tuple(image.shape)
-    if out and Path(out).suffix.lower() == ".zarr" and not instances and image.ndim == 3:
-        report = _segment_to_zarr(image, m, opts, Path(out), gt_arr, progress)
+    out = check_label_path(out) if out else None
+    if out and out.suffix.lower() == ".zarr" and not instances and image.ndim == 3:
+        report = _segment_to_zarr(image, m, opts, out, gt_arr, progress)
         return SegmentResult(None, m.name, report, shape, ratio, note)
     labels = segment(image, m, opts, instances=instances, progress=progress)
     report = evaluate(labels > 0, np.asarray(gt_arr) > 0) if gt_arr is not None else None
