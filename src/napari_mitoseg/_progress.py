@@ -52,9 +52,10 @@ class Progress:
         if self._tqdm is None:
             from tqdm import tqdm
 
+            width = _columns(self.stream)  # a terminal that reports no size gets 100 columns
             self._tqdm = tqdm(total=total, initial=self._start[1], unit=self.unit[:-1] if
                               self.unit.endswith("s") else self.unit, desc=self.desc, file=self.stream,
-                              dynamic_ncols=True, leave=True)
+                              dynamic_ncols=width is not None, ncols=width or 100, leave=True)
         self._tqdm.update(done - self._tqdm.n)
 
     def _due(self, done: int, total: int, now: float) -> bool:
@@ -90,6 +91,17 @@ class Progress:
         if self._tqdm is not None:
             self._tqdm.close()
             self._tqdm = None
+
+
+def _columns(stream) -> int | None:
+    """The terminal's width, or None when it reports none (a pseudo-terminal without a size)."""
+    import os
+
+    try:
+        cols = os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, ValueError, OSError):
+        return None
+    return cols if cols > 0 else None
 
 
 def _isatty(stream) -> bool:
