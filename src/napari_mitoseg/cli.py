@@ -253,24 +253,12 @@ def _step_line(prog) -> str:
     return f"step {prog.step}/{prog.total} loss={prog.loss:.4f}{val} t={prog.seconds:.0f}s"
 
 
-def cmd_train(args) -> int:
-    import dataclasses
-
-    import numpy as np
-
-    from ._progress import Progress
+def _train_checks(args) -> tuple[list[float], list[float]]:
+    """Check train's options against each other and the run folder, before any work: the
+    pixel sizes (one per --image, or none) and the validation fractions (one per --image)."""
     from .inference import check_pixel_size
-    from .io import read_stack
-    from .model import ModelError, ModelSpec
-    from .training import (
-        FINETUNE,
-        TrainConfig,
-        TrainingError,
-        Volume,
-        check_run_dir,
-        iter_train_volumes,
-        split_validation,
-    )
+    from .model import ModelError
+    from .training import TrainingError, check_run_dir
 
     n = len(args.image)
     if len(args.mask) != n:
@@ -283,28 +271,35 @@ def cmd_train(args) -> int:
     fractions = args.val_fraction or [0.0]
     if len(fractions) not in (1, n):
         raise ModelError(f"give one --val-fraction, or one per --image ({n} images)")
-    fractions = fractions * n if len(fractions) == 1 else fractions
     if (args.val_image is None) != (args.val_mask is None):
         raise TrainingError("--val-image and --val-mask go together; give both or neither")
     if args.val_image and n > 1:
         raise ModelError("--val-image/--val-mask go with a single --image; use --val-fraction")
     check_run_dir(args.out, args.resume, [*args.image, *args.mask, args.val_image, args.val_mask])
-    base_cfg = FINETUNE if args.base else TrainConfig()
-    overrides = {k: v for k, v in {"steps": args.steps, "batch_size": args.batch_size,
-                                   "lr": args.lr, "augment": args.augment,
-                                   "hard_fraction": args.hard_fraction,
-                                   "seed": args.seed}.items() if v is not None}
-    cfg = dataclasses.replace(base_cfg, **overrides)
+    return sizes, fractions * n if len(fractions) == 1 else fractions
+
+
+def _train_model(args, sizes: list[float]):
+    """(base model or None, spec of a new model or None, each volume's pixel ratio, the pixel
+    sizes used, the model's pixel size) from --base, --spec, the pixel sizes (given, else the files' metadata),
+    --pixel-ratio and --invert."""
+    import dataclasses
+
+    from .model import ModelError, ModelSpec
+
     try:
         spec_d = json.loads(args.spec) if args.spec else {}
         spec = ModelSpec.from_dict(spec_d) if args.spec and not args.base else None
     except (json.JSONDecodeError, TypeError, AttributeError) as exc:
         raise ModelError(f"--spec must be a JSON object of model spec fields: {exc}") from exc
-    base = args.base
-    if base:
+    if (args.pixel_ratio is not None or args.invert) and not args.base:
+        raise ModelError("--pixel-ratio and --invert set up a base model for a stack; they "
+                         "need --base (a new model learns the stack as it is)")
+    base = None
+    if args.base:
         from .model import load_model
 
-        base = load_model(base, device="cpu")
+        base = load_model(args.base, device="cpu")
         if spec_d:
             from .training import respec
 
@@ -318,10 +313,8 @@ def cmd_train(args) -> int:
                              "('{\"pixel_size_nm\": NM}') to use --pixel-size")
         model_nm = sizes[0]
         spec = dataclasses.replace(spec or ModelSpec(), pixel_size_nm=model_nm)
+    n = len(args.image)
     ratios = [s_nm / model_nm for s_nm in sizes] if sizes else [1.0] * n
-    if (args.pixel_ratio is not None or args.invert) and not base:
-        raise ModelError("--pixel-ratio and --invert set up a base model for a stack; they "
-                         "need --base (a new model learns the stack as it is)")
     if args.pixel_ratio is not None:
         ratios = [args.pixel_ratio] * n
     if base and n == 1:
@@ -330,6 +323,17 @@ def cmd_train(args) -> int:
 
         base = for_stack(base, ratios[0], args.invert)
         ratios = [1.0]
+    return base, spec, ratios, sizes, model_nm
+
+
+def _train_volumes(args, ratios: list[float], fractions: list[float], sizes: list[float], model_nm):
+    """Read each --image / --mask pair into a :class:`~napari_mitoseg.training.Volume`, with its
+    validation slices (--val-image / --val-mask, or the held-out fraction)."""
+    import numpy as np
+
+    from .io import read_stack
+    from .training import Volume, split_validation
+
     volumes = []
     for k, (im_path, mk_path) in enumerate(zip(args.image, args.mask, strict=True)):
         image, mask = np.asarray(read_stack(im_path)), np.asarray(read_stack(mk_path))
@@ -343,6 +347,24 @@ def cmd_train(args) -> int:
         if ratios[k] != 1.0:
             print(f"{im_path}: pixel size {sizes[k] if sizes else '?'} nm, model {model_nm} nm: "
                   f"slices resized by {ratios[k]:.3g} to the model's pixel size", flush=True)
+    return volumes
+
+
+def cmd_train(args) -> int:
+    import dataclasses
+
+    from ._progress import Progress
+    from .training import FINETUNE, TrainConfig, iter_train_volumes
+
+    sizes, fractions = _train_checks(args)
+    base_cfg = FINETUNE if args.base else TrainConfig()
+    overrides = {k: v for k, v in {"steps": args.steps, "batch_size": args.batch_size,
+                                   "lr": args.lr, "augment": args.augment,
+                                   "hard_fraction": args.hard_fraction,
+                                   "seed": args.seed}.items() if v is not None}
+    cfg = dataclasses.replace(base_cfg, **overrides)
+    base, spec, ratios, sizes, model_nm = _train_model(args, sizes)
+    volumes = _train_volumes(args, ratios, fractions, sizes, model_nm)
     info = {"command": "mitoseg " + shlex.join(sys.argv[1:]) if sys.argv else "",
             "train_image": " ".join(str(i) for i in args.image),
             "train_slices": sum(len(v.images) for v in volumes),
