@@ -446,3 +446,21 @@ def test_segment_file_takes_bytes_paths(files, tiny_model_dir, tmp_path):
     res = api.segment_file(os.fsencode(files["image"]), model=tiny_model_dir, device="cpu",
                            out=os.fsencode(out))
     assert res.labels is None and io.read_stack(out).shape == (3, 100, 124)
+
+
+def test_sigterm_during_training_points_to_resume(files, tmp_path, monkeypatch, capsys):
+    import napari_mitoseg.training as training
+
+    real = training.iter_train_volumes
+
+    def killed_after_the_checkpoint(*args, **kwargs):
+        for prog in real(*args, **kwargs):
+            yield prog
+            if prog.step == 2:  # the checkpoint of the last step is written
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(training, "iter_train_volumes", killed_after_the_checkpoint)
+    run = tmp_path / "run"
+    assert main(_train_argv(files, run)) == 143
+    assert f"the last checkpoint stays in {run}: continue with --resume" in capsys.readouterr().err
+    assert (run / "checkpoint.pt").exists()

@@ -172,11 +172,21 @@ def _run_command(args) -> int:
         print("mitoseg: error: out of memory; use a smaller stack or a zarr store", file=sys.stderr)
         return 3
     except KeyboardInterrupt:
-        print("mitoseg: interrupted; nothing was written", file=sys.stderr)
+        print(f"mitoseg: interrupted; {_after_interrupt(args)}", file=sys.stderr)
         return 130
     except Terminated:
-        print("mitoseg: terminated; nothing was written", file=sys.stderr)
+        print(f"mitoseg: terminated; {_after_interrupt(args)}", file=sys.stderr)
         return 143
+
+
+def _after_interrupt(args) -> str:
+    """What an interrupted command left: nothing half-written; a training run its checkpoint."""
+    if args.command == "train":
+        from .training import CHECKPOINT
+
+        if (Path(args.out) / CHECKPOINT).exists():
+            return f"the last checkpoint stays in {args.out}: continue with --resume"
+    return "nothing was written"
 
 
 def _report(scores: dict, args, extra: dict | None = None) -> None:
