@@ -106,6 +106,17 @@ def test_train_into_a_finished_run_without_resume_is_refused_and_keeps_it(files,
     assert {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()} == kept
 
 
+def test_resume_never_overwrites_models_it_cannot_resume(files, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(_train_argv(files, run)) == 0
+    (run / "checkpoint.pt").unlink()
+    best = (run / "best" / "model.safetensors").read_bytes()
+    capsys.readouterr()
+    assert main([*_train_argv(files, run), "--resume"]) == 2
+    assert "no checkpoint.pt to resume from" in _one_error_line(capsys)
+    assert (run / "best" / "model.safetensors").read_bytes() == best
+
+
 def test_train_out_must_not_be_an_input(files, tmp_path, capsys):
     before = files["image"].read_bytes()
     assert main(_train_argv(files, files["image"])) == 2

@@ -196,6 +196,9 @@ def check_run_dir(out: str | os.PathLike, resume: bool, inputs=()) -> Path:
             f"{out} already holds a training run ({', '.join(held)}); continue it with --resume "
             "or choose a fresh --out folder"
         )
+    if resume and held and CHECKPOINT not in held and any(n in held for n in ("best", "last")):
+        raise TrainingError(f"{out} holds trained models but no {CHECKPOINT} to resume from; "
+                            "choose a fresh --out folder")
     check_writable_dir(out)
     return out
 
