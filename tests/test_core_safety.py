@@ -475,3 +475,9 @@ def test_sigterm_during_training_points_to_resume(files, tmp_path, monkeypatch, 
     assert main(_train_argv(files, run)) == 143
     assert f"the last checkpoint stays in {run}: continue with --resume" in capsys.readouterr().err
     assert (run / "checkpoint.pt").exists()
+
+
+def test_iter_finetune_refuses_a_mask_as_the_image(tiny_model_dir, sample):
+    _, mask = sample
+    with pytest.raises(InputError, match="looks like a mask or label volume"):
+        next(api.iter_finetune(mask, mask, [0], base=tiny_model_dir, device="cpu"))

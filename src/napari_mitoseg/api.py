@@ -261,6 +261,7 @@ def iter_finetune(
     if labels.shape != image.shape:
         raise ValueError(f"labels {labels.shape} and image {image.shape} differ in shape")
     sl = _slice_indices(slices, image.shape[0])
+    _check_not_a_mask(image)
     if pixel_size_nm is not None and pixel_ratio != 1.0:
         raise InputError("give the stack's pixel size or a pixel ratio, not both")
     cfg = config or FINETUNE
@@ -308,6 +309,19 @@ def iter_finetune(
     )
     path = save_model(tuned.net, tuned.spec, root / name, info=info, card=card)
     return FinetuneResult(name, path, sl, before, after, seconds, cfg.steps)
+
+
+def _check_not_a_mask(image: np.ndarray) -> None:
+    """:class:`InputError` when the image to learn from is itself a mask or label volume (the
+    ground truth chosen as the image): integer, at least two values, label-like."""
+    from .metrics import label_sample, looks_like_labels
+
+    if image.dtype.kind not in "iu":
+        return
+    sample = label_sample(image)
+    if len(np.unique(sample)) >= 2 and looks_like_labels(sample):
+        raise InputError("the image looks like a mask or label volume, not an EM stack: choose the "
+                         "EM image as the image and the labels as the labels")
 
 
 def _slice_indices(slices: Sequence[int], depth: int) -> list[int]:
