@@ -19,11 +19,12 @@ from napari_mitoseg.model import save_model, user_model_dir
 @pytest.fixture
 def files(tmp_path, sample):
     image, gt = sample
-    paths = {name: tmp_path / f"{name}.tif" for name in ("image", "gt", "short_gt", "rgb")}
+    paths = {name: tmp_path / f"{name}.tif" for name in ("image", "gt", "short_gt", "rgb", "pred")}
     tifffile.imwrite(paths["image"], image, photometric="minisblack")
     tifffile.imwrite(paths["gt"], gt, photometric="minisblack")
     tifffile.imwrite(paths["short_gt"], gt[:2], photometric="minisblack")
     tifffile.imwrite(paths["rgb"], np.zeros((40, 50, 3), np.uint8))
+    tifffile.imwrite(paths["pred"], np.roll(gt, 3, axis=2), photometric="minisblack")  # a near miss
     return paths
 
 
@@ -63,7 +64,7 @@ def test_segment_at_a_pixel_ratio_returns_labels_at_the_stacks_size(files, tiny_
 def test_evaluate(files, capsys):
     assert main(["evaluate", str(files["gt"]), str(files["gt"])]) == 0
     assert capsys.readouterr().out.strip() == "iou=1.0000  dice=1.0000  precision=1.0000  recall=1.0000"
-    assert main(["evaluate", str(files["image"]), str(files["gt"]), "--json"]) == 0
+    assert main(["evaluate", str(files["pred"]), str(files["gt"]), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert 0.0 < report["iou"] < 1.0
     assert len(report["slices"]) == 3

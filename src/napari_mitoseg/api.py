@@ -12,13 +12,22 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .inference import PredictOptions, check_stack, for_stack, iter_predict
+from .inference import (
+    InputError,
+    PredictOptions,
+    as_stack,
+    check_pixel_size,
+    check_stack,
+    choose_pixel_ratio,
+    for_stack,
+    iter_predict,
+)
 from .metrics import Report, evaluate, score
 from .model import (
     DEFAULT_MODEL,
@@ -32,13 +41,19 @@ from .model import (
 
 logger = logging.getLogger(__name__)
 
+#: ``progress(done, total)``: called after each slice (segmenting) or step (training)
+ProgressFn = Callable[[int, int], None]
+#: ``extra`` of a log record that states a decision the user should see (the CLI prints it)
+NOTE = {"note": True}
+
 _CACHE: dict[tuple[str, str, float], LoadedModel] = {}
 
 
 def get_model(source: str | os.PathLike | None = None, device: str = "auto") -> LoadedModel:
     """Load ``source`` (name or folder; default the shipped model) once per (folder, device)."""
     path = resolve_model_path(source or DEFAULT_MODEL).resolve()
-    key = (str(path), device, (path / "model.safetensors").stat().st_mtime)
+    weights = path / "model.safetensors"
+    key = (str(path), device, weights.stat().st_mtime if weights.exists() else 0.0)
     if key not in _CACHE:
         _CACHE[key] = load_model(path, device)
     return _CACHE[key]
@@ -46,12 +61,27 @@ def get_model(source: str | os.PathLike | None = None, device: str = "auto") -> 
 
 def segment(
     image, model: LoadedModel, options: PredictOptions | None = None, instances: bool = False,
-    min_size: int = 64,
+    min_size: int = 64, progress: ProgressFn | None = None, pixel_size_nm: float | None = None,
 ) -> np.ndarray:
-    """(Z, Y, X) image -> (Z, Y, X) uint8 mask (0/1) or int32 instance labels."""
+    """(Z, Y, X) image (an array, or a nested list of numbers) -> (Z, Y, X) uint8 mask (0/1)
+    or int32 instance labels. ``progress(done, total)`` is called after each slice.
+
+    ``pixel_size_nm``: the stack's Y/X pixel size, turned into ``options.pixel_ratio`` with the
+    model's own pixel size (then ``options`` may not set a pixel ratio too)."""
+    image = as_stack(image)
+    check_stack(image)
+    if pixel_size_nm is not None:
+        options = options or PredictOptions()
+        if options.pixel_ratio != 1.0:
+            raise InputError("give the stack's pixel size or a pixel ratio, not both")
+        ratio, note = choose_pixel_ratio(model.spec, pixel_size_nm=pixel_size_nm)
+        logger.info(note, extra=NOTE)
+        options = dataclasses.replace(options, pixel_ratio=ratio)
     mask = np.zeros(image.shape if image.ndim == 3 else (1, *image.shape), np.uint8)
     for r in iter_predict(model, image, options):
         mask[r.index] = r.mask
+        if progress is not None:
+            progress(r.index + 1, r.total)
     if instances:
         from .postprocess import instances as to_instances
 
@@ -65,26 +95,43 @@ class SegmentResult:
     model_name: str
     report: Report | None
     shape: tuple[int, ...] = ()
+    pixel_ratio: float = 1.0
+    #: where the pixel ratio came from (a given pixel size, the file's metadata), if anywhere
+    note: str | None = None
 
 
 def segment_file(
     image_path, *, model=None, device="auto", threshold=None, tta=False, z_smooth=None,
-    instances=False, out=None, gt=None, pixel_ratio=1.0, invert=False,
+    instances=False, out=None, gt=None, pixel_ratio=None, invert=False, pixel_size_nm=None,
+    progress: ProgressFn | None = None,
 ) -> SegmentResult:
     """Read, segment, optionally score against ``gt`` and write ``out`` (atomically).
 
     ``pixel_ratio`` (the stack's pixel size over the model's training pixel size) and
     ``invert`` (reversed contrast): see :class:`~napari_mitoseg.inference.PredictOptions`.
+    ``pixel_size_nm`` (the stack's Y/X pixel size) is the other way to give the scale; it
+    excludes ``pixel_ratio``. With neither, the file's own voxel size (TIFF / OME metadata,
+    :func:`~napari_mitoseg.io.read_voxel_size`) is used when the model records its pixel size;
+    :attr:`SegmentResult.note` says so.
+
+    Options, the output (a label suffix, a writable folder, never one of the inputs) and the
+    inputs are checked before the model is loaded. ``progress(done, total)`` is called after
+    each slice.
 
     A (Z, Y, X) stack written to a ``.zarr`` ``out`` without ``instances`` streams: each
     slice is read, segmented, written and scored in turn, so the stack, its labels and its
     ground truth need not fit in memory (``labels`` is then None). Instances need the whole
     volume at once (3D connected components), and TIFF output is written whole.
     """
-    from .io import check_label_path, read_stack, write_labels
+    from .io import check_label_path, read_stack, read_voxel_size, write_labels
 
+    opts = PredictOptions(threshold=threshold, tta=tta, z_smooth=z_smooth, invert=invert)
+    if pixel_ratio is not None and pixel_size_nm is not None:
+        raise InputError("give the stack's pixel size or a pixel ratio, not both")
+    if pixel_size_nm is not None:
+        check_pixel_size(pixel_size_nm)
     if out:
-        check_label_path(out)
+        check_label_path(out, inputs=(image_path, gt))
     image = read_stack(image_path)
     gt_arr = None
     if gt is not None:
@@ -97,20 +144,25 @@ def segment_file(
                 f"{tuple(image.shape)}"
             )
     m = get_model(model, device)
-    opts = PredictOptions(threshold=threshold, tta=tta, z_smooth=z_smooth, pixel_ratio=pixel_ratio,
-                          invert=invert)
+    voxel = read_voxel_size(image_path) if pixel_ratio is None and pixel_size_nm is None else None
+    ratio, note = choose_pixel_ratio(m.spec, pixel_ratio, pixel_size_nm, voxel[2] if voxel else None)
+    if note:
+        logger.info(note, extra=NOTE)
+    opts = dataclasses.replace(opts, pixel_ratio=ratio)
     shape = tuple(image.shape)
-    if out and Path(out).suffix.lower() == ".zarr" and not instances and image.ndim == 3:
-        report = _segment_to_zarr(image, m, opts, Path(out), gt_arr)
-        return SegmentResult(None, m.name, report, shape)
-    labels = segment(image, m, opts, instances=instances)
+    out = check_label_path(out) if out else None
+    if out and out.suffix.lower() == ".zarr" and not instances and image.ndim == 3:
+        report = _segment_to_zarr(image, m, opts, out, gt_arr, progress)
+        return SegmentResult(None, m.name, report, shape, ratio, note)
+    labels = segment(image, m, opts, instances=instances, progress=progress)
     report = evaluate(labels > 0, np.asarray(gt_arr) > 0) if gt_arr is not None else None
     if out:
         write_labels(out, labels)
-    return SegmentResult(labels, m.name, report, shape)
+    return SegmentResult(labels, m.name, report, shape, ratio, note)
 
 
-def _segment_to_zarr(image, model: LoadedModel, options: PredictOptions, out: Path, gt) -> Report | None:
+def _segment_to_zarr(image, model: LoadedModel, options: PredictOptions, out: Path, gt,
+                     progress: ProgressFn | None = None) -> Report | None:
     """Stream (Z, Y, X) ``image`` slice by slice into a new zarr at ``out`` (swapped in whole
     when complete); score each slice against ``gt`` on the way."""
     from .io import atomic_dir, open_labels_zarr
@@ -125,6 +177,8 @@ def _segment_to_zarr(image, model: LoadedModel, options: PredictOptions, out: Pa
             arr[r.index] = r.mask.astype(np.uint8)
             if gt is not None:
                 per.append(confusion(r.mask, np.asarray(gt[r.index]) > 0))
+            if progress is not None:
+                progress(r.index + 1, r.total)
 
     atomic_dir(out, write)
     return report_from_counts(per) if gt is not None else None
@@ -177,6 +231,8 @@ def iter_finetune(
     out_root: str | os.PathLike | None = None,
     pixel_ratio: float = 1.0,
     invert: bool = False,
+    pixel_size_nm: float | None = None,
+    ignore_value: int | str | None = "auto",
 ) -> Iterator:
     """Fine-tune ``base`` on the corrected ``slices`` of (Z, Y, X) ``image`` / ``labels``.
 
@@ -188,29 +244,40 @@ def iter_finetune(
     generator's value) a :class:`FinetuneResult`. The new model is saved as a new version in
     the user's model folder (``<base>-ftN``), never over an existing model; its card records
     the base, the slices, the steps, the time and the IoU on those slices before and after.
+
+    ``pixel_size_nm`` (the stack's Y/X pixel size) is the other way to give ``pixel_ratio``
+    (not both). ``labels`` are read as :func:`~napari_mitoseg.training.training_masks` reads
+    masks (``ignore_value``: 0/255-only labels are background / mitochondrion).
     """
-    from .training import FINETUNE, iter_train
+    from .training import FINETUNE, IGNORE, iter_train, training_masks
 
     if not slices:
         raise ValueError("no corrected slices: paint corrections on at least one slice first")
-    image = np.asarray(image)
-    labels = np.asarray(labels)
+    image = np.asarray(as_stack(image))
+    labels = np.asarray(as_stack(labels))
     check_stack(image)
     if image.ndim == 2:
         image, labels = image[None], labels[None]
     if labels.shape != image.shape:
         raise ValueError(f"labels {labels.shape} and image {image.shape} differ in shape")
+    sl = _slice_indices(slices, image.shape[0])
+    _check_not_a_mask(image)
+    if pixel_size_nm is not None and pixel_ratio != 1.0:
+        raise InputError("give the stack's pixel size or a pixel ratio, not both")
     cfg = config or FINETUNE
-    sl = sorted({int(s) for s in slices})
-    base_model = for_stack(get_model(base, device), pixel_ratio, invert)
-    ims, mks = image[sl], np.where(labels[sl] == 255, 255, labels[sl] > 0).astype(np.uint8)
+    model = get_model(base, device)
+    if pixel_size_nm is not None:
+        pixel_ratio, note = choose_pixel_ratio(model.spec, pixel_size_nm=pixel_size_nm)
+        logger.info(note, extra=NOTE)
+    base_model = for_stack(model, pixel_ratio, invert)
+    ims, mks = image[sl], training_masks(labels, ignore_value)[sl]
     before = score(segment(ims, base_model) > 0, mks == 1, ignore=mks == 255).iou
     root = Path(out_root) if out_root else user_model_dir()
     name = name or next_version_name(base_model.name, root)
     if (root / name).exists():
         raise FileExistsError(f"model {name!r} already exists in {root}; choose another name")
     t0 = time.perf_counter()
-    gen = iter_train(ims, mks, config=cfg, base=base_model, device=device)
+    gen = iter_train(ims, mks, config=cfg, base=base_model, device=device, ignore_value=IGNORE)
     while True:
         try:
             yield next(gen)
@@ -244,6 +311,32 @@ def iter_finetune(
     return FinetuneResult(name, path, sl, before, after, seconds, cfg.steps)
 
 
+def _check_not_a_mask(image: np.ndarray) -> None:
+    """:class:`InputError` when the image to learn from is itself a mask or label volume (the
+    ground truth chosen as the image): integer, at least two values, label-like."""
+    from .metrics import label_sample, looks_like_labels
+
+    if image.dtype.kind not in "iu":
+        return
+    sample = label_sample(image)
+    if len(np.unique(sample)) >= 2 and looks_like_labels(sample):
+        raise InputError("the image looks like a mask or label volume, not an EM stack: choose the "
+                         "EM image as the image and the labels as the labels")
+
+
+def _slice_indices(slices: Sequence[int], depth: int) -> list[int]:
+    """Sorted unique slice indices; :class:`InputError` for one outside 0..depth-1."""
+    try:
+        sl = sorted({int(s) for s in slices})
+    except (TypeError, ValueError):
+        raise InputError(f"slice indices must be whole numbers, got {list(slices)!r}") from None
+    outside = [s for s in sl if not 0 <= s < depth]
+    if outside:
+        raise InputError(f"slice index {outside} out of range: the stack has {depth} slice(s), "
+                         f"numbered 0 to {depth - 1}")
+    return sl
+
+
 def data_dir(volume: str = "sbem") -> Path | None:
     """The folder of a reference EM volume (``sbem`` or ``lucchipp``: ``$MITOSEG_DATA_DIR/<volume>``,
     else ``shared/data/<volume>`` beside the checkout; ``$MITOSEG_SBEM_DIR`` for ``sbem``) when
@@ -267,10 +360,13 @@ def sbem_dir() -> Path | None:
 def demo(out: str | os.PathLike | None = None) -> dict:
     """Segment the sample data (the SBEM testing stack when present, else the synthetic volume),
     score it against its ground truth and optionally write the labels; returns the figures."""
-    from .io import write_labels
+    from .io import check_label_path, write_labels
     from .synthetic import make_sample
 
     sbem = sbem_dir()
+    if out:
+        inputs = (sbem / "test_image.tif", sbem / "test_mask.tif") if sbem is not None else ()
+        check_label_path(out, inputs=inputs)
     if sbem is not None:
         import tifffile
 

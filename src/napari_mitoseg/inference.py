@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .model import LoadedModel, ModelError, ModelSpec
+from .model import LoadedModel, ModelError, ModelSpec, threshold_problem
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +49,11 @@ class PredictOptions:
     batch_size: int = 4
     pixel_ratio: float = 1.0
     invert: bool = False
+
+    def __post_init__(self) -> None:
+        problem = None if self.threshold is None else threshold_problem(self.threshold)
+        if problem:
+            raise InputError(problem)
 
 
 #: the pixel ratios :func:`for_stack` accepts (a stack at 4x finer or coarser pixels)
@@ -89,9 +94,7 @@ def pixel_ratio_for(pixel_size_nm: float | None, spec: ModelSpec) -> float:
     """
     if pixel_size_nm is None:
         return 1.0
-    nm = float(pixel_size_nm)
-    if not (np.isfinite(nm) and nm > 0):
-        raise InputError(f"pixel size must be a positive number of nanometres, got {pixel_size_nm!r}")
+    nm = check_pixel_size(pixel_size_nm)
     if spec.pixel_size_nm is None:
         raise InputError("this model records no pixel size in nm; give a pixel ratio instead")
     ratio = nm / spec.pixel_size_nm
@@ -104,6 +107,53 @@ def pixel_ratio_for(pixel_size_nm: float | None, spec: ModelSpec) -> float:
     return ratio
 
 
+def check_pixel_size(pixel_size_nm) -> float:
+    """``pixel_size_nm`` as a float; :class:`InputError` unless a positive finite number."""
+    try:
+        nm = float(pixel_size_nm)
+    except (TypeError, ValueError):
+        nm = float("nan")
+    if not (np.isfinite(nm) and nm > 0):
+        raise InputError(f"pixel size must be a positive number of nanometres, got {pixel_size_nm!r}")
+    return nm
+
+
+def choose_pixel_ratio(
+    spec: ModelSpec, pixel_ratio: float | None = None, pixel_size_nm: float | None = None,
+    file_pixel_nm: float | None = None,
+) -> tuple[float, str | None]:
+    """The pixel ratio to run a model with ``spec`` on a stack, and a note saying where it came
+    from (None when nothing was given or found).
+
+    ``pixel_ratio`` (given as such) and ``pixel_size_nm`` (the stack's Y/X pixel size) exclude
+    each other; with neither, ``file_pixel_nm`` (from the file's metadata) is used when the
+    model records its own pixel size.
+    """
+    if pixel_ratio is not None and pixel_size_nm is not None:
+        raise InputError("give the stack's pixel size or a pixel ratio, not both")
+    if pixel_ratio is not None:
+        return float(pixel_ratio), None
+    if pixel_size_nm is not None:
+        ratio = pixel_ratio_for(check_pixel_size(pixel_size_nm), spec)
+        return ratio, f"pixel size {float(pixel_size_nm):g} nm; {_model_scale(spec, ratio)}"
+    if file_pixel_nm is None:
+        return 1.0, None
+    if spec.pixel_size_nm is None:
+        return 1.0, (f"pixel size {file_pixel_nm:g} nm (from file metadata); the model records "
+                     "no pixel size: no rescaling")
+    try:
+        ratio = pixel_ratio_for(file_pixel_nm, spec)
+    except InputError as exc:
+        raise InputError(f"{exc} (pixel size from the file's metadata; give the pixel size or "
+                         "a pixel ratio to override it)") from None
+    return ratio, f"pixel size {file_pixel_nm:g} nm (from file metadata); {_model_scale(spec, ratio)}"
+
+
+def _model_scale(spec: ModelSpec, ratio: float) -> str:
+    action = "no rescaling" if abs(ratio - 1.0) < 1e-6 else f"pixel ratio {ratio:.3g}"
+    return f"model {spec.pixel_size_nm:g} nm: {action}"
+
+
 @dataclass
 class SliceResult:
     """One finished slice: its index, probability map (Y, X) float32 and binary mask (Y, X) bool."""
@@ -114,8 +164,26 @@ class SliceResult:
     mask: np.ndarray
 
 
+def as_stack(image):
+    """``image`` as an array: numpy, dask and zarr arrays pass through; anything else (a nested
+    list of numbers) goes through ``np.asarray``. Raises :class:`InputError` for what is not a
+    regular numeric array."""
+    if all(hasattr(image, a) for a in ("shape", "dtype", "ndim")):
+        return image
+    try:
+        arr = np.asarray(image)
+    except (ValueError, TypeError) as exc:
+        raise InputError(f"the image is not a regular array of numbers: {exc}") from None
+    if arr.dtype.kind not in "iuf":
+        raise InputError(f"the image must be an array of numbers (Z, Y, X), got a "
+                         f"{type(image).__name__} of {arr.dtype} values")
+    return arr
+
+
 def check_stack(image) -> None:
-    """Raise :class:`InputError` unless ``image`` is a (Z, Y, X) or (Y, X) grey-scale stack."""
+    """Raise :class:`InputError` unless ``image`` is a (Z, Y, X) or (Y, X) grey-scale stack.
+
+    A numpy float stack without a single finite pixel (all NaN or inf) is refused."""
     shape = tuple(getattr(image, "shape", ()))
     if len(shape) not in (2, 3):
         hint = " (RGB? convert to grey first)" if len(shape) == 3 + 1 and shape[-1] in (3, 4) else ""
@@ -131,6 +199,36 @@ def check_stack(image) -> None:
         )
     if shape[-1] < 8 or shape[-2] < 8:
         raise InputError(f"slices of {shape[-2]}x{shape[-1]} are too small to segment (min 8x8)")
+    if isinstance(image, np.ndarray) and dtype.kind == "f" and not np.isfinite(image).any():
+        raise InputError("the image holds no finite pixel: every value is NaN or inf")
+
+
+def non_finite(slice_: np.ndarray) -> np.ndarray | None:
+    """(Y, X) bool mask of the NaN / inf pixels of a float slice; None when there are none."""
+    if slice_.dtype.kind != "f":
+        return None
+    bad = ~np.isfinite(slice_)
+    return bad if bad.any() else None
+
+
+def check_slice(slice_: np.ndarray, index: int) -> np.ndarray | None:
+    """Warn about a slice the model cannot read as it is: NaN / inf pixels (with their count;
+    they are left out of the normalisation and read as background) and slices without contrast
+    (every pixel the same). Returns the non-finite mask (or None)."""
+    bad = non_finite(slice_)
+    if bad is not None:
+        n = int(bad.sum())
+        if n == bad.size:
+            logger.warning("slice %d holds no finite pixel (all NaN or inf): read as background", index)
+            return bad
+        logger.warning("slice %d: %d pixel(s) are NaN or inf; left out of the normalisation and "
+                       "read as background", index, n)
+    finite = slice_ if bad is None else slice_[~bad]
+    lo, hi = finite.min(), finite.max()
+    if lo == hi:
+        logger.warning("slice %d has no contrast (every pixel is %g): nothing can be found in it",
+                       index, float(lo))
+    return bad
 
 
 def normalise01(slice_: np.ndarray, mode: str = "percentile") -> np.ndarray:
@@ -139,14 +237,28 @@ def normalise01(slice_: np.ndarray, mode: str = "percentile") -> np.ndarray:
     ``percentile``: the slice's 0.5th..99.5th percentile -> [0, 1], clipped (robust to dtype,
     brightness and contrast, so stacks from other microscopes land in the same range);
     ``none``: integer images divided by their dtype maximum, floats clipped to [0, 1].
+    NaN / inf pixels are left out of the percentiles and map to 0 (the low end).
     """
     x = np.asarray(slice_, dtype=np.float32)
+    bad = non_finite(x)
     if mode == "none":
         dt = np.asarray(slice_).dtype
         scale = float(np.iinfo(dt).max) if np.issubdtype(dt, np.integer) else 1.0
-        return np.clip(x / scale, 0.0, 1.0)
-    sub = x[:: max(1, x.shape[0] // 512), :: max(1, x.shape[1] // 512)]
+        out = np.clip(x / scale, 0.0, 1.0)
+        if bad is not None:
+            out[bad] = 0.0
+        return out
+    if bad is not None:  # NaN / inf: left out of the percentiles, then set to the low end
+        if bad.all():
+            return np.zeros_like(x)
+        x = np.where(bad, np.float32(0), x)
+    sub_slice = (slice(None, None, max(1, x.shape[0] // 512)), slice(None, None, max(1, x.shape[1] // 512)))
+    sub = x[sub_slice] if bad is None else x[sub_slice][~bad[sub_slice]]
+    if sub.size == 0:
+        sub = x[~bad]
     lo, hi = np.percentile(sub, (0.5, 99.5))
+    if bad is not None:
+        x[bad] = lo
     if hi - lo < 1e-6:
         return np.zeros_like(x)
     return np.clip((x - np.float32(lo)) / np.float32(hi - lo), 0.0, 1.0, dtype=np.float32)
@@ -290,6 +402,7 @@ def iter_predict(
     larger than memory streams through. Cancel by closing the generator (or stop iterating).
     """
     options = options or PredictOptions()
+    image = as_stack(image)
     check_stack(image)
     model = for_stack(model, options.pixel_ratio, options.invert)
     if image.ndim == 2:
@@ -299,19 +412,29 @@ def iter_predict(
     spec = model.spec
     small = max(network_shape(spec, image.shape[1:])) <= spec.tile_size
     bs = options.batch_size if (model.device.type != "cpu" and small) else 1
+    bad: dict[int, np.ndarray | None] = {}  # non-finite pixels of the slices read so far
+
     def raw_probs() -> Iterator[np.ndarray]:
         for start in range(0, z, bs):
             raw = [np.asarray(image[i]) for i in range(start, min(z, start + bs))]
+            bad.update((start + k, check_slice(r, start + k)) for k, r in enumerate(raw))
             if bs > 1:
-                yield from _to_slices(_forward(model, _to_network(raw, spec), options.tta), raw[0].shape)
+                probs = _to_slices(_forward(model, _to_network(raw, spec), options.tta), raw[0].shape)
             else:
-                yield predict_slice(model, raw[0], options.tta)
+                probs = [predict_slice(model, raw[0], options.tta)]
+            for k, p in enumerate(probs):
+                if bad[start + k] is not None:  # 0: spreads nothing to neighbours along z
+                    p[bad[start + k]] = 0.0
+                yield p
 
     z_smooth = _or_model_default(options.z_smooth, model, "default_z_smooth")
     fill = _or_model_default(options.fill_holes, model, "default_fill_holes")
     probs = smooth_z(raw_probs()) if z_smooth else raw_probs()
     for i, p in enumerate(probs):
-        yield SliceResult(i, z, p, binarise(p, thr, fill))
+        b = bad.pop(i)
+        if b is not None:  # non-finite pixels are background, whatever their neighbours say
+            p[b] = 0.0
+        yield SliceResult(i, z, p, binarise(p, thr, fill) & (True if b is None else ~b))
 
 
 def _or_model_default(value: bool | None, model: LoadedModel, key: str) -> bool:
@@ -349,7 +472,8 @@ def smooth_z(probs: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
 
 def predict(model: LoadedModel, image, options: PredictOptions | None = None):
     """Run :func:`iter_predict` to the end: returns (probabilities (Z,Y,X) float16, mask uint8)."""
-    if getattr(image, "ndim", 0) == 2:
+    image = as_stack(image)
+    if image.ndim == 2:
         image = image[None]
     check_stack(image)
     prob = np.zeros(image.shape, np.float16)

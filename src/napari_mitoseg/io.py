@@ -9,11 +9,14 @@ one was.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
 import shutil
 import tempfile
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +25,9 @@ logger = logging.getLogger(__name__)
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 SLICE_SUFFIXES = (".tif", ".tiff", ".png")
-#: TIFFs larger than this (bytes) open lazily instead of loading whole.
-LAZY_BYTES = 1 << 30
+#: TIFFs larger than this (bytes, 100 MiB) open lazily (a dask array over tifffile's zarr view,
+#: one chunk per page) instead of loading whole.
+LAZY_BYTES = 100 << 20
 
 
 class ReadError(ValueError):
@@ -37,15 +41,80 @@ class WriteError(ValueError):
 LABEL_SUFFIXES = (".tif", ".tiff", ".zarr")
 
 
-def check_label_path(path: str | os.PathLike) -> Path:
-    """Raise :class:`WriteError` unless :func:`write_labels` can write ``path`` (by suffix).
+def as_path(path, error: type[Exception] = ReadError) -> Path:
+    """``path`` (str, bytes or os.PathLike) as a :class:`Path`; anything else raises ``error``."""
+    try:
+        return Path(os.fsdecode(path))
+    except TypeError:
+        raise error(f"expected a file path (str or os.PathLike), got {type(path).__name__}") from None
 
-    Call it before long work, so a bad output name fails at once, not after the work.
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """True when ``a`` and ``b`` name the same file or folder (after resolving links)."""
+    a, b = as_path(a), as_path(b)
+    if a.exists() and b.exists():
+        return os.path.samefile(a, b)
+    return a.resolve() == b.resolve()
+
+
+def check_not_input(out: str | os.PathLike, inputs: Iterable, what: str = "output") -> None:
+    """Raise :class:`WriteError` when ``out`` is one of ``inputs`` (or lies inside an input
+    folder, such as a zarr store): writing it would destroy the data being read."""
+    out_p = as_path(out, WriteError)
+    for item in inputs:
+        if item is None or isinstance(item, (np.ndarray, list, tuple)):
+            continue
+        src = as_path(item)
+        inside = src.is_dir() and out_p.resolve().is_relative_to(src.resolve())
+        if same_file(out_p, src):
+            raise WriteError(f"the {what} {out_p} is the input {src}; writing it would destroy the "
+                             "input: choose another name")
+        if inside:
+            raise WriteError(f"the {what} {out_p} lies inside the input {src}; writing it would "
+                             "change the input: choose a path outside it")
+
+
+def check_writable_dir(folder: Path) -> None:
+    """Raise :class:`WriteError` unless ``folder`` (or, when missing, its nearest existing parent,
+    where it would be created) is a folder this process may write to."""
+    probe = Path(folder).absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise WriteError(f"cannot write into {folder}: {probe} is not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise WriteError(f"cannot write into {folder}: {probe} is read-only (no write permission)")
+
+
+def check_label_path(path: str | os.PathLike, inputs: Iterable = ()) -> Path:
+    """Raise :class:`WriteError` unless :func:`write_labels` can write ``path``: a label suffix,
+    a writable folder, and not one of ``inputs`` (the files the same command reads).
+
+    Call it before long work, so a bad output fails at once, not after the work.
     """
-    p = Path(path)
+    p = as_path(path, WriteError)
     if p.suffix.lower() not in LABEL_SUFFIXES:
         raise WriteError(f"{p}: write labels as {', '.join(LABEL_SUFFIXES)}")
+    check_not_input(p, inputs)
+    if p.is_dir() and p.suffix.lower() != ".zarr":
+        raise WriteError(f"{p} is a folder; name a file to write")
+    check_writable_dir(p.parent)
     return p
+
+
+@contextlib.contextmanager
+def write_errors(path: Path):
+    """Turn an OS error while writing ``path`` (disk full, permission) into one clear
+    :class:`WriteError`."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise WriteError(f"no space left on the device to write {path}; nothing was written "
+                             "(free space or choose another disk)") from exc
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise WriteError(f"cannot write {path}: {exc.strerror}") from exc
+        raise
 
 
 def _to_zyx(arr, source: str, rgb: str = "refuse"):
@@ -79,7 +148,7 @@ def read_stack(path: str | os.PathLike, lazy: bool | None = None):
 
     ``lazy=None`` opens files larger than :data:`LAZY_BYTES` and every zarr lazily.
     """
-    p = Path(path)
+    p = as_path(path)
     if not p.exists():
         raise ReadError(f"{p} does not exist")
     if p.is_dir() and not _is_zarr(p):
@@ -102,11 +171,36 @@ def _read_image_file(p: Path, skio):
         raise ReadError(f"{p} could not be read: {exc}") from exc
 
 
-def _read_tiff(p: Path, lazy: bool | None):
-    import tifffile
+class _DropRecords(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        logger.debug("tifffile: %s", record.getMessage())
+        return False
 
+
+@contextlib.contextmanager
+def quiet_tifffile():
+    """Hold back tifffile's own log lines (``ERROR ... corrupted page``) while we read: a file
+    that cannot be read gets one message of ours; tifffile's lines go to our debug log."""
+    tlog = logging.getLogger("tifffile")
+    drop = _DropRecords()
+    tlog.addFilter(drop)
+    try:
+        yield
+    finally:
+        tlog.removeFilter(drop)
+
+
+def _read_tiff(p: Path, lazy: bool | None):
     if lazy is None:
         lazy = p.stat().st_size > LAZY_BYTES
+    with quiet_tifffile():
+        arr = _open_tiff(p, lazy)
+    return _to_zyx(arr, str(p))
+
+
+def _open_tiff(p: Path, lazy: bool):
+    import tifffile
+
     try:
         _check_tiff_complete(p)
         if lazy:
@@ -125,7 +219,7 @@ def _read_tiff(p: Path, lazy: bool | None):
         raise
     except Exception as exc:  # noqa: BLE001 - a corrupt TIFF fails in many ways inside tifffile
         raise ReadError(f"{p} is not a readable TIFF: {type(exc).__name__}: {exc}") from exc
-    return _to_zyx(arr, str(p))
+    return arr
 
 
 def _check_tiff_complete(p: Path) -> None:
@@ -172,13 +266,30 @@ def _read_zarr(p: Path, lazy: bool = True):
     except Exception as exc:  # noqa: BLE001
         raise ReadError(f"{p} is not a readable zarr store: {exc}") from exc
     if not hasattr(node, "shape"):  # group: OME-Zarr multiscales, take the full resolution
-        attrs = dict(node.attrs)
-        ms = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
-        key = ms[0]["datasets"][0]["path"] if ms else sorted(node.array_keys())[0]
-        node = node[key]
+        node = _zarr_group_array(node, p)
     arr = da.from_zarr(node)
     arr = _to_zyx(arr, str(p))
     return arr if lazy else np.asarray(arr)
+
+
+def _multiscales(attrs) -> list:
+    attrs = dict(attrs)
+    return attrs.get("multiscales") or dict(attrs.get("ome", {})).get("multiscales") or []
+
+
+def _zarr_group_array(group, p: Path):
+    """The array of a zarr group to read: the first dataset of its OME-Zarr multiscales (full
+    resolution), else its first array by name; :class:`ReadError` when it holds none."""
+    ms = _multiscales(group.attrs)
+    try:
+        if ms:
+            return group[ms[0]["datasets"][0]["path"]]
+    except (KeyError, IndexError, TypeError) as exc:
+        raise ReadError(f"{p}: its OME-Zarr multiscales name no readable array ({exc})") from exc
+    keys = sorted(group.array_keys())
+    if not keys:
+        raise ReadError(f"{p} is a zarr group holding no array: nothing to read")
+    return group[keys[0]]
 
 
 def _read_folder(p: Path):
@@ -198,6 +309,11 @@ def _read_folder(p: Path):
 
 
 def _atomic_file(path: Path, write) -> Path:
+    with write_errors(path):
+        return _atomic_file_unchecked(path, write)
+
+
+def _atomic_file_unchecked(path: Path, write) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     # Not mkstemp: it creates the file owner-only (0600). O_EXCL keeps the name unique and the
     # mode 0666 lets the umask decide, as for a plain open().
@@ -216,6 +332,11 @@ def atomic_dir(final: Path, write) -> Path:
     """Run ``write(tmpdir)`` on a fresh folder beside ``final``, then swap it in whole: an old
     folder at ``final`` is replaced only once the new one is complete."""
     final = Path(final)
+    with write_errors(final):
+        return _atomic_dir_unchecked(final, write)
+
+
+def _atomic_dir_unchecked(final: Path, write) -> Path:
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:
@@ -266,3 +387,14 @@ def open_labels_zarr(path: Path, shape: tuple[int, ...], dtype):
 
     return zarr.open(str(path), mode="w", shape=tuple(shape), dtype=dtype,
                      chunks=(1, *shape[1:]))
+
+
+# --------------------------------------------------------------------------- voxel size
+
+
+def read_voxel_size(path: str | os.PathLike) -> tuple[float, float, float] | None:
+    """The voxel size (Z, Y, X) in nanometres that a file's metadata records, or None; see
+    :func:`napari_mitoseg.metadata.read_voxel_size`."""
+    from .metadata import read_voxel_size as read
+
+    return read(path)

@@ -17,6 +17,61 @@ class ShapeMismatchError(ValueError):
     """Prediction and ground truth differ in shape."""
 
 
+class NotAMaskError(ValueError):
+    """An array given as a mask or label volume is not one (a grey image, probabilities, NaN)."""
+
+
+#: a label volume is piecewise constant: under this share of neighbouring pixels differ
+#: (EM images, noisy, have most neighbours differ)
+LABEL_EDGE_SHARE = 0.1
+
+
+def label_sample(arr, side: int = 512) -> np.ndarray:
+    """A small sample of a (Z, Y, X) or (Y, X) array (numpy, dask, zarr): the first, middle and
+    last slices, each cropped to its central ``side`` x ``side`` pixels (contiguous, so
+    neighbours stay neighbours). Reads only that much of a lazy array."""
+    if arr.ndim == 2:
+        arr = arr[None]
+    z, h, w = arr.shape[-3:]
+    y0, x0 = max(0, (h - side) // 2), max(0, (w - side) // 2)
+    return np.stack([np.asarray(arr[i, y0 : y0 + side, x0 : x0 + side]) for i in sorted({0, z // 2, z - 1})])
+
+
+def looks_like_labels(sample: np.ndarray) -> bool:
+    """Whether an integer array is a mask or label volume rather than a grey image: at most two
+    values (a binary mask, 0/1 or 0/255), or piecewise constant (under
+    :data:`LABEL_EDGE_SHARE` of neighbouring pixels differ: label regions). Floats: never."""
+    a = np.asarray(sample)
+    if a.dtype == bool:
+        return True
+    if a.dtype.kind not in "iu":
+        return False
+    if len(np.unique(a)) <= 2:
+        return True
+    if a.shape[-1] < 2:
+        return False
+    return float(np.mean(a[..., 1:] != a[..., :-1])) < LABEL_EDGE_SHARE
+
+
+def check_mask(arr, name: str = "the prediction") -> None:
+    """Raise :class:`NotAMaskError` unless ``arr`` is a mask or label volume: integer (or bool,
+    or whole finite floats) and label-like (:func:`looks_like_labels`) on a sample."""
+    a = np.asarray(arr)
+    if a.dtype.kind == "f":
+        if not np.isfinite(a).all():
+            raise NotAMaskError(f"{name} holds NaN or inf: it is not a mask or label volume")
+        if (a != np.round(a)).any():
+            raise NotAMaskError(f"{name} holds fractional values (probabilities or a grey image), "
+                                "not a mask or label volume: threshold it first")
+        a = a.astype(np.int64)
+    elif a.dtype.kind not in "biu":
+        raise NotAMaskError(f"{name} has dtype {a.dtype}: not a mask or label volume")
+    if a.ndim in (2, 3) and not looks_like_labels(label_sample(a)):
+        raise NotAMaskError(f"{name} looks like a grey image (its neighbouring pixels mostly differ), "
+                            "not a mask or label volume: give a segmentation (0 background, > 0 "
+                            "mitochondrion)")
+
+
 @dataclass(frozen=True)
 class Counts:
     tp: int

@@ -33,6 +33,19 @@ class ModelError(RuntimeError):
     """A model could not be found, built or loaded; the message says why."""
 
 
+def threshold_problem(value) -> str | None:
+    """Why ``value`` is not a usable probability threshold (a number strictly between 0 and 1),
+    or None when it is. The one check behind the model spec, :class:`PredictOptions` and the
+    command line."""
+    import numbers
+
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return f"threshold must be a number in (0, 1), got {value!r}"
+    if not 0.0 < float(value) < 1.0:  # also False for NaN
+        return f"threshold must lie in (0, 1), got {value}"
+    return None
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """Everything needed to rebuild a network and to feed it correctly.
@@ -82,8 +95,9 @@ class ModelSpec:
                 f"decoder_channels has {len(self.decoder_channels)} entries but encoder_depth "
                 f"is {self.encoder_depth}; give one width per stage"
             )
-        if not 0.0 < self.threshold < 1.0:
-            raise ModelError(f"threshold must lie in (0, 1), got {self.threshold}")
+        problem = threshold_problem(self.threshold)
+        if problem:
+            raise ModelError(problem)
         if not 0.125 <= self.input_scale <= 4.0:
             raise ModelError(f"input_scale must lie in [0.125, 4], got {self.input_scale}")
         if self.tile_size % self.stride or self.tile_overlap >= self.tile_size // 2:
@@ -254,11 +268,18 @@ def read_config(path: str | os.PathLike) -> tuple[ModelSpec, dict[str, Any]]:
     cfg_path = Path(path) / CONFIG_NAME
     try:
         cfg = json.loads(cfg_path.read_text())
-        return ModelSpec.from_dict(cfg["spec"]), dict(cfg.get("info", {}))
     except FileNotFoundError as exc:
         raise ModelError(f"{path} is not a model folder: {CONFIG_NAME} is missing") from exc
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{cfg_path} is corrupt (not JSON): {exc}") from exc
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("spec"), dict):
+        raise ModelError(f"{cfg_path} is corrupt: it has no 'spec' key (the model's architecture)")
+    try:
+        return ModelSpec.from_dict(cfg["spec"]), dict(cfg.get("info", {}))
+    except (TypeError, ValueError) as exc:
         raise ModelError(f"{cfg_path} is corrupt: {exc}") from exc
+    except ModelError as exc:
+        raise ModelError(f"{cfg_path}: {exc}") from exc
 
 
 def load_model(source: str | os.PathLike = DEFAULT_MODEL, device: str = "auto") -> LoadedModel:
@@ -277,16 +298,27 @@ def load_model(source: str | os.PathLike = DEFAULT_MODEL, device: str = "auto") 
     except (SafetensorError, OSError, RuntimeError) as exc:
         raise ModelError(f"weights in {path} are corrupt: {exc}") from exc
     ref = net.state_dict()
-    state = {k: v.to(ref[k].dtype) if k in ref else v for k, v in state.items()}
-    try:
-        net.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise ModelError(f"weights in {path} do not fit their config: {exc}") from exc
+    _check_weights_fit(state, ref, spec, path)
+    state = {k: v.to(ref[k].dtype) for k, v in state.items()}
+    net.load_state_dict(state, strict=True)
     dev = resolve_device(device)
     net = net.to(dev).eval()
     if dev.type == "cpu":
         net = net.to(memory_format=torch.channels_last)
     return LoadedModel(net=net, spec=spec, name=path.name, path=path, info=info)
+
+
+def _check_weights_fit(state: dict, ref: dict, spec: ModelSpec, path: Path) -> None:
+    """One-line :class:`ModelError` when saved weights do not fit the network their config builds."""
+    missing = set(ref) - set(state)
+    extra = set(state) - set(ref)
+    shapes = [k for k in set(ref) & set(state) if tuple(ref[k].shape) != tuple(state[k].shape)]
+    if missing or extra or shapes:
+        raise ModelError(
+            f"weights in {path} do not fit their config ({spec.arch} / {spec.encoder}, depth "
+            f"{spec.encoder_depth}): {len(missing)} missing, {len(extra)} unexpected and "
+            f"{len(shapes)} misshapen tensors; config.json names another architecture than the weights"
+        )
 
 
 # --------------------------------------------------------------------------- registry
@@ -308,6 +340,8 @@ class ModelEntry:
     path: Path
     shipped: bool
     summary: str
+    #: why the model cannot be loaded (a corrupt config.json), None when it can
+    broken: str | None = None
 
 
 def _entries(root: Path, shipped: bool) -> list[ModelEntry]:
@@ -319,27 +353,62 @@ def _entries(root: Path, shipped: bool) -> list[ModelEntry]:
             continue
         try:
             _, info = read_config(p)
-        except ModelError:
+        except ModelError as exc:
+            out.append(ModelEntry(p.name, p, shipped, "", broken=str(exc)))
             continue
         out.append(ModelEntry(p.name, p, shipped, str(info.get("summary", ""))))
     return out
 
 
-def list_models() -> list[ModelEntry]:
-    """Shipped models first, then the user's (fine-tuned) ones."""
-    return _entries(SHIPPED_DIR, True) + _entries(user_model_dir(), False)
+def list_models(include_broken: bool = False) -> list[ModelEntry]:
+    """Shipped models first, then the user's (fine-tuned) ones; with ``include_broken`` also
+    the folders whose config cannot be read (``broken`` says why)."""
+    found = _entries(SHIPPED_DIR, True) + _entries(user_model_dir(), False)
+    return found if include_broken else [e for e in found if e.broken is None]
+
+
+#: a model name that means the shipped default model
+DEFAULT_ALIAS = "default"
+#: the best and last models inside a training run folder (``mitoseg train --out``)
+RUN_MODELS = ("best", "last")
 
 
 def resolve_model_path(source: str | os.PathLike) -> Path:
-    """A model folder for a registry name or a path; unknown names list the valid ones."""
-    p = Path(source)
+    """A model folder for a registry name or a path; unknown names list the valid ones.
+
+    ``"default"`` is the shipped default model; a training run folder (``train --out``) stands
+    for its ``best`` model (a note says so).
+    """
+    p = Path(os.fsdecode(source))
     if p.is_dir():
-        return p
-    for entry in list_models():
-        if entry.name == str(source):
+        return _model_in_folder(p)
+    if p.is_file():
+        hint = (f"it is a training checkpoint; use its run folder {p.parent} (its best model) "
+                f"or {p.parent / 'best'}") if p.suffix == ".pt" else "a model is a folder holding config.json"
+        raise ModelError(f"{p} is a file, not a model: {hint}")
+    entries = list_models(include_broken=True)
+    name = DEFAULT_MODEL if str(source) == DEFAULT_ALIAS and DEFAULT_ALIAS not in [e.name for e in entries] \
+        else str(source)
+    for entry in entries:
+        if entry.name == name:
+            if name != str(source):
+                logger.info("model %r: the shipped default model %s", str(source), name,
+                            extra={"note": True})
             return entry.path
-    names = [e.name for e in list_models()]
-    raise ModelError(f"unknown model {str(source)!r}; available: {names or 'none'}")
+    names = [e.name for e in entries]
+    raise ModelError(f"unknown model {str(source)!r}; available: {names or 'none'} "
+                     f"(the shipped default is {DEFAULT_MODEL!r})")
+
+
+def _model_in_folder(p: Path) -> Path:
+    """``p`` itself when it is a model folder; its ``best`` (else ``last``) model when it is a
+    training run folder."""
+    if (p / CONFIG_NAME).exists() or not any((p / r / CONFIG_NAME).exists() for r in RUN_MODELS):
+        return p
+    chosen = next(p / r for r in RUN_MODELS if (p / r / CONFIG_NAME).exists())
+    logger.info("%s is a training run: using its %s model %s", p, chosen.name, chosen,
+                extra={"note": True})
+    return chosen
 
 
 def next_version_name(base: str, root: Path | None = None) -> str:

@@ -7,7 +7,9 @@ atomically; sampling and augmentation are seeded by (seed, step), so a resumed r
 exactly as an uninterrupted one would.
 
 Masks: 0 background, 1 (any value in 1..254) mitochondrion, :data:`IGNORE` (255) unlabelled,
-left out of the loss, so a user may correct only part of a slice.
+left out of the loss, so a user may correct only part of a slice. A mask holding only 0 and 255
+is the common binary format and reads as background / mitochondrion (with a note); see
+:func:`training_masks`.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from .inference import check_stack, for_stack, normalise01, predict_slice
+from .io import write_errors
 from .metrics import Counts, counts, scores_from_counts
 from .model import (
     LoadedModel,
@@ -46,6 +49,12 @@ CHECKPOINT = "checkpoint.pt"
 HISTORY = "history.json"
 #: the augmentation recipes of :class:`TrainConfig`
 AUGMENTS = ("full", "strong", "basic")
+#: what a training run writes into its folder
+RUN_FILES = ("best", "last", CHECKPOINT, HISTORY)
+#: ``ignore_value`` of :func:`training_masks`: decide from the values the masks hold
+AUTO = "auto"
+#: ``extra`` of a log record that states a decision the user should see (the CLI prints it)
+NOTE = {"note": True}
 
 
 class TrainingError(ValueError):
@@ -135,6 +144,65 @@ def _as_slices(stack, name: str) -> list[np.ndarray]:
     return list(arr[None] if arr.ndim == 2 else arr)
 
 
+def training_masks(masks, ignore_value: int | str | None = AUTO) -> np.ndarray:
+    """Masks of any integer values -> uint8 0 background, 1 mitochondrion, :data:`IGNORE` unlabelled.
+
+    ``ignore_value``: the value marking unlabelled pixels, None for none, or ``"auto"``: 255
+    when the masks also hold other non-zero values (0, 1 and 255: 255 is unlabelled), none when
+    255 is their only non-zero value (a binary 0/255 mask: 255 is mitochondrion; a note says so).
+    Every other value > 0 is mitochondrion.
+    """
+    m = np.asarray(masks)
+    if m.dtype.kind == "f":
+        if not np.isfinite(m).all() or (m != np.round(m)).any():
+            raise TrainingError("the mask holds non-integer values (NaN or fractions): a mask "
+                                "holds 0 for background and whole numbers > 0 for mitochondria")
+    elif m.dtype.kind not in "biu":
+        raise TrainingError(f"the mask has dtype {m.dtype}; use integers")
+    ignore = ignore_value
+    if ignore_value == AUTO:
+        nonzero = np.unique(m[m > 0]) if m.dtype != bool else np.array([1])
+        ignore = IGNORE if (IGNORE in nonzero and len(nonzero) > 1) else None
+        if len(nonzero) == 1 and nonzero[0] == IGNORE:
+            logger.info("the mask holds only 0 and 255: read as background (0) and mitochondrion "
+                        "(255); to mark unlabelled pixels with 255, give the ignore value 255 "
+                        "(--ignore-value 255) and label mitochondria 1", extra=NOTE)
+    elif ignore_value is not None and not isinstance(ignore_value, (int, np.integer)):
+        raise TrainingError(f"ignore value must be an integer, None or {AUTO!r}, got {ignore_value!r}")
+    out = (m > 0).astype(np.uint8)
+    if ignore is not None:
+        out[m == ignore] = IGNORE
+    return out
+
+
+def check_run_dir(out: str | os.PathLike, resume: bool, inputs=()) -> Path:
+    """Raise unless ``out`` can take a training run: a folder (new, or holding a run to go on
+    with when ``resume``), writable, and no input among the files a run writes there.
+
+    A finished or paused run is never overwritten: without ``resume`` a folder that holds one
+    is refused.
+    """
+    from .io import as_path, check_not_input, check_writable_dir
+
+    out = as_path(out, TrainingError)
+    if out.exists() and not out.is_dir():
+        raise TrainingError(f"--out {out} is a file; name a folder for the run")
+    check_not_input(out, inputs, "run folder")
+    for name in RUN_FILES:
+        check_not_input(out / name, inputs, "run file")
+    held = [n for n in RUN_FILES if (out / n).exists()]
+    if held and not resume:
+        raise TrainingError(
+            f"{out} already holds a training run ({', '.join(held)}); continue it with --resume "
+            "or choose a fresh --out folder"
+        )
+    if resume and held and CHECKPOINT not in held and any(n in held for n in ("best", "last")):
+        raise TrainingError(f"{out} holds trained models but no {CHECKPOINT} to resume from; "
+                            "choose a fresh --out folder")
+    check_writable_dir(out)
+    return out
+
+
 def prepare(images, masks) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Validate and normalise training pairs: ([0,1] float32 slices, uint8 masks 0/1/255)."""
     ims = _as_slices(images, "image")
@@ -151,6 +219,19 @@ def prepare(images, masks) -> tuple[list[np.ndarray], list[np.ndarray]]:
     if all((m == IGNORE).all() for m in out_m):
         raise TrainingError("every mask pixel is marked as ignored: nothing to learn from")
     return [normalise01(i) for i in ims], out_m
+
+
+def _check_has_mitochondria(masks: Sequence[np.ndarray], from_scratch: bool) -> None:
+    """Training masks (0/1/IGNORE) without a single mitochondrion pixel: an error for a new model
+    (it would learn that nothing is a mitochondrion); a warning when fine-tuning (slices whose
+    false positives were erased are a valid correction)."""
+    if any((m == 1).any() for m in masks):
+        return
+    msg = "the training mask holds no mitochondrion (no pixel > 0 outside the unlabelled value)"
+    if from_scratch:
+        raise TrainingError(f"{msg}: a new model would learn that nothing is a mitochondrion; "
+                            "check the mask (is it the right file? a 0/255 mask with --ignore-value 255?)")
+    logger.warning("%s: the model learns background only", msg)
 
 
 def split_validation(images, masks, fraction: float):
@@ -386,6 +467,16 @@ class Volume:
     name: str = ""
 
 
+def _read_masks(vol: Volume, k: int, ignore_value) -> Volume:
+    """``vol`` with its masks (and validation masks) read by :func:`training_masks`; validation
+    images and masks must come together."""
+    if (vol.val_images is None) != (vol.val_masks is None):
+        raise TrainingError(f"{vol.name or f'volume {k + 1}'}: give validation images and masks "
+                            "together, or neither")
+    val = None if vol.val_masks is None else training_masks(vol.val_masks, ignore_value)
+    return dataclasses.replace(vol, masks=training_masks(vol.masks, ignore_value), val_masks=val)
+
+
 def iter_train(images, masks, *, val_images=None, val_masks=None, **kwargs) -> Iterator[TrainProgress]:
     """Train (or fine-tune from ``base``) on raw (Z, Y, X) images and masks, yielding progress.
 
@@ -407,6 +498,7 @@ def iter_train_volumes(
     max_seconds: float | None = None,
     device: str = "auto",
     info: dict | None = None,
+    ignore_value: int | str | None = AUTO,
 ) -> Iterator[TrainProgress]:
     """Train (or fine-tune from ``base``) on one or more :class:`Volume`, yielding progress.
 
@@ -416,12 +508,19 @@ def iter_train_volumes(
     best model by validation IoU, or the last one without validation) and ``out_dir/last``.
     ``max_seconds`` pauses the run (checkpoint saved) so it can go on with ``resume=True``.
     The generator's final value (``StopIteration.value``) is the trained :class:`LoadedModel`.
+    ``out_dir`` holding a run is refused unless ``resume`` (see :func:`check_run_dir`).
+    Masks are read with ``ignore_value`` (see :func:`training_masks`); masks without any
+    mitochondrion are refused when training from scratch.
     """
     import torch
 
     if not volumes:
         raise TrainingError("no training volume given")
     cfg = config or TrainConfig()
+    if out_dir is not None:
+        check_run_dir(out_dir, resume)
+    volumes = [_read_masks(vol, k, ignore_value) for k, vol in enumerate(volumes)]
+    _check_has_mitochondria([vol.masks for vol in volumes], base is None)
     dev = resolve_device(device)
     t_start = time.perf_counter()
     if base is not None:
@@ -488,7 +587,7 @@ def iter_train_volumes(
             sampler.hard = [np.asarray(h, np.int64) for h in state.get("hard", sampler.hard)]
             logger.info("resumed %s at step %d", ck, step)
         elif resume:
-            logger.info("nothing to resume in %s; starting afresh", out)
+            logger.warning("nothing to resume in %s (no %s): starting at step 1", out, CHECKPOINT)
     wrapped = LoadedModel(net=net, spec=spec, name=out.name if out else "training")
     meta = {**(info or {}), **base_info}
 
@@ -505,6 +604,10 @@ def iter_train_volumes(
     def checkpoint() -> None:
         if out is None:
             return
+        with write_errors(out / CHECKPOINT):
+            _checkpoint()
+
+    def _checkpoint() -> None:
         _atomic_torch_save(
             {"model": net.state_dict(), "optimizer": opt.state_dict(),
              "scheduler": sched.state_dict(), "step": step, "best": best, "history": history,
