@@ -5,6 +5,8 @@ TIFFs over :data:`io.LAZY_BYTES` and every zarr open lazily (dask), so napari re
 slices it shows. Mask-like files (integer, binary or piecewise-constant labels, see
 :func:`metrics.looks_like_labels`) open as a Labels layer; the voxel size the file records
 (:func:`io.read_voxel_size`, nm) becomes the layer's ``scale`` and ``metadata["voxel_size_nm"]``.
+An OME-Zarr label pyramid (as ``mitoseg segment --workers`` writes) opens as a multiscale
+Labels layer.
 """
 
 from __future__ import annotations
@@ -73,12 +75,18 @@ def read(path: str | os.PathLike | list) -> list[tuple]:
     if isinstance(path, list | tuple):
         path = path[0]
     p = Path(os.fsdecode(path))
-    data = read_stack(p)
     name = p.name[: -len(p.suffix)] if p.suffix else p.name
     meta: dict = {"name": name}
     voxel = read_voxel_size(p)
     if voxel is not None:
         meta["scale"] = voxel
         meta["metadata"] = {"voxel_size_nm": voxel}
+    if p.suffix.lower() == ".zarr":
+        from .ngff import open_label_pyramid
+
+        levels = open_label_pyramid(p)
+        if levels is not None:  # an OME-Zarr label pyramid: napari reads the level it shows
+            return [(levels, {**meta, "multiscale": True}, "labels")]
+    data = read_stack(p)
     kind = "labels" if data.dtype.kind in "iu" and looks_like_labels(label_sample(data)) else "image"
     return [(data, meta, kind)]

@@ -103,7 +103,7 @@ class SegmentResult:
 def segment_file(
     image_path, *, model=None, device="auto", threshold=None, tta=False, z_smooth=None,
     instances=False, out=None, gt=None, pixel_ratio=None, invert=False, pixel_size_nm=None,
-    progress: ProgressFn | None = None,
+    progress: ProgressFn | None = None, client=None,
 ) -> SegmentResult:
     """Read, segment, optionally score against ``gt`` and write ``out`` (atomically).
 
@@ -122,6 +122,9 @@ def segment_file(
     slice is read, segmented, written and scored in turn, so the stack, its labels and its
     ground truth need not fit in memory (``labels`` is then None). Instances need the whole
     volume at once (3D connected components), and TIFF output is written whole.
+
+    ``client`` (a ``distributed.Client``): segment in blocks on its cluster into the OME-Zarr
+    ``out`` instead (see :mod:`napari_mitoseg.distributed`; same labels, ``labels`` is None).
     """
     from .io import check_label_path, read_stack, read_voxel_size, write_labels
 
@@ -132,6 +135,11 @@ def segment_file(
         check_pixel_size(pixel_size_nm)
     if out:
         check_label_path(out, inputs=(image_path, gt))
+    if client is not None:
+        from .distributed import run_on_client
+
+        return run_on_client(client, image_path, out, gt=gt, model=model, device=device, instances=instances,
+                             options=opts, pixel_ratio=pixel_ratio, pixel_size_nm=pixel_size_nm)
     image = read_stack(image_path)
     gt_arr = None
     if gt is not None:

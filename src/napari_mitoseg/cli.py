@@ -44,6 +44,12 @@ def _ignore_value(text: str) -> int | str | None:
         raise argparse.ArgumentTypeError(f"expected an integer, 'auto' or 'none', got {text!r}") from None
 
 
+def add_cluster_flags(p: argparse.ArgumentParser) -> None:
+    from .distributed import add_cli_flags
+
+    add_cli_flags(p)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mitoseg", description=__doc__.splitlines()[0])
     p.add_argument("-v", "--verbose", action="store_true", help="log progress")
@@ -62,6 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--instances", action="store_true", help="one id per mitochondrion (3D)")
     s.add_argument("--gt", help="ground truth to score against")
     s.add_argument("--json", action="store_true", help="print one JSON object")
+    add_cluster_flags(s)
 
     e = sub.add_parser("evaluate", help="score a prediction against ground truth")
     e.add_argument("pred")
@@ -199,8 +206,11 @@ def _report(scores: dict, args, extra: dict | None = None) -> None:
 
 
 def cmd_segment(args) -> int:
-    from . import api
+    from . import api, distributed
     from ._progress import Progress
+
+    if distributed.wants_cluster(args):
+        return distributed.run_cli(args)
 
     t0 = time.perf_counter()
     progress = Progress("slices", "segment")
