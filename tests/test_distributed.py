@@ -69,9 +69,6 @@ def test_cluster_labels_are_the_single_process_labels_bit_for_bit(client, tiny_m
     assert many.dtype == one.dtype == np.uint8 and res.shape == one.shape
     assert 0.05 < one.mean() < 0.95  # a mask with both classes, so equality means something
     np.testing.assert_array_equal(many, one)
-    # the model was loaded once per worker although each ran several blocks
-    loads = client.run(lambda: sum(n for (src, _), n in dist.LOADS.items() if src == str(tiny_model_dir)))
-    assert sum(loads.values()) <= 2 and all(n <= 1 for n in loads.values())
     # the result is an OME-Zarr label volume with the input's voxel size; no bookkeeping left
     g = zarr.open_group(str(tmp_path / "many.zarr"), mode="r")
     assert ngff.read_voxel_size(tmp_path / "many.zarr") == ngff.VoxelSize(30.0, 8.0, 8.0, "nanometer")
@@ -79,13 +76,17 @@ def test_cluster_labels_are_the_single_process_labels_bit_for_bit(client, tiny_m
     assert sorted(p.name for p in tmp_path.iterdir()) == ["em.ome.zarr", "many.zarr", "one.zarr"]
 
 
-def test_block_edges_follow_the_z_smoothing_halo(client, tiny_model_dir, stack, tmp_path):
+def test_block_edges_follow_the_z_smoothing_halo_and_workers_load_the_model_once(
+        client, tiny_model_dir, stack, tmp_path):
     """Blocks of one slice: every slice's smoothing reads both neighbours from other blocks."""
     path = tmp_path / "plain.zarr"
     zarr.open(str(path), mode="w", shape=stack.shape, dtype=stack.dtype, chunks=(1, *stack.shape[1:]))[:] = stack
     dist.segment(path, tmp_path / "out.zarr", client=client, model=tiny_model_dir, device="cpu", options=OPTS,
                  block_slices=1)
     np.testing.assert_array_equal(np.asarray(read_stack(tmp_path / "out.zarr")), reference(tiny_model_dir, stack))
+    # ten blocks on two workers: each loaded the model at most once
+    loads = client.run(lambda: sum(n for (src, _), n in dist.LOADS.items() if src == str(tiny_model_dir)))
+    assert 1 <= sum(loads.values()) <= 2 and all(n <= 1 for n in loads.values())
 
 
 def test_a_worker_killed_mid_run_has_its_blocks_rerun(client, tiny_model_dir, tmp_path):
