@@ -115,11 +115,36 @@ _STACKS: dict = {}
 LOADS: Counter = Counter()
 
 
+def _undo_malloc_trim() -> None:
+    """Let glibc keep freed memory for reuse in this process again.
+
+    A dask nanny starts its workers with ``MALLOC_TRIM_THRESHOLD_=65536``, which also turns off
+    glibc's adaptive mmap threshold: every array above 128 KiB is then mapped and unmapped afresh
+    and inference runs about 1.8x slower (docs/benchmarks.md). The trim threshold goes back up to
+    256 MiB and arrays up to 32 MiB come from the heap again.
+    """
+    import sys
+
+    if not sys.platform.startswith("linux") or "MALLOC_TRIM_THRESHOLD_" not in os.environ:
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-1, 256 << 20)  # M_TRIM_THRESHOLD
+        libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD (glibc's maximum on 64-bit)
+    except (OSError, AttributeError):  # not glibc (musl): nothing to undo
+        pass
+
+
 def worker_model(source: str, device: str):
     """The model at ``source`` on ``device``, loaded once per process (per worker)."""
     key = (str(source), device)
     if key not in _MODELS:
         from .api import get_model
+
+        if not _MODELS:
+            _undo_malloc_trim()
 
         _MODELS[key] = get_model(source, device)
         LOADS[key] += 1
@@ -456,7 +481,7 @@ def _instances(partial: Path, shape, block_slices: int, min_size: int, voxel, cl
     chunks = (block_slices, *ngff._chunks(shape)[1:])
     mask = da.from_zarr(group[MASK_ARRAY], chunks=chunks) > 0
     labelled, _ = label(mask)  # face connectivity, as skimage.measure.label(connectivity=1)
-    tmp = ngff._create_array(group, LABEL_TMP_ARRAY, shape, labelled.dtype)
+    tmp = ngff._create_array(group, LABEL_TMP_ARRAY, shape, labelled.dtype, overwrite=True)  # a resumed run redoes it
     store = da.store(labelled, tmp, lock=False, compute=False)
     dask.compute(store, scheduler=client)
     # per-label sums block by block, from the stored labels

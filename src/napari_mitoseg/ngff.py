@@ -113,9 +113,9 @@ def _chunks(shape: tuple[int, ...]) -> tuple[int, int, int]:
     return (1, min(shape[1], CHUNK_SIDE), min(shape[2], CHUNK_SIDE))
 
 
-def _create_array(group, name: str, shape, dtype):
+def _create_array(group, name: str, shape, dtype, overwrite: bool = False):
     return group.create_array(name, shape=tuple(int(s) for s in shape), chunks=_chunks(shape),
-                              dtype=dtype, fill_value=0,
+                              dtype=dtype, fill_value=0, overwrite=overwrite,
                               chunk_key_encoding={"name": "v2", "separator": "/"})
 
 
