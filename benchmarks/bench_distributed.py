@@ -140,7 +140,8 @@ def main(argv=None) -> int:
             work = Z * (1 + 2 / b) * t_slice * pixels  # worker-seconds, halo slices included
             rounds = math.ceil(blocks / W)
             wall = rounds * b * (1 + 2 / b) * t_slice * pixels + blocks * overhead
-            proj[b] = {"blocks": blocks, "worker_hours": round(work / 3600, 1), "wall_hours": round(wall / 3600, 2)}
+            proj[b] = {"blocks": blocks, "worker_hours": round(work / 3600, 1),
+                       "wall_hours": round(wall / 3600, 2)}
         res["projection"] = {
             "what": f"{W} workers, {Z} slices of {args.project_side}^2 pixels, from the 1-worker "
                     "figure scaled by pixel count; not measured",

@@ -481,7 +481,8 @@ def _instances(partial: Path, shape, block_slices: int, min_size: int, voxel, cl
     chunks = (block_slices, *ngff._chunks(shape)[1:])
     mask = da.from_zarr(group[MASK_ARRAY], chunks=chunks) > 0
     labelled, _ = label(mask)  # face connectivity, as skimage.measure.label(connectivity=1)
-    tmp = ngff._create_array(group, LABEL_TMP_ARRAY, shape, labelled.dtype, overwrite=True)  # a resumed run redoes it
+    # overwrite: a resumed run redoes this stage
+    tmp = ngff._create_array(group, LABEL_TMP_ARRAY, shape, labelled.dtype, overwrite=True)
     store = da.store(labelled, tmp, lock=False, compute=False)
     dask.compute(store, scheduler=client)
     # per-label sums block by block, from the stored labels
