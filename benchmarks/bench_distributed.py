@@ -8,6 +8,8 @@ shipped model on the CPU and one thread per process:
 2. a LocalCluster of 1 and of 2 worker processes (``distributed.segment``, blocks of
    ``--block`` slices): start-up, model warm-up and segmenting time, labels checked equal to (1);
 3. the scheduler's round trip per task (``--tasks`` empty tasks on 2 workers);
+   beside wall time, the CPU seconds the workers spent (``time.process_time`` in each), which
+   do not count the time a process waited for a core on a shared machine;
 4. 2 workers at several block sizes (each block also computes its 2 halo slices);
 5. a projection, from those figures, for ``--project-workers`` workers on ``--project-slices``
    slices of ``--project-side`` pixels square.
@@ -84,11 +86,12 @@ def main(argv=None) -> int:
         stack = scratch / "stack.zarr"
         make_stack(stack, args.slices, args.side)
         api.get_model(model, "cpu")  # load outside the timing, as a worker's warm-up does
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         api.segment_file(stack, model=model, device="cpu", z_smooth=True, out=scratch / "one.zarr")
-        single = time.perf_counter() - t0
+        single, single_cpu = time.perf_counter() - t0, time.process_time() - c0
         res["single_process_s"] = round(single, 2)
         res["single_s_per_slice"] = round(single / args.slices, 3)
+        res["single_cpu_s_per_slice"] = round(single_cpu / args.slices, 3)
         ref = np.asarray(read_stack(scratch / "one.zarr"))
 
         runs = {}
@@ -104,19 +107,25 @@ def main(argv=None) -> int:
                 warm = time.perf_counter() - t0
 
                 def timed(block, name, client=client):
+                    """Wall seconds, and CPU seconds of all workers together, of one run."""
                     out = scratch / f"{name}.zarr"
+                    c = client.run(time.process_time)
                     t = time.perf_counter()
                     dist.segment(stack, out, client=client, model=model, device="cpu", options=opts,
                                  block_slices=block)
                     s = time.perf_counter() - t
+                    cpu = sum(client.run(time.process_time).values()) - sum(c.values())
                     if not np.array_equal(np.asarray(read_stack(out)), ref):
                         raise SystemExit(f"{name}: labels differ from the single-process run")
                     shutil.rmtree(out)
-                    return s
+                    return s, cpu
 
-                s = timed(args.block, f"w{workers}")
+                s, cpu = timed(args.block, f"w{workers}")
+                computed = args.slices + 2 * (math.ceil(args.slices / args.block) - 1)  # + halo slices
                 runs[workers] = {"startup_s": round(start, 2), "model_warmup_s": round(warm, 2),
                                  "segment_s": round(s, 2), "slices_per_s": round(args.slices / s, 3),
+                                 "slices_computed": computed, "worker_cpu_s": round(cpu, 2),
+                                 "cpu_s_per_computed_slice": round(cpu / computed, 3),
                                  "labels_identical": True}
                 if workers == 2:
                     t = time.perf_counter()
@@ -124,14 +133,18 @@ def main(argv=None) -> int:
                     client.gather(futs)
                     overhead = (time.perf_counter() - t) / args.tasks
                     for b in (int(v) for v in args.block_sweep.split(",")):
-                        sweep[b] = round(timed(b, f"b{b}"), 2)
+                        s, cpu = timed(b, f"b{b}")
+                        sweep[b] = {"blocks": math.ceil(args.slices / b), "wall_s": round(s, 2),
+                                    "worker_cpu_s": round(cpu, 2)}
         res["workers"] = runs
         res["speedup_2_over_1"] = round(runs[1]["segment_s"] / runs[2]["segment_s"], 2)
         res["scheduler_s_per_task"] = round(overhead, 5)
         res["block_sweep_2_workers_s"] = sweep
 
-        # ---- projection (not a measurement): independent machines, each as fast as one worker here
-        t_slice = runs[1]["segment_s"] / args.slices / (1 + 2 / args.block)  # per slice, halo removed
+        res["load_average_at_end"] = os.getloadavg()[0]
+        # ---- projection (not a measurement): each worker on a core of its own, as fast as one
+        # worker's CPU time per slice here (wall time on this shared machine includes waiting)
+        t_slice = runs[1]["cpu_s_per_computed_slice"]
         pixels = args.project_side ** 2 / args.side ** 2
         W, Z = args.project_workers, args.project_slices
         proj = {}
@@ -143,8 +156,9 @@ def main(argv=None) -> int:
             proj[b] = {"blocks": blocks, "worker_hours": round(work / 3600, 1),
                        "wall_hours": round(wall / 3600, 2)}
         res["projection"] = {
-            "what": f"{W} workers, {Z} slices of {args.project_side}^2 pixels, from the 1-worker "
-                    "figure scaled by pixel count; not measured",
+            "what": f"{W} workers, {Z} slices of {args.project_side}^2 pixels, from 1 worker's CPU "
+                    "seconds per slice scaled by pixel count, plus the scheduler's time per task; "
+                    "not measured",
             "s_per_slice_per_worker": round(t_slice * pixels, 1),
             "by_block_slices": proj,
         }
