@@ -232,6 +232,15 @@ def test_cli_cluster_requests_fail_before_any_cluster_starts(argv, message, stac
     assert sorted(p.name for p in tmp_path.iterdir()) == ["em.ome.zarr"]
 
 
+def test_cli_zero_workers_is_refused(stack_zarr, tmp_path, capsys, monkeypatch):
+    from napari_mitoseg.cli import main
+
+    monkeypatch.setattr(dist, "local_client", lambda *a, **k: pytest.fail("a cluster was started"))
+    rc = main(["segment", str(stack_zarr), "-o", str(tmp_path / "out.zarr"), "--workers", "0"])
+    assert rc == 2 and "--workers must be at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "out.zarr").exists()
+
+
 @pytest.mark.slow
 def test_cli_workers_starts_a_local_cluster(tiny_model_dir, stack_zarr, tmp_path):
     import subprocess
@@ -241,10 +250,10 @@ def test_cli_workers_starts_a_local_cluster(tiny_model_dir, stack_zarr, tmp_path
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     proc = subprocess.run([sys.executable, "-m", "napari_mitoseg", "segment", str(stack_zarr), "-o", str(out),
                            "--model", str(tiny_model_dir), "--device", "cpu", "--threshold", "0.5", "--z-smooth",
-                           "--workers", "2", "--block-slices", "4"], capture_output=True, text=True, env=env,
+                           "--workers", "1", "--block-slices", "4"], capture_output=True, text=True, env=env,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert "local cluster of 2 worker(s)" in proc.stderr and "blocks 3/3" in proc.stderr
+    assert "local cluster of 1 worker(s)" in proc.stderr and "blocks 3/3" in proc.stderr
     np.testing.assert_array_equal(np.asarray(read_stack(out)), reference(
         tiny_model_dir, read_stack(stack_zarr, lazy=False), PredictOptions(threshold=0.5, z_smooth=True)))
 

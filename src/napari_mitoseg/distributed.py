@@ -530,7 +530,7 @@ def add_cli_flags(p) -> None:
 
 
 def wants_cluster(args) -> bool:
-    return bool(getattr(args, "workers", None) or getattr(args, "scheduler", None))
+    return getattr(args, "workers", None) is not None or bool(getattr(args, "scheduler", None))
 
 
 def _fmt_seconds(s: float | None) -> str:
@@ -550,8 +550,10 @@ def run_cli(args) -> int:
         print(f"mitoseg: error: {msg}", file=sys.stderr)
         return 2
 
-    if args.workers and args.scheduler:
+    if args.workers is not None and args.scheduler:
         return fail("give --workers (a local cluster) or --scheduler (a running one), not both")
+    if args.workers is not None and args.workers < 1:
+        return fail(f"--workers must be at least 1, got {args.workers}")
     if not args.out:
         return fail("a cluster run needs -o OUT.zarr")
     if args.gt:
