@@ -308,3 +308,34 @@ def test_thin_sections_keep_every_slice_in_the_pyramid():
     # once the pixels are as coarse as the sections, Z halves too
     assert ngff.pyramid_factors((100, 4096, 4096), ngff.VoxelSize(30, 8, 8))[2:4] == [(2, 2, 2), (2, 2, 2)]
     assert ngff.pyramid_factors((5, 200, 200), ngff.VoxelSize()) == []
+
+
+def test_a_block_widens_to_the_batch_edges_of_a_single_pass(tiny_model_dir, stack, tmp_path, monkeypatch):
+    """On a GPU slices go through in batches from slice 0: a block reads from and to the same
+    batch edges (here batches of 4), and writes only its own slices."""
+    import napari_mitoseg.inference as inference
+
+    assert dist._batch_size(api.get_model(tiny_model_dir, "cpu"), stack.shape, OPTS) == 1  # CPU: no batches
+    monkeypatch.setattr(dist, "_batch_size", lambda *a: 4)
+    seen = []
+    real = inference.iter_predict
+
+    def spy(model, image, options=None):
+        seen.append(image.shape[0])
+        return real(model, image, options)
+
+    monkeypatch.setattr(inference, "iter_predict", spy)
+    path = tmp_path / "im.zarr"
+    zarr.open(str(path), mode="w", shape=stack.shape, dtype=stack.dtype)[:] = stack
+    target = zarr.open(str(tmp_path / "out.zarr"), mode="w", shape=stack.shape, dtype=np.uint8, fill_value=9)
+    (tmp_path / "done").mkdir()
+    dist.segment_block(str(path), str(tiny_model_dir), "cpu", OPTS, 5, 7, 1, str(tmp_path / "out.zarr"),
+                       str(tmp_path / "done"))
+    assert seen == [4]  # slices 4-7 (halo 4 and 7, already on batch edges), not 4-8 or 3-8
+    dist.segment_block(str(path), str(tiny_model_dir), "cpu", OPTS, 1, 2, 1, str(tmp_path / "out.zarr"),
+                       str(tmp_path / "done"))
+    assert seen == [4, 4]  # slices 0-3 for block 1 (halo 0-2)
+    out, ref = target[:], reference(tiny_model_dir, stack)
+    np.testing.assert_array_equal(out[[1, 5, 6]], ref[[1, 5, 6]])
+    assert (out[[0, 2, 3, 4, 7, 8, 9]] == 9).all()
+    assert sorted(p.name for p in (tmp_path / "done").iterdir()) == ["1-2", "5-7"]

@@ -177,15 +177,29 @@ def segment_block(image: str, model: str, device: str, options: PredictOptions, 
 
     net = worker_model(model, device)
     stack = _worker_stack(image)
-    lo, hi = max(0, start - halo), min(stack.shape[0], stop + halo)
+    z = stack.shape[0]
+    # on a GPU iter_predict runs slices in batches from slice 0; start and end on the same batch
+    # edges as one pass over the whole stack does, so that each slice meets the same batch
+    bs = _batch_size(net, stack.shape, options)
+    lo, hi = max(0, start - halo) // bs * bs, min(z, -(-(stop + halo) // bs) * bs)
     out = zarr.open_array(target, mode="r+")
     with dask.config.set(scheduler="sync"):  # slice reads inside a task stay in this thread
         for r in iter_predict(net, stack[lo:hi], options):
-            z = lo + r.index
-            if start <= z < stop:
-                out[z] = r.mask.astype(out.dtype)
+            i = lo + r.index
+            if start <= i < stop:
+                out[i] = r.mask.astype(out.dtype)
     (Path(done_dir) / f"{start}-{stop}").touch()
     return start, stop
+
+
+def _batch_size(net, shape, options: PredictOptions) -> int:
+    """Slices per forward pass that :func:`~napari_mitoseg.inference.iter_predict` uses for a
+    stack of ``shape`` (the same rule: batches on a GPU for slices within one tile, else 1)."""
+    from .inference import for_stack, network_shape
+
+    m = for_stack(net, options.pixel_ratio, options.invert)
+    small = max(network_shape(m.spec, tuple(shape[1:]))) <= m.spec.tile_size
+    return max(1, options.batch_size) if (m.device.type != "cpu" and small) else 1
 
 
 # --------------------------------------------------------------------------- client side
