@@ -15,7 +15,7 @@ import zarr
 from napari_mitoseg import api, ngff
 from napari_mitoseg import distributed as dist
 from napari_mitoseg.inference import PredictOptions
-from napari_mitoseg.io import read_stack
+from napari_mitoseg.io import read_stack, read_voxel_size
 from napari_mitoseg.synthetic import make_sample
 
 distributed = pytest.importorskip("distributed")
@@ -71,7 +71,7 @@ def test_cluster_labels_are_the_single_process_labels_bit_for_bit(client, tiny_m
     np.testing.assert_array_equal(many, one)
     # the result is an OME-Zarr label volume with the input's voxel size; no bookkeeping left
     g = zarr.open_group(str(tmp_path / "many.zarr"), mode="r")
-    assert ngff.read_voxel_size(tmp_path / "many.zarr") == ngff.VoxelSize(30.0, 8.0, 8.0, "nanometer")
+    assert read_voxel_size(tmp_path / "many.zarr") == (30.0, 8.0, 8.0)
     assert "image-label" in g.attrs and sorted(g.array_keys()) == ["0"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["em.ome.zarr", "many.zarr", "one.zarr"]
 
@@ -259,21 +259,6 @@ def test_cli_workers_starts_a_local_cluster(tiny_model_dir, stack_zarr, tmp_path
 
 
 # --------------------------------------------------------------------------- OME-Zarr
-
-
-def test_voxel_size_of_ome_zarr_v04_and_v05(tmp_path, stack):
-    assert ngff.read_voxel_size(write_ome(tmp_path / "a.zarr", stack, (40.0, 5.0, 6.0))) == \
-        ngff.VoxelSize(40.0, 5.0, 6.0, "nanometer")
-    g = zarr.open_group(str(tmp_path / "b.zarr"), mode="w")  # v0.5: zarr 3, under "ome", global scale
-    g.create_array("0", data=stack[None])
-    axes = [{"name": "c", "type": "channel"}] + [{"name": n, "type": "space", "unit": "micrometer"} for n in "zyx"]
-    g.attrs["ome"] = {"version": "0.5", "multiscales": [{
-        "axes": axes, "coordinateTransformations": [{"type": "scale", "scale": [1, 2, 2, 2]}],
-        "datasets": [{"path": "0",
-                      "coordinateTransformations": [{"type": "scale", "scale": [1, 0.03, 0.01, 0.01]}]}]}]}
-    assert ngff.read_voxel_size(tmp_path / "b.zarr") == ngff.VoxelSize(0.06, 0.02, 0.02, "micrometer")
-    zarr.open(str(tmp_path / "c.zarr"), mode="w", shape=(2, 8, 8), dtype="u1")
-    assert ngff.read_voxel_size(tmp_path / "c.zarr") is None
 
 
 def test_label_pyramid_is_max_pooled_to_the_spec_and_opens_lazily_in_napari(tmp_path, rng, monkeypatch):

@@ -91,7 +91,9 @@ class DistributedResult:
     resumed: int  # blocks skipped because an earlier run had finished them
     objects: int | None  # instances only
     measurements: list | None  # instances only: ObjectMeasure per object
-    voxel_size: object  # ngff.VoxelSize of the input (1, 1, 1 without unit when unknown)
+    voxel_size: object  # ngff.VoxelSize of the input in nm (1, 1, 1 without unit when unknown)
+    pixel_ratio: float = 1.0
+    note: str | None = None  # where the pixel ratio came from, if anywhere
 
 
 def plan_blocks(z: int, block_slices: int) -> list[tuple[int, int]]:
@@ -253,11 +255,12 @@ def check_request(image, out, block_slices: int):
     """Raise :class:`DistributedError` (or the reader's error) unless ``image`` can be segmented on a
     cluster into ``out``; returns (absolute image path, out as a Path, the lazily opened stack)."""
     from .inference import check_stack
-    from .io import read_stack
+    from .io import check_label_path, read_stack
 
     out = Path(out)
     if out.suffix.lower() != ".zarr":
         raise DistributedError(f"{out}: a cluster run writes a .zarr folder (OME-Zarr); name the output *.zarr")
+    check_label_path(out, inputs=(image,))
     if not isinstance(image, str | os.PathLike):
         raise DistributedError("a cluster run reads the stack from a path its workers can reach "
                                "(zarr, OME-Zarr or TIFF), not from an array in memory")
@@ -268,27 +271,37 @@ def check_request(image, out, block_slices: int):
     return image, out, stack
 
 
-def _prepare(image, out, model, device, options, block_slices, instances, min_size):
+def _prepare(image, out, model, device, options, block_slices, instances, min_size, pixel_ratio, pixel_size_nm):
     """Check everything before any work; returns what the run needs."""
     from . import ngff
     from .api import get_model
-    from .inference import _or_model_default, for_stack
+    from .inference import _or_model_default, choose_pixel_ratio, for_stack
+    from .io import read_voxel_size
     from .model import DEFAULT_MODEL, resolve_model_path
 
     image, out, stack = check_request(image, out, block_slices)
     shape = tuple(int(s) for s in stack.shape)
     plan = plan_blocks(shape[0], block_slices)
     model_path = str(resolve_model_path(model or DEFAULT_MODEL).resolve())
+    nm = read_voxel_size(image)
+    if pixel_ratio is None and pixel_size_nm is None and options.pixel_ratio != 1.0:
+        pixel_ratio = options.pixel_ratio
+    # the scale as one process chooses it: given ratio, given pixel size, else the file's
+    ratio, note = choose_pixel_ratio(get_model(model_path, "cpu").spec, pixel_ratio, pixel_size_nm,
+                                     nm[2] if nm else None)
+    if note:
+        logger.info(note)
+    options = dataclasses.replace(options, pixel_ratio=ratio)
     net = for_stack(get_model(model_path, "cpu"), options.pixel_ratio, options.invert)
     options = dataclasses.replace(
         options, z_smooth=_or_model_default(options.z_smooth, net, "default_z_smooth"),
         fill_holes=_or_model_default(options.fill_holes, net, "default_fill_holes"))
-    voxel = ngff.read_voxel_size(image) or ngff.VoxelSize()
+    voxel = ngff.VoxelSize(*nm, unit="nanometer") if nm else ngff.VoxelSize()
     sig = _signature(image=image, shape=shape, dtype=str(stack.dtype), model=model_path,
                      model_mtime=os.stat(Path(model_path) / "model.safetensors").st_mtime_ns,
                      device=device, options=dataclasses.asdict(options), block_slices=block_slices,
                      instances=instances, min_size=min_size if instances else None)
-    return image, out, shape, plan, model_path, net.name, options, voxel, sig
+    return image, out, shape, plan, model_path, net.name, options, voxel, sig, note
 
 
 def _open_partial(partial: Path, sig: dict, shape, instances: bool, voxel) -> int:
@@ -321,11 +334,15 @@ def _open_partial(partial: Path, sig: dict, shape, instances: bool, voxel) -> in
 def iter_segment(
     image: str | os.PathLike, out: str | os.PathLike, *, client=None, model=None, device: str = "auto",
     options: PredictOptions | None = None, block_slices: int = DEFAULT_BLOCK_SLICES,
-    instances: bool = False, min_size: int = 64, retries: int = 2,
+    instances: bool = False, min_size: int = 64, retries: int = 2, pixel_ratio: float | None = None,
+    pixel_size_nm: float | None = None,
 ) -> Iterator[Progress]:
     """Segment the stack at ``image`` on ``client``'s cluster into the OME-Zarr ``out``.
 
-    ``client``: a ``distributed.Client`` (None: the current one). Yields :class:`Progress` after
+    ``client``: a ``distributed.Client`` (None: the current one). The scale is chosen as for one
+    process (:func:`~napari_mitoseg.inference.choose_pixel_ratio`): ``pixel_ratio``, else
+    ``pixel_size_nm``, else the file's voxel size (``options.pixel_ratio`` counts as a given
+    ratio when it is not 1). Yields :class:`Progress` after
     each block and stage; returns (as the generator's value) a :class:`DistributedResult`. Closing
     the generator (or Ctrl+C while it runs) cancels the tasks still on the cluster; the finished
     blocks stay in :func:`partial_path` for the next run to skip.
@@ -333,8 +350,8 @@ def iter_segment(
     from distributed import as_completed, default_client
 
     options = options or PredictOptions()
-    image, out, shape, plan, model_path, model_name, options, voxel, sig = _prepare(
-        image, out, model, device, options, block_slices, instances, min_size)
+    image, out, shape, plan, model_path, model_name, options, voxel, sig, note = _prepare(
+        image, out, model, device, options, block_slices, instances, min_size, pixel_ratio, pixel_size_nm)
     if client is None:
         try:
             client = default_client()
@@ -381,7 +398,8 @@ def iter_segment(
     fill_pyramid(partial, scheduler=client)
     _finish(partial, out)
     yield Progress("pyramid", 1, 1, 0, time.perf_counter() - t0, dash)
-    return DistributedResult(out, shape, model_name, len(plan), resumed, objects, measurements, voxel)
+    return DistributedResult(out, shape, model_name, len(plan), resumed, objects, measurements, voxel,
+                             options.pixel_ratio, note)
 
 
 def segment(image, out, **kw) -> DistributedResult:
@@ -404,7 +422,7 @@ def run_on_client(client, image, out, *, gt=None, **kw):
     if not out:
         raise DistributedError("a cluster run writes its labels to a .zarr: give out=")
     r = segment(image, out, client=client, **kw)
-    return SegmentResult(None, r.model_name, None, r.shape)
+    return SegmentResult(None, r.model_name, None, r.shape, r.pixel_ratio, r.note)
 
 
 def _finish(partial: Path, out: Path) -> None:
@@ -576,8 +594,7 @@ def run_cli(args) -> int:
         return fail("--measurements needs --instances")
     if args.measurements and not str(args.measurements).lower().endswith(".csv"):
         return fail(f"{args.measurements}: measurements are written as .csv")
-    options = PredictOptions(threshold=args.threshold, tta=args.tta, z_smooth=args.z_smooth,
-                             pixel_ratio=args.pixel_ratio, invert=args.invert)
+    options = PredictOptions(threshold=args.threshold, tta=args.tta, z_smooth=args.z_smooth, invert=args.invert)
     t0 = time.perf_counter()
     try:
         check_request(args.image, args.out, args.block_slices)  # before a cluster starts
@@ -585,7 +602,8 @@ def run_cli(args) -> int:
             where = args.scheduler or f"a local cluster of {args.workers} worker(s)"
             print(f"mitoseg: segmenting on {where}", file=sys.stderr, flush=True)
             gen = iter_segment(args.image, args.out, client=client, model=args.model, device=args.device,
-                               options=options, block_slices=args.block_slices, instances=args.instances)
+                               options=options, block_slices=args.block_slices, instances=args.instances,
+                               pixel_ratio=args.pixel_ratio, pixel_size_nm=getattr(args, "pixel_size", None))
             try:
                 while True:
                     try:
@@ -605,7 +623,7 @@ def run_cli(args) -> int:
         write_csv(result.measurements, args.measurements)
     extra = {"seconds": round(time.perf_counter() - t0, 3), "model": result.model_name,
              "shape": list(result.shape), "blocks": result.blocks, "resumed_blocks": result.resumed,
-             "objects": result.objects}
+             "objects": result.objects, "pixel_ratio": result.pixel_ratio}
     if args.json:
         print(json.dumps(extra))
     else:

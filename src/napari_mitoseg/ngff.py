@@ -1,7 +1,7 @@
 """OME-Zarr (NGFF v0.4) label volumes: voxel size in, multiscale pyramids out.
 
-- :func:`read_voxel_size`: the physical (Z, Y, X) voxel size of an OME-Zarr image's
-  full-resolution level (``multiscales`` v0.4, or v0.5 under ``ome``), with its unit.
+- An input's voxel size comes from :func:`napari_mitoseg.io.read_voxel_size` (OME-Zarr
+  ``multiscales`` v0.4 or v0.5, OME-TIFF, ImageJ), in nanometres.
 - :func:`create_label_pyramid`: a new zarr v2 group laid out as NGFF v0.4 ``multiscales``: level
   ``0`` at full resolution and coarser levels halved in Y and X (and in Z while Z is no coarser
   than Y), with ``scale`` transforms in physical units, so napari opens a huge result lazily and
@@ -46,48 +46,10 @@ class VoxelSize:
         return (self.z, self.y, self.x)
 
 
-def _multiscales(attrs: dict) -> list | None:
-    return attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
+def _multiscales(attrs) -> list:
+    from .io import _multiscales as multiscales
 
-
-def _scale(transforms: list | None, ndim: int) -> np.ndarray:
-    scale = np.ones(ndim)
-    for t in transforms or ():
-        if t.get("type") == "scale" and "scale" in t:
-            scale = scale * np.asarray(t["scale"], float)
-    return scale
-
-
-def read_voxel_size(path: str | os.PathLike) -> VoxelSize | None:
-    """The (Z, Y, X) voxel size of the full-resolution level of the OME-Zarr group at ``path``.
-
-    None when ``path`` is not an OME-Zarr multiscale group (a plain zarr array, a TIFF). The
-    last three axes are taken as (Z, Y, X); a dataset ``scale`` is combined with a
-    multiscale-wide one as the specification says.
-    """
-    import zarr
-
-    p = Path(path)
-    if not p.is_dir():
-        return None
-    try:
-        node = zarr.open(str(p), mode="r")
-    except Exception:  # noqa: BLE001 - not a zarr store: no voxel size
-        return None
-    if hasattr(node, "shape"):
-        return None
-    ms = _multiscales(dict(node.attrs))
-    if not ms:
-        return None
-    m = ms[0]
-    axes = m.get("axes") or []
-    ndim = len(axes) if axes else len(node[m["datasets"][0]["path"]].shape)
-    scale = _scale(m["datasets"][0].get("coordinateTransformations"), ndim)
-    scale = scale * _scale(m.get("coordinateTransformations"), ndim)
-    units = [a.get("unit") for a in axes[-3:] if isinstance(a, dict)]
-    unit = units[-1] if units else None
-    zyx = [1.0] * max(0, 3 - ndim) + [float(s) for s in scale[-3:]]
-    return VoxelSize(*zyx, unit=unit)
+    return multiscales(attrs)
 
 
 def pyramid_factors(shape: tuple[int, int, int], voxel: VoxelSize,
