@@ -76,6 +76,17 @@ def test_cluster_labels_are_the_single_process_labels_bit_for_bit(client, tiny_m
     assert sorted(p.name for p in tmp_path.iterdir()) == ["em.ome.zarr", "many.zarr", "one.zarr"]
 
 
+def test_cluster_runs_at_the_scale_one_process_chooses(client, tiny_model_dir, stack_zarr, tmp_path):
+    kw = dict(model=tiny_model_dir, device="cpu", threshold=OPTS.threshold, pixel_ratio=2.0, invert=True)
+    one = api.segment_file(stack_zarr, out=tmp_path / "one.zarr", **kw)
+    many = api.segment_file(stack_zarr, out=tmp_path / "many.zarr", client=client, **kw)
+    assert one.pixel_ratio == many.pixel_ratio == 2.0
+    labels = np.asarray(read_stack(tmp_path / "many.zarr"))
+    np.testing.assert_array_equal(labels, np.asarray(read_stack(tmp_path / "one.zarr")))
+    plain = reference(tiny_model_dir, read_stack(stack_zarr, lazy=False), PredictOptions(threshold=OPTS.threshold))
+    assert (labels != plain).any()  # the ratio and the inversion did change the result
+
+
 def test_block_edges_follow_the_z_smoothing_halo_and_workers_load_the_model_once(
         client, tiny_model_dir, stack, tmp_path):
     """Blocks of one slice: every slice's smoothing reads both neighbours from other blocks."""
