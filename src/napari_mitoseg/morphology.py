@@ -289,9 +289,11 @@ def check_meshes_folder(folder: str | os.PathLike) -> Path:
 
 
 def is_mask(labels) -> bool:
-    """Whether a label volume is a binary mask (at most one non-zero value), not instance ids."""
+    """Whether a label volume is a binary mask (no values but 0 and 1, or 0 and 255), not
+    instance ids."""
     vals = np.unique(np.asarray(labels))
-    return len(vals[vals != 0]) <= 1
+    vals = vals[vals != 0]
+    return len(vals) == 0 or (len(vals) == 1 and int(vals[0]) in (1, 255))
 
 
 @dataclass(frozen=True)
