@@ -135,14 +135,14 @@ def object_mesh(mask: np.ndarray, voxel_size_nm, origin=(0, 0, 0)) -> tuple[np.n
 
     vox = check_voxel_size(voxel_size_nm)
     sigma = smoothing_sigma(vox)
-    pad = int(math.ceil(3 * max(sigma))) + 2
-    field = np.pad(np.asarray(mask, np.float32), pad)
+    pad = [int(math.ceil(3 * s)) + 1 for s in sigma]  # the blur's reach, plus one background voxel
+    field = np.pad(np.asarray(mask, np.float32), [(p, p) for p in pad])
     field = gaussian_filter(field, sigma, mode="constant", truncate=3.0)
     if field.max() <= 0.5:  # too thin to survive the blur (a speck): mesh the raw mask
-        field = np.pad(np.asarray(mask, np.float32), pad)
+        field = np.pad(np.asarray(mask, np.float32), [(p, p) for p in pad])
     spacing_um = tuple(v / 1000.0 for v in vox)
     verts, faces, _, _ = marching_cubes(field, 0.5, spacing=spacing_um)
-    verts += (np.asarray(origin, float) - pad) * np.asarray(spacing_um)
+    verts += (np.asarray(origin, float) - np.asarray(pad)) * np.asarray(spacing_um)
     return verts, faces
 
 
