@@ -184,3 +184,38 @@ def test_delete_merge_split_each_one_undo_step_and_the_table_follows(viewer, qtb
     with qtbot.waitSignal(w.table_updated, timeout=10_000):
         layer.redo()
     assert sorted(_table(w)) == [big]
+
+
+def test_a_click_on_an_object_selects_its_row_in_2d_and_3d(viewer, qtbot):
+    from napari.utils._test_utils import read_only_mouse_event
+    from napari.utils.interactions import mouse_press_callbacks, mouse_release_callbacks
+
+    lab = np.zeros((6, 30, 30), np.int32)
+    lab[1:5, 2:10, 2:10] = 4
+    lab[1:5, 15:25, 15:25] = 9
+    viewer.add_labels(lab, name="objects", scale=(30.0, 8.0, 8.0))
+    w = _widget(viewer)
+    _run(qtbot, w)
+    layer = w.instances_layer
+    assert layer.mode == "pan_zoom"
+
+    def click(position, **kw):
+        for kind, run in (("mouse_press", mouse_press_callbacks), ("mouse_release", mouse_release_callbacks)):
+            run(layer, read_only_mouse_event(type=kind, position=position, **kw))
+
+    viewer.dims.ndisplay = 2
+    viewer.dims.set_point(0, 2 * 30.0)
+    click((2 * 30.0, 20 * 8.0, 20 * 8.0), dims_displayed=[1, 2])
+    assert layer.selected_label == 9 and w.table.selected_ids() == [9]
+    click((2 * 30.0, 1 * 8.0, 28 * 8.0), dims_displayed=[1, 2])  # background: nothing changes
+    assert w.table.selected_ids() == [9]
+    # 3D: a ray along z through object 4
+    viewer.dims.ndisplay = 3
+    click((0.0, 5 * 8.0, 5 * 8.0), dims_displayed=[0, 1, 2], view_direction=[1.0, 0.0, 0.0])
+    assert layer.selected_label == 4 and w.table.selected_ids() == [4]
+    # a drag (the camera turning) selects nothing
+    mouse_press_callbacks(layer, read_only_mouse_event(type="mouse_press", position=(0.0, 160.0, 160.0),
+                                                       dims_displayed=[0, 1, 2], view_direction=[1.0, 0, 0]))
+    mouse_release_callbacks(layer, read_only_mouse_event(type="mouse_release", position=(0.0, 40.0, 60.0),
+                                                         dims_displayed=[0, 1, 2], view_direction=[1.0, 0, 0]))
+    assert w.table.selected_ids() == [4]
