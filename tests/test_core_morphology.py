@@ -43,6 +43,9 @@ ELLIPSOIDS = [  # semi-axes (nm), voxel size (nm), surface tolerance (Thomsen's 
     ((300, 300, 300), (50, 10, 10), 0.03),  # a ball, 5x anisotropy
     ((400, 200, 120), (30, 8, 8), 0.04),
     ((300, 150, 150), (50, 5, 5), 0.04),  # a tube-like ellipsoid along z, 10x anisotropy
+    ((75, 75, 75), (30, 8, 8), 0.03),  # a small ball, 5 slices: a plain blur makes it 11 % small
+    ((100, 100, 100), (40, 5, 5), 0.04),  # 5 slices, 8x anisotropy
+    ((60, 200, 200), (30, 8, 8), 0.04),  # a disc 4 slices thick
 ]
 
 
@@ -53,12 +56,13 @@ def test_ellipsoids_volume_surface_axes(semi, vox, tol):
     assert r.volume_um3 == pytest.approx(4 / 3 * math.pi * a * b * c, rel=0.02)
     assert r.surface_um2 == pytest.approx(ellipsoid_area(a, b, c), rel=tol)
     major, medium, minor = sorted((2 * a, 2 * b, 2 * c), reverse=True)
-    assert r.axis_major_um == pytest.approx(major, rel=0.03)
-    assert r.axis_medium_um == pytest.approx(medium, rel=0.03)
-    assert r.axis_minor_um == pytest.approx(minor, rel=0.03)
+    axis_tol = 0.03 if r.slices >= 8 else 0.1  # 4-5 slices draw an ellipsoid coarsely
+    assert r.axis_major_um == pytest.approx(major, rel=axis_tol)
+    assert r.axis_medium_um == pytest.approx(medium, rel=axis_tol)
+    assert r.axis_minor_um == pytest.approx(minor, rel=axis_tol)
     assert r.elongation == pytest.approx(major / medium, rel=0.05)
     if a == b == c:
-        assert r.sphericity == pytest.approx(1.0, abs=0.03)
+        assert r.sphericity == pytest.approx(1.0, abs=tol + 0.015)  # 2/3 of the volume's 2 % too
     else:
         assert r.sphericity < 0.97
 
@@ -72,8 +76,9 @@ def test_the_raw_mask_mesh_overestimates_and_the_smoothed_one_does_not():
     exact = 4 * math.pi * 0.3**2
     v, f, _, _ = marching_cubes(np.pad(ball, 2).astype(float), 0.5, spacing=[s / 1000 for s in vox])
     assert mesh_surface_area(v, f) > 1.08 * exact
-    v, f = object_mesh(ball > 0, vox)
-    assert mesh_surface_area(v, f) == pytest.approx(exact, rel=0.03)
+    v, f, area = object_mesh(ball > 0, vox)
+    assert mesh_surface_area(v, f) == pytest.approx(area, rel=1e-9)
+    assert area == pytest.approx(exact, rel=0.03)
 
 
 @pytest.mark.parametrize(("sides", "vox"), [((1200, 900, 900), (30, 8, 8)), ((900, 1200, 1500), (40, 6, 6)),
