@@ -184,6 +184,10 @@ def test_delete_merge_split_each_one_undo_step_and_the_table_follows(viewer, qtb
     with qtbot.waitSignal(w.table_updated, timeout=10_000):
         layer.redo()
     assert sorted(_table(w)) == [big]
+    # the layer deleted: the table empties and the edits are off
+    viewer.layers.remove(layer)
+    assert w.table.rowCount() == 0 and w.instances_layer is None
+    assert not w.delete_button.isEnabled() and not w.mesh_button.isEnabled()
 
 
 def test_a_click_on_an_object_selects_its_row_in_2d_and_3d(viewer, qtbot):

@@ -150,7 +150,7 @@ def object_mesh(mask: np.ndarray, voxel_size_nm, origin=(0, 0, 0)) -> tuple[np.n
 
     vox = check_voxel_size(voxel_size_nm)
     sigma = smoothing_sigma(vox)
-    pad = [int(math.ceil(3 * s)) + 2 for s in sigma]  # the blur's reach, plus background
+    pad = [int(math.ceil(3 * s)) + 1 for s in sigma]  # the blur's reach, plus one background voxel
     raw = np.pad(np.asarray(mask, np.float32), [(p, p) for p in pad])
     field = gaussian_filter(raw, sigma, mode="constant", truncate=3.0)
     spacing_um = tuple(v / 1000.0 for v in vox)

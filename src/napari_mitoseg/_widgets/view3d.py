@@ -146,6 +146,7 @@ class View3DWidget(QWidget):
         layout.addWidget(self.message)
         self._enable()
         self._on_layer_changed(self.labels_choice.layer())
+        self.viewer.layers.events.removed.connect(self._on_layer_removed)
 
     # ------------------------------------------------------------------ measuring
 
@@ -235,6 +236,17 @@ class View3DWidget(QWidget):
         layer.events.selected_label.disconnect(self._on_label_picked)
         if self._on_click in layer.mouse_drag_callbacks:
             layer.mouse_drag_callbacks.remove(self._on_click)
+
+    def _on_layer_removed(self, event) -> None:
+        """The measured layer was deleted: forget it and its table."""
+        if event.value is not self.instances_layer or event.value is None:
+            return
+        self._detach(event.value)
+        self.instances_layer, self._snapshot, self.rows = None, None, []
+        self.table.set_rows([])
+        self.histogram.set_rows([])
+        self.summary.setText("")
+        self._enable()
 
     def _schedule_sync(self, event=None) -> None:
         self._sync_timer.start()
