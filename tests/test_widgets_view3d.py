@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from gui_helpers import wait_for
 from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QFileDialog
 
 from napari_mitoseg.morphology import measure
 from napari_mitoseg.postprocess import instances
@@ -43,7 +44,6 @@ def _table(w) -> dict[int, dict[str, str]]:
 
 
 def test_mask_is_split_measured_in_um_at_the_layer_voxel_size(viewer, qtbot, tmp_path, monkeypatch):
-    from napari_mitoseg._widgets import view3d
 
     _, gt = make_sample(shape=(8, 128, 128), seed=7)
     image = viewer.add_image(gt.astype(np.float32), name="em")
@@ -88,12 +88,12 @@ def test_mask_is_split_measured_in_um_at_the_layer_voxel_size(viewer, qtbot, tmp
 
     # CSV and meshes
     out = tmp_path / "m.csv"
-    monkeypatch.setattr(view3d.QFileDialog, "getSaveFileName", lambda *a, **k: (str(out), ""))
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a, **k: (str(out), ""))
     w.save_button.click()
     with open(out, newline="") as f:
         assert [int(r["id"]) for r in csv.DictReader(f)] == [r.id for r in expected]
     meshes = tmp_path / "meshes"
-    monkeypatch.setattr(view3d.QFileDialog, "getExistingDirectory", lambda *a, **k: str(meshes))
+    monkeypatch.setattr(QFileDialog, "getExistingDirectory", lambda *a, **k: str(meshes))
     with qtbot.waitSignal(w.mesh_button.clicked, timeout=1000):
         w.mesh_button.click()
     qtbot.waitUntil(lambda: "Wrote" in w.message.text(), timeout=60_000)
