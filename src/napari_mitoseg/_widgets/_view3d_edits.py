@@ -12,6 +12,8 @@ from qtpy.QtWidgets import QFileDialog
 
 
 class ObjectEdits:
+    """Delete / merge / split the objects selected in the table; save the table; export meshes."""
+
     def _apply(self, make_edit, what: str) -> bool:
         """Compute an edit of the instances layer and apply it as one undo step."""
         from ..morphology import MeasureError
