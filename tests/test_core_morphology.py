@@ -250,6 +250,22 @@ def test_cli_measure_splits_a_mask_and_writes_table_and_meshes(tmp_path, capsys)
     assert mesh.area == pytest.approx(float(table[0]["surface_um2"]), rel=1e-6)
 
 
+def test_cli_measure_reads_the_voxel_size_the_file_records(tmp_path, capsys):
+    import tifffile
+
+    src = tmp_path / "mask.tif"  # an ImageJ TIFF of 40 nm slices of 10 nm pixels
+    tifffile.imwrite(src, _two_objects_mask(), imagej=True, resolution=(100.0, 100.0),
+                     metadata={"spacing": 0.04, "unit": "um", "axes": "ZYX"})
+    assert main(["measure", str(src), "-o", str(tmp_path / "t.csv"), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["voxel_size_nm"] == [40.0, 10.0, 10.0]
+    assert out["stack_volume_um3"] == pytest.approx(12 * 40 * 60 * 40 * 100 / 1e9)
+    # a typed voxel size wins
+    assert main(["measure", str(src), "--voxel-size", "30", "8", "8", "-o", str(tmp_path / "u.csv"),
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["voxel_size_nm"] == [30.0, 8.0, 8.0]
+
+
 def test_cli_measure_keeps_instance_ids(tmp_path, capsys):
     lab = _two_objects_mask().astype(np.uint16)
     lab[lab > 0] = 0
@@ -267,9 +283,13 @@ def test_cli_measure_refuses_bad_input_before_work(tmp_path, capsys):
     before = src.read_bytes()
     cases = [
         (["--voxel-size", "0", "8", "8", "-o", str(tmp_path / "a.csv")], "voxel size"),
-        (["--voxel-size", "30", "8", "8", "-o", str(src)], "overwrite the input"),
+        (["-o", str(tmp_path / "a.csv")], "records no voxel size"),
+        (["--voxel-size", "30", "8", "8", "-o", str(src)], "is the input"),
         (["--voxel-size", "30", "8", "8", "-o", str(tmp_path)], "is a folder"),
-        (["--voxel-size", "30", "8", "8", "-o", str(tmp_path / "b.csv"), "--meshes", str(src)], "meshes"),
+        (["--voxel-size", "30", "8", "8", "-o", str(tmp_path / "b.csv"), "--meshes", str(src)],
+         "meshes folder"),
+        (["--voxel-size", "30", "8", "8", "-o", str(tmp_path / "b.csv"), "--meshes", str(tmp_path / "b.csv")],
+         "meshes folder"),
     ]
     for args, msg in cases:
         assert main(["measure", str(src), *args]) == 2

@@ -106,8 +106,8 @@ def _parser() -> argparse.ArgumentParser:
 
     ms = sub.add_parser("measure", help="measure each mitochondrion of a label volume (um)")
     ms.add_argument("labels", help="instance labels, or a binary mask (split into 3D objects)")
-    ms.add_argument("--voxel-size", type=float, nargs=3, required=True, metavar=("Z", "Y", "X"),
-                    help="voxel size in nm, Z first")
+    ms.add_argument("--voxel-size", type=float, nargs=3, default=None, metavar=("Z", "Y", "X"),
+                    help="voxel size in nm, Z first (default: the one the file records)")
     ms.add_argument("-o", "--out", required=True, help="table to write (CSV, one row per object)")
     ms.add_argument("--meshes", help="folder for one PLY mesh per object (mito_<id>.ply, in um)")
     ms.add_argument("--min-size", type=int, default=64,
@@ -194,6 +194,8 @@ def _run_command(args) -> int:
 
 def _after_interrupt(args) -> str:
     """What an interrupted command left: nothing half-written; a training run its checkpoint."""
+    if args.command == "measure" and args.meshes:
+        return f"no table was written; meshes finished so far stay in {args.meshes}"
     if args.command == "train":
         from .training import CHECKPOINT
 
@@ -426,9 +428,10 @@ def cmd_measure(args) -> int:
                        min_size=args.min_size)
     summary = res.summary.as_dict()
     if args.json:
-        print(json.dumps({**summary, "split_mask": res.split_mask, "table": str(res.table),
-                          "meshes": len(res.meshes)}))
+        print(json.dumps({**summary, "voxel_size_nm": list(res.voxel_size_nm), "split_mask": res.split_mask,
+                          "table": str(res.table), "meshes": len(res.meshes)}))
     else:
+        print(f"voxel size {' x '.join(f'{v:g}' for v in res.voxel_size_nm)} nm (Z Y X)")
         print("  ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}"
                         for k, v in summary.items()))
         print(f"wrote {res.table}" + (f" and {len(res.meshes)} meshes in {args.meshes}" if args.meshes else ""))

@@ -321,40 +321,48 @@ class MeasureResult:
 
     rows: list[MitoMeasure]
     summary: VolumeSummary
+    voxel_size_nm: tuple[float, float, float]  # given, or read from the file
     split_mask: bool  # the input was a binary mask, split into 3D-connected objects
     table: Path
     meshes: list[Path]
 
 
 def check_outputs(labels_path, table, meshes=None) -> tuple[Path, Path | None]:
-    """Raise :class:`MeasureError` unless ``table`` (CSV) and ``meshes`` (folder) can be written
-    without touching the input ``labels_path``."""
-    src = Path(labels_path).resolve()
+    """Raise ``io.WriteError`` (or :class:`MeasureError`) unless ``table`` (CSV) and ``meshes``
+    (folder) can be written without touching the input ``labels_path`` or each other."""
+    from .io import check_not_input, check_writable_dir
+
     table = Path(table)
-    if table.resolve() == src or src in table.resolve().parents:
-        raise MeasureError(f"the table {table} would overwrite the input {labels_path}")
+    check_not_input(table, [labels_path], what="table")
     if table.is_dir():
         raise MeasureError(f"{table} is a folder; give a file name for the table (.csv)")
-    parent = next((p for p in table.resolve().parents if p.exists()), Path("."))
-    if not os.access(parent, os.W_OK):
-        raise MeasureError(f"cannot write {table}: {parent} is not writable")
+    check_writable_dir(table.parent)
     if meshes is not None:
         meshes = Path(meshes)
-        if meshes.resolve() == src or src in meshes.resolve().parents or meshes.resolve() == table.resolve():
-            raise MeasureError(f"the meshes folder {meshes} would overwrite the input or the table")
+        check_not_input(meshes, [labels_path, table], what="meshes folder")
         check_meshes_folder(meshes)
+        check_writable_dir(meshes)
     return table, meshes
 
 
 def measure_file(labels_path, voxel_size, table, meshes=None, min_size: int = 64) -> MeasureResult:
     """Read a label volume (or binary mask: split into 3D objects of at least ``min_size``
     voxels), measure every object, write the CSV ``table`` and, with ``meshes``, one PLY per
-    object into that folder. Inputs and outputs are checked before any work."""
+    object into that folder. ``voxel_size`` (Z, Y, X) nm, or None: the one the file records.
+    Inputs and outputs are checked before any work."""
     from .io import read_stack
     from .postprocess import instances
 
-    vox = check_voxel_size(voxel_size)
     table, meshes = check_outputs(labels_path, table, meshes)
+    if voxel_size is None:
+        from .io import read_voxel_size
+
+        if not Path(labels_path).exists():
+            raise FileNotFoundError(f"{labels_path} does not exist")
+        voxel_size = read_voxel_size(labels_path)
+        if voxel_size is None:
+            raise MeasureError(f"{labels_path} records no voxel size; give it with --voxel-size Z Y X (nm)")
+    vox = check_voxel_size(voxel_size)
     lab = np.asarray(read_stack(labels_path))
     if lab.dtype.kind not in "iub":
         raise MeasureError(f"{labels_path} holds {lab.dtype} values; labels must be integers")
@@ -369,4 +377,4 @@ def measure_file(labels_path, voxel_size, table, meshes=None, min_size: int = 64
         if meshes is not None:
             written.append(write_mesh(mesh_path(meshes, m.id), verts, faces))
     write_csv(rows, table)
-    return MeasureResult(rows, summarize(rows, lab.shape, vox), split_mask, table, written)
+    return MeasureResult(rows, summarize(rows, lab.shape, vox), vox, split_mask, table, written)
