@@ -187,8 +187,11 @@ def main(argv: list[str] | None = None) -> int:
     image.visible = True
     dock, v3 = viewer.window.add_plugin_dock_widget(plugin, "Mitochondria 3D & measurements")
     v3.labels_choice.set_layer("EM sample mitochondria")
+    v3.voxel.set_value((30.0, 8.0, 8.0))  # typed: the sample's files carry no voxel size
     v3.run_button.click()
     wait_for(v3.measured)
+    if v3.table.rowCount():
+        v3.table.selectRow(0)
     image.visible = False
     viewer.reset_view()
     camera = getattr(viewer, "scene", viewer).camera  # napari >= 0.9 moved it to viewer.scene

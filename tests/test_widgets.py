@@ -1,7 +1,6 @@
 """Each dock widget on its own, in a real (hidden) napari viewer under Xvfb, with a tiny
 random-weight model saved in tmp_path."""
 
-import csv
 import dataclasses
 import os
 import shutil
@@ -539,49 +538,6 @@ def test_finetune_cancel_saves_nothing(viewer, qtbot, models, monkeypatch):
     assert args[0] is not None and args[0].name == "tiny-ft1"
     assert (models / "tiny-ft1" / "model.safetensors").is_file()
     assert "tiny-ft1" in ft.result_label.text() and ft.segment_again_button.isEnabled()
-
-
-# --------------------------------------------------------------------------- 3D & measurements
-
-
-def test_view3d_instances_table_and_csv(viewer, qtbot, tmp_path, monkeypatch):
-    from napari_mitoseg._widgets import view3d
-    from napari_mitoseg.postprocess import instances, measure
-
-    _, gt = make_sample(shape=(8, 128, 128), seed=7)
-    viewer.add_labels(gt, name="em mitochondria", scale=(2.0, 1.0, 1.0))
-    w = _dock(viewer, view3d.View3DWidget(viewer))
-    assert viewer.dims.ndisplay == 2
-    args = _wait(qtbot, w, w.measured, w.run_button.click)
-    rows = args[0]
-
-    expected = measure(instances(gt, min_size=64), voxel_size=(2.0, 1.0, 1.0))
-    assert len(expected) >= 2
-    assert rows == expected
-    assert viewer.dims.ndisplay == 3
-    inst = viewer.layers["em mitochondria instances"]
-    assert inst.data.max() == len(expected) and len(np.unique(inst.data)) == len(expected) + 1
-    np.testing.assert_allclose(inst.scale, (2.0, 1.0, 1.0))
-    assert w.table.rowCount() == len(expected)
-    ids = sorted(int(w.table.item(i, 0).text()) for i in range(w.table.rowCount()))
-    assert ids == [r.id for r in expected]
-    r0 = expected[0]
-    row = next(i for i in range(w.table.rowCount()) if int(w.table.item(i, 0).text()) == r0.id)
-    assert int(w.table.item(row, 1).text()) == r0.voxels
-    assert float(w.table.item(row, 2).text()) == pytest.approx(2.0 * r0.voxels)
-    assert w.table.item(row, 6).text() == f"{r0.z_first}-{r0.z_last} ({r0.slices})"
-
-    w.table.selectRow(row)
-    assert inst.selected_label == r0.id
-
-    out = tmp_path / "measurements.csv"
-    monkeypatch.setattr(view3d.QFileDialog, "getSaveFileName", lambda *a, **k: (str(out), "CSV (*.csv)"))
-    w.save_button.click()
-    with open(out, newline="") as f:
-        table = list(csv.DictReader(f))
-    assert len(table) == len(expected)
-    assert [int(r["id"]) for r in table] == [r.id for r in expected]
-    assert float(table[0]["volume"]) == pytest.approx(expected[0].volume)
 
 
 def test_closing_the_dock_while_segmenting_still_delivers_the_result(viewer, qtbot, models):

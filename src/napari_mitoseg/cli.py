@@ -1,4 +1,4 @@
-"""The ``mitoseg`` command line: segment, evaluate, train, models, info, demo.
+"""The ``mitoseg`` command line: segment, evaluate, train, measure, models, info, demo.
 
 ``main(argv) -> int`` parses and delegates to the public API; every expected error prints one
 line (``mitoseg: error: ...``) and returns a non-zero code, with no traceback.
@@ -111,6 +111,16 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     t.add_argument("--seed", type=int, default=0)
 
+    ms = sub.add_parser("measure", help="measure each mitochondrion of a label volume (um)")
+    ms.add_argument("labels", help="instance labels, or a binary mask (split into 3D objects)")
+    ms.add_argument("--voxel-size", type=float, nargs=3, default=None, metavar=("Z", "Y", "X"),
+                    help="voxel size in nm, Z first (default: the one the file records)")
+    ms.add_argument("-o", "--out", required=True, help="table to write (CSV, one row per object)")
+    ms.add_argument("--meshes", help="folder for one PLY mesh per object (mito_<id>.ply, in um)")
+    ms.add_argument("--min-size", type=int, default=64,
+                    help="when splitting a mask: drop objects smaller than this (voxels)")
+    ms.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+
     sub.add_parser("models", help="list shipped and fine-tuned models")
     sub.add_parser("info", help="versions, device and threads")
     d = sub.add_parser("demo", help="segment the sample data and score it")
@@ -168,10 +178,11 @@ def _run_command(args) -> int:
     from .io import ReadError, WriteError
     from .metrics import NotAMaskError, ShapeMismatchError
     from .model import ModelError
+    from .morphology import MeasureError
     from .training import TrainingError
 
     expected = (InputError, ReadError, WriteError, ShapeMismatchError, NotAMaskError, ModelError,
-                TrainingError, FileNotFoundError, PermissionError)
+                TrainingError, MeasureError, FileNotFoundError, PermissionError)
     try:
         return _COMMANDS[args.command](args)
     except expected as exc:
@@ -190,6 +201,8 @@ def _run_command(args) -> int:
 
 def _after_interrupt(args) -> str:
     """What an interrupted command left: nothing half-written; a training run its checkpoint."""
+    if args.command == "measure" and args.meshes:
+        return f"no table was written; meshes finished so far stay in {args.meshes}"
     if args.command == "train":
         from .training import CHECKPOINT
 
@@ -418,6 +431,23 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_measure(args) -> int:
+    from .morphology import measure_file
+
+    res = measure_file(args.labels, args.voxel_size, args.out, meshes=args.meshes,
+                       min_size=args.min_size)
+    summary = res.summary.as_dict()
+    if args.json:
+        print(json.dumps({**summary, "voxel_size_nm": list(res.voxel_size_nm), "split_mask": res.split_mask,
+                          "table": str(res.table), "meshes": len(res.meshes)}))
+    else:
+        print(f"voxel size {' x '.join(f'{v:g}' for v in res.voxel_size_nm)} nm (Z Y X)")
+        print("  ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}"
+                        for k, v in summary.items()))
+        print(f"wrote {res.table}" + (f" and {len(res.meshes)} meshes in {args.meshes}" if args.meshes else ""))
+    return 0
+
+
 def cmd_models(args) -> int:
     from .model import list_models
 
@@ -450,7 +480,7 @@ def cmd_demo(args) -> int:
     return 0
 
 
-_COMMANDS = {"segment": cmd_segment, "evaluate": cmd_evaluate, "train": cmd_train,
+_COMMANDS = {"segment": cmd_segment, "evaluate": cmd_evaluate, "train": cmd_train, "measure": cmd_measure,
              "models": cmd_models, "info": cmd_info, "demo": cmd_demo}
 
 

@@ -1,14 +1,7 @@
-"""From a binary mask to one object per mitochondrion, and measurements of each.
-
-All on scikit-image / scipy: 3D connected components, small-object removal, region properties.
-"""
+"""From a binary mask to one object per mitochondrion (3D connected components on scikit-image,
+small-object removal). Their measurements are in :mod:`napari_mitoseg.morphology`."""
 
 from __future__ import annotations
-
-import csv
-import os
-from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -34,54 +27,7 @@ def instances(mask, min_size: int = 64) -> np.ndarray:
     return label(m, connectivity=1).astype(np.int32)
 
 
-@dataclass(frozen=True)
-class ObjectMeasure:
-    """One mitochondrion. ``volume`` is in the units of ``voxel_size`` cubed."""
+# measurements live in morphology; kept importable from here
+from .morphology import MitoMeasure, measure, summarize, write_csv  # noqa: E402
 
-    id: int
-    voxels: int
-    volume: float
-    centroid_z: float
-    centroid_y: float
-    centroid_x: float
-    z_first: int
-    z_last: int
-    slices: int
-
-
-def measure(labels, voxel_size: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> list[ObjectMeasure]:
-    """Per-object measurements of a (Z, Y, X) label volume; centroids in physical units."""
-    from skimage.measure import regionprops
-
-    lab = np.asarray(labels)
-    if lab.ndim == 2:
-        lab = lab[None]
-    vz, vy, vx = (float(v) for v in voxel_size)
-    out = []
-    for r in regionprops(lab.astype(np.int64, copy=False)):
-        cz, cy, cx = r.centroid
-        z0, _, _, z1, _, _ = r.bbox
-        out.append(
-            ObjectMeasure(
-                id=int(r.label), voxels=int(r.area), volume=float(r.area) * vz * vy * vx,
-                centroid_z=cz * vz, centroid_y=cy * vy, centroid_x=cx * vx,
-                z_first=int(z0), z_last=int(z1 - 1), slices=int(z1 - z0),
-            )
-        )
-    return out
-
-
-def write_csv(rows: list[ObjectMeasure], path: str | os.PathLike) -> Path:
-    """Write measurements as CSV (header = field names), atomically."""
-    from .io import _atomic_file
-
-    fields = list(ObjectMeasure.__dataclass_fields__)
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=fields)
-            w.writeheader()
-            for r in rows:
-                w.writerow(asdict(r))
-
-    return _atomic_file(Path(path), write)
+__all__ = ["MitoMeasure", "instances", "measure", "remove_small", "summarize", "write_csv"]
