@@ -62,9 +62,10 @@ def test_figures(model, volume: str, zs: bool, fh: bool) -> dict:
         figures[f"pixel_size_{nm:g}nm"] = measure(model, image, gt, z_smooth=zs, fill_holes=fh,
                                                   pixel_ratio=ratio)
     told = {"pixel_ratio": ratio, "z_smooth": zs, "fill_holes": fh}
+    at = f"_pixel_size_{nm:g}nm" if ratio != 1.0 else ""
     if volume == "sbem":
-        figures["tta"] = measure(model, image, gt, tta=True, **told)
-    figures["no_z_smooth" if zs else "z_smooth"] = measure(model, image, gt, **{**told, "z_smooth": not zs})
+        figures[f"tta{at}"] = measure(model, image, gt, tta=True, **told)
+    figures[("no_z_smooth" if zs else "z_smooth") + at] = measure(model, image, gt, **{**told, "z_smooth": not zs})
     return figures
 
 
@@ -127,7 +128,7 @@ network pixel; probabilities resized back). Threshold {spec.threshold}, z-smooth
   {info.get('train_config', {}).get('tile')} px; best validation IoU (mean over the volumes)
   {info.get('best_val_iou', 0):.4f}.
 - Hardware: {info['hardware']}; training time about {info.get('train_seconds', 0) / 60:.0f} min
-  of compute (the run was paused and resumed in chunks).
+  of compute.
 
 ## Figures on the whole testing stacks
 Reproduce: `mitoseg segment test_image.tif --gt test_mask.tif --json` (add `--pixel-size NM`, `--tta`).

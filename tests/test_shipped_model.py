@@ -91,5 +91,7 @@ def test_a_stack_at_twice_the_pixel_size_scores_as_well_when_told_its_size():
     full = score(segment(image, model, at(PIXEL_NM["sbem"])), gt).iou
     plain = score(segment(small, model, at(PIXEL_NM["sbem"])), small_gt).iou  # told the wrong size
     matched = score(segment(small, model, at(2 * PIXEL_NM["sbem"])), small_gt).iou
-    assert matched > plain + 0.05, (plain, matched)
+    # trained with scale augmentation (0.5x-2x) the model copes with the wrong size, but the
+    # right one is better and brings the shrunk stack level with the full-size one
+    assert matched > plain, (plain, matched)
     assert matched > full - 0.03, (full, matched)

@@ -24,7 +24,7 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "README.md"
 SHIPPED_DIR = Path(__file__).parent / "models"
-DEFAULT_MODEL = "mito-em-v2"
+DEFAULT_MODEL = "mito-em-v3"
 DEVICES = ("auto", "cpu", "cuda", "mps")
 NORMALISATIONS = ("percentile", "none")
 
