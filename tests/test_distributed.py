@@ -162,7 +162,8 @@ def test_a_partial_run_with_other_settings_is_not_mixed_in(client, tiny_model_di
 
 
 def test_instances_across_blocks_are_the_in_memory_objects(client, tiny_model_dir, stack_zarr, tmp_path):
-    from napari_mitoseg.postprocess import instances, measure
+    from napari_mitoseg.morphology import measure
+    from napari_mitoseg.postprocess import instances
 
     opts = PredictOptions(z_smooth=True, threshold=0.5005)  # many objects, some below min_size
     res = dist.segment(stack_zarr, tmp_path / "inst.zarr", client=client, model=tiny_model_dir, device="cpu",
@@ -175,11 +176,12 @@ def test_instances_across_blocks_are_the_in_memory_objects(client, tiny_model_di
     zs = [np.flatnonzero((expected == i).any(axis=(1, 2))) for i in range(1, expected.max() + 1)]
     assert any(z[0] // 3 != z[-1] // 3 for z in zs)  # some object crosses a block edge and was merged
     np.testing.assert_array_equal(labels, expected)  # same objects, same ids
-    want = measure(expected, voxel_size=(30.0, 8.0, 8.0))
-    assert [(m.id, m.voxels, m.z_first, m.z_last) for m in res.measurements] == \
-        [(m.id, m.voxels, m.z_first, m.z_last) for m in want]
-    np.testing.assert_allclose([m.centroid_y for m in res.measurements], [m.centroid_y for m in want])
-    np.testing.assert_allclose([m.volume for m in res.measurements], [m.volume for m in want])
+    want = measure(expected, (30.0, 8.0, 8.0))  # the whole volume in memory
+    assert [(m.id, m.voxels, m.z_first, m.z_last, m.touches_border) for m in res.measurements] == \
+        [(m.id, m.voxels, m.z_first, m.z_last, m.touches_border) for m in want]
+    for field in ("volume_um3", "surface_um2", "axis_major_um", "axis_minor_um", "centroid_y_um", "centroid_z_um"):
+        np.testing.assert_allclose([getattr(m, field) for m in res.measurements],
+                                   [getattr(m, field) for m in want], rtol=1e-6, err_msg=field)
 
 
 def test_cli_on_a_running_scheduler_reports_progress(client, tiny_model_dir, stack_zarr, tmp_path, capsys):

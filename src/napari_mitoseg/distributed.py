@@ -16,7 +16,8 @@ chunk. The labels are the single-process labels, bit for bit.
 - ``instances``: 3D connected components across blocks with ``dask-image``
   (:func:`dask_image.ndmeasure.label`: blockwise labels merged across block faces), small objects
   dropped and ids renumbered in raster order, so the ids equal the in-memory
-  :func:`~napari_mitoseg.postprocess.instances`; per-object measurements are summed block-wise.
+  :func:`~napari_mitoseg.postprocess.instances`; each object's bounding box is found block-wise,
+  then objects are measured on the workers from their own crops (as :mod:`morphology` does).
 - The result is an OME-Zarr (NGFF v0.4) label pyramid (:mod:`napari_mitoseg.ngff`) with the
   input's voxel size.
 
@@ -90,7 +91,7 @@ class DistributedResult:
     blocks: int
     resumed: int  # blocks skipped because an earlier run had finished them
     objects: int | None  # instances only
-    measurements: list | None  # instances only: ObjectMeasure per object
+    measurements: list | None  # instances only: morphology.MitoMeasure per object
     voxel_size: object  # ngff.VoxelSize of the input in nm (1, 1, 1 without unit when unknown)
     pixel_ratio: float = 1.0
     note: str | None = None  # where the pixel ratio came from, if anywhere
@@ -449,47 +450,82 @@ def _finish(partial: Path, out: Path) -> None:
 # --------------------------------------------------------------------------- instances
 
 
+#: columns of the per-block label table: id, voxels, first raster index, sums of z, y, x, then
+#: the bounding box (min z, max z, min y, max y, min x, max x)
+_STATS = 12
+_SUMS, _MINS, _MAXS = (1, 3, 4, 5), (2, 6, 8, 10), (7, 9, 11)
+
+
 def _block_stats(block: np.ndarray, offset: tuple[int, int, int], shape: tuple[int, int, int]) -> np.ndarray:
-    """Per-label sums in one block of a label volume: rows of (id, voxels, first raster index,
-    sum z, sum y, sum x, min z, max z) as float64."""
+    """Per-label figures in one block of a label volume (see :data:`_STATS`), as float64."""
     flat = block.ravel()
     idx = np.flatnonzero(flat)
     if idx.size == 0:
-        return np.zeros((0, 8))
+        return np.zeros((0, _STATS))
     ids = flat[idx]
     zz, yy, xx = np.unravel_index(idx, block.shape)
     zz, yy, xx = zz + offset[0], yy + offset[1], xx + offset[2]
     raster = np.ravel_multi_index((zz, yy, xx), shape)
     uniq, inv = np.unique(ids, return_inverse=True)
     k = uniq.size
-    first = np.full(k, np.iinfo(np.int64).max)
-    np.minimum.at(first, inv, raster)
-    zmin = np.full(k, np.iinfo(np.int64).max)
-    zmax = np.full(k, -1)
-    np.minimum.at(zmin, inv, zz)
-    np.maximum.at(zmax, inv, zz)
-    cols = [uniq, np.bincount(inv, minlength=k), first,
-            np.bincount(inv, zz, k), np.bincount(inv, yy, k), np.bincount(inv, xx, k), zmin, zmax]
-    return np.stack([np.asarray(c, np.float64) for c in cols], axis=1)
+    cols = [uniq, np.bincount(inv, minlength=k), raster,
+            np.bincount(inv, zz, k), np.bincount(inv, yy, k), np.bincount(inv, xx, k),
+            zz, zz, yy, yy, xx, xx]
+    out = np.zeros((k, _STATS))
+    for c, v in enumerate(cols):
+        if c in _MINS:
+            out[:, c] = np.iinfo(np.int64).max
+            np.minimum.at(out[:, c], inv, v)
+        elif c in _MAXS:
+            out[:, c] = -1
+            np.maximum.at(out[:, c], inv, v)
+        else:
+            out[:, c] = v
+    return out
 
 
 def merge_stats(tables: list[np.ndarray]) -> np.ndarray:
     """Combine :func:`_block_stats` rows of the same labels from several blocks."""
-    t = np.concatenate([x for x in tables if len(x)] or [np.zeros((0, 8))])
+    t = np.concatenate([x for x in tables if len(x)] or [np.zeros((0, _STATS))])
     if not len(t):
         return t
     uniq, inv = np.unique(t[:, 0], return_inverse=True)
-    out = np.zeros((uniq.size, 8))
+    out = np.zeros((uniq.size, _STATS))
     out[:, 0] = uniq
-    for c in (1, 3, 4, 5):
+    for c in _SUMS:
         np.add.at(out[:, c], inv, t[:, c])
-    out[:, 2] = np.inf
-    out[:, 6] = np.inf
-    out[:, 7] = -1
-    np.minimum.at(out[:, 2], inv, t[:, 2])
-    np.minimum.at(out[:, 6], inv, t[:, 6])
-    np.maximum.at(out[:, 7], inv, t[:, 7])
+    for c in _MINS:
+        out[:, c] = np.inf
+        np.minimum.at(out[:, c], inv, t[:, c])
+    for c in _MAXS:
+        out[:, c] = -1
+        np.maximum.at(out[:, c], inv, t[:, c])
     return out
+
+
+def _measure_objects(target: str, boxes: list[tuple[int, tuple[slice, ...]]], shape, voxel_nm) -> list:
+    """Measure objects of the label array at ``target``, each from its own bounding box: the
+    same figures :func:`morphology.measure` gives on the whole volume."""
+    import dataclasses
+
+    import zarr
+
+    from .morphology import iter_objects
+
+    arr = zarr.open_array(target, mode="r")
+    um = [v / 1000.0 for v in voxel_nm]
+    rows = []
+    for obj_id, box in boxes:
+        crop = np.asarray(arr[box])
+        crop = np.where(crop == obj_id, crop, 0)
+        (m, _, _), = iter_objects(crop, voxel_nm)
+        z0, y0, x0 = (b.start for b in box)
+        border = any(b.start == 0 or b.stop == n for b, n in zip(box, shape, strict=True))
+        rows.append(dataclasses.replace(
+            m, z_first=m.z_first + z0, z_last=m.z_last + z0, touches_border=border,
+            centroid_z_um=m.centroid_z_um + z0 * um[0], centroid_y_um=m.centroid_y_um + y0 * um[1],
+            centroid_x_um=m.centroid_x_um + x0 * um[2]))
+    return rows
 
 
 def _relabel_write(block: np.ndarray, lut: np.ndarray, target: str, region: tuple) -> None:
@@ -507,7 +543,6 @@ def _instances(partial: Path, shape, block_slices: int, min_size: int, voxel, cl
     from dask_image.ndmeasure import label
 
     from . import ngff
-    from .postprocess import ObjectMeasure
 
     group = zarr.open_group(str(partial), mode="r+")
     chunks = (block_slices, *ngff._chunks(shape)[1:])
@@ -534,14 +569,12 @@ def _instances(partial: Path, shape, block_slices: int, min_size: int, voxel, cl
     target = str(partial / "0")
     writes = [dask.delayed(_relabel_write)(b, lut_d, target, reg) for b, reg in zip(blocks, regions, strict=True)]
     dask.compute(*writes, scheduler=client)
-    vz, vy, vx = voxel.zyx
-    rows = []
-    for new_id, r in enumerate(keep, start=1):
-        n = r[1]
-        rows.append(ObjectMeasure(
-            id=new_id, voxels=int(n), volume=float(n) * vz * vy * vx,
-            centroid_z=r[3] / n * vz, centroid_y=r[4] / n * vy, centroid_x=r[5] / n * vx,
-            z_first=int(r[6]), z_last=int(r[7]), slices=int(r[7] - r[6] + 1)))
+    boxes = [(new_id, tuple(slice(int(r[lo]), int(r[hi]) + 1) for lo, hi in ((6, 7), (8, 9), (10, 11))))
+             for new_id, r in enumerate(keep, start=1)]
+    per_task = 64
+    tasks = [dask.delayed(_measure_objects)(target, boxes[i : i + per_task], shape, voxel.zyx)
+             for i in range(0, len(boxes), per_task)]
+    rows = [m for part in dask.compute(*tasks, scheduler=client) for m in part]
     return len(keep), rows
 
 
@@ -576,7 +609,7 @@ def run_cli(args) -> int:
     """``mitoseg segment IN -o OUT.zarr --workers N | --scheduler ADDRESS``: progress on stderr."""
     import sys
 
-    from .postprocess import write_csv
+    from .morphology import write_csv
 
     def fail(msg: str) -> int:
         print(f"mitoseg: error: {msg}", file=sys.stderr)
@@ -594,6 +627,16 @@ def run_cli(args) -> int:
         return fail("--measurements needs --instances")
     if args.measurements and not str(args.measurements).lower().endswith(".csv"):
         return fail(f"{args.measurements}: measurements are written as .csv")
+    if args.measurements:
+        from .io import ReadError, read_voxel_size
+
+        try:
+            known = read_voxel_size(args.image)
+        except (ReadError, OSError) as exc:
+            return fail(str(exc))
+        if known is None:
+            return fail(f"{args.image} records no voxel size, and measurements are in um: "
+                        "measure the result with `mitoseg measure OUT.zarr --voxel-size Z Y X`")
     options = PredictOptions(threshold=args.threshold, tta=args.tta, z_smooth=args.z_smooth, invert=args.invert)
     t0 = time.perf_counter()
     try:
