@@ -208,10 +208,12 @@ def test_segment_cancel_leaves_existing_layer_untouched(viewer, qtbot, models):
         if len(seen) == 1:
             w.cancel()
 
+    previews = []
     run = w.start()
     run.progress.connect(on_progress)
-    assert layer.data is not original  # the preview writes into a fresh buffer
+    run.progress.connect(lambda *a: previews.append(layer.data is not original))
     args = _wait(qtbot, w, w.run_finished)
+    assert previews and all(previews)  # the preview writes into a fresh buffer
     assert args == [None]
     assert 1 <= len(seen) <= 3 and max(seen) < 12  # stopped within a slice or two, not at the end
     assert viewer.layers["em mitochondria"] is layer
@@ -496,7 +498,7 @@ def test_finetune_finds_corrections_trains_saves_and_segments_again(viewer, qtbo
     layer.editable = False
     layer.data[2] = 1 - layer.data[2]
     assert ft.find_corrected_slices() == [1, 3]
-    assert "being segmented" in ft.message.text()
+    assert "being segmented" in ft.slices_note.text()
 
 
 def test_finetune_cancel_saves_nothing(viewer, qtbot, models, monkeypatch):
@@ -507,7 +509,7 @@ def test_finetune_cancel_saves_nothing(viewer, qtbot, models, monkeypatch):
     viewer.add_image(image, name="em")
     viewer.add_labels(gt, name="em mitochondria")  # no recorded model output: slices by hand
     ft = _dock(viewer, FinetuneWidget(viewer))
-    assert "no recorded model output" in ft.message.text()
+    assert "no recorded model output" in ft.slices_note.text()
     ft.base_config = dataclasses.replace(FINETUNE, batch_size=2, tile=64)
     ft.steps.setValue(500)
     ft.start()  # no slices yet

@@ -7,12 +7,24 @@ from __future__ import annotations
 
 import logging
 import sys
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from qtpy.QtCore import Qt, Signal
-from qtpy.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QLabel, QSizePolicy, QWidget
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QFrame,
+    QLabel,
+    QScrollArea,
+    QSizePolicy,
+    QVBoxLayout,
+    QWidget,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +62,61 @@ MODEL_NAME = "mitoseg_model"
 INSTANCES = "mitoseg_instances"
 #: layer.metadata key: the PredictOptions (as a dict) the result layer was made with.
 OPTIONS = "mitoseg_options"
+#: layer.metadata key: the slices of a result layer the user corrected (kept exactly by the last
+#: segmentation, or trained on by the last fine-tuning); Evaluate scores the others apart.
+CORRECTED = "mitoseg_corrected_slices"
+#: layer.metadata key: the pixel size (nm, in Y and X) the result layer was segmented at, if known.
+PIXEL_SIZE_NM = "mitoseg_pixel_size_nm"
+#: layer.metadata key set by the reader: the voxel size in nm, (Z, Y, X).
+VOXEL_SIZE_NM = "voxel_size_nm"
+#: endings of the names of the layers the plugin writes
+_RESULT_SUFFIXES = (" mitochondria", " errors", " instances")
+
+
+def unwrapped(layer):
+    """The layer itself behind napari's public-only proxy (plugins get proxies of the viewer,
+    and each access makes a new proxy, so ``is`` between two of them is always False)."""
+    return getattr(layer, "__wrapped__", layer)
+
+
+def same_layer(a, b) -> bool:
+    """Whether ``a`` and ``b`` are the same layer (through proxies, too)."""
+    return a is not None and b is not None and unwrapped(a) is unwrapped(b)
+
+
+def written_by_plugin(layer) -> bool:
+    """Whether the layer is one this plugin made: a segmentation, an error map, instances."""
+    return MODEL_NAME in layer.metadata or layer.name.endswith(_RESULT_SUFFIXES)
+
+
+_mask_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def is_mask_layer(layer) -> bool:
+    """Whether the layer holds a mask or labels rather than an EM image: any Labels layer, or
+    an image that :func:`masks.looks_like_mask` (cached per layer until its data changes)."""
+    from napari.layers import Labels
+
+    from ..masks import looks_like_mask
+
+    if isinstance(layer, Labels):
+        return True
+    key, data = unwrapped(layer), layer_array(layer)
+    hit = _mask_cache.get(key)
+    if hit is not None and hit[0] is data:
+        return hit[1]
+    try:
+        found = looks_like_mask(data)
+    except Exception:  # noqa: BLE001 - an unreadable layer is not preferred, and not refused here
+        logger.debug("could not sample layer %r", layer.name, exc_info=True)
+        found = False
+    _mask_cache[key] = (data, found)
+    return found
+
+
+def is_em_image(layer) -> bool:
+    """Whether the layer is a grey-scale image worth segmenting: not a mask, not ours."""
+    return not written_by_plugin(layer) and not is_mask_layer(layer)
 
 
 def pixel_ratio_box(parent: QWidget | None = None) -> QDoubleSpinBox:
@@ -106,17 +173,22 @@ def painted_slices(layer) -> list[int] | None:
 
     A slice counts when it differs from the last model output and, if there was a run before
     that one, from its output too: after an undo of a re-segmentation (Ctrl+Z) the layer shows
-    the earlier output again, and that is not a correction.
+    the earlier output again, and that is not a correction. Compares whole stacks: call it in a
+    worker thread for a large layer (see :func:`painted_in`).
     """
+    return painted_in(layer.data, model_output(layer), model_output(layer, PREVIOUS_OUTPUT))
+
+
+def painted_in(data, output, earlier=None) -> list[int] | None:
+    """:func:`painted_slices` on arrays: the slices where ``data`` differs from the model
+    ``output`` (and from the ``earlier`` output, when given); None when ``output`` is None."""
     from ..api import changed_slices
 
-    ref = model_output(layer)
-    if ref is None:
+    if output is None:
         return None
-    found = changed_slices(layer.data, ref)
-    earlier = model_output(layer, PREVIOUS_OUTPUT)
+    found = changed_slices(data, output)
     if earlier is not None and found:
-        found = sorted(set(found) & set(changed_slices(layer.data, earlier)))
+        found = sorted(set(found) & set(changed_slices(data, earlier)))
     return found
 
 
@@ -133,7 +205,9 @@ class LayerChoice(QComboBox):
     """A combo box of the viewer's layers of some type(s), kept in sync with the layer list.
 
     ``layer_changed`` fires (with the layer or None) whenever the chosen layer changes, whether
-    by the user or because layers were added, removed or renamed.
+    by the user or because layers were added, removed or renamed. Until the user picks a layer,
+    the choice follows ``prefer``: the last preferred layer, and a preferred layer added later
+    replaces a choice that is not preferred.
     """
 
     layer_changed = Signal(object)
@@ -145,20 +219,27 @@ class LayerChoice(QComboBox):
         super().__init__(parent)
         self._viewer, self._types, self._prefer = viewer, types, prefer
         self._last: str | None = None
+        self._picked = False  # the user chose the current layer
         self.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.setMinimumContentsLength(12)
         events = viewer.layers.events
         for emitter in (events.inserted, events.removed, events.reordered, events.renamed):
             emitter.connect(self.refresh)
         self.currentTextChanged.connect(self._emit_if_changed)
+        self.activated.connect(self._on_picked)
         self.refresh()
 
+    def _on_picked(self, index: int = -1) -> None:
+        self._picked = True
+
     def refresh(self, event=None) -> None:
-        names = [ly.name for ly in self._viewer.layers if isinstance(ly, self._types)]
+        layers = [ly for ly in self._viewer.layers if isinstance(ly, self._types)]
+        names = [ly.name for ly in layers]
         current = self.currentText()
+        preferred = [ly.name for ly in layers if self._prefer is None or self._prefer(ly)]
         if current not in names:
-            preferred = [ly.name for ly in self._viewer.layers
-                         if isinstance(ly, self._types) and self._prefer and self._prefer(ly)]
+            self._picked = False
+        if current not in names or (not self._picked and preferred and current not in preferred):
             current = preferred[-1] if preferred else (names[-1] if names else "")
         self.blockSignals(True)
         self.clear()
@@ -181,8 +262,9 @@ class LayerChoice(QComboBox):
         return None
 
     def set_layer(self, layer) -> None:
-        """Choose ``layer`` (a layer or its name)."""
+        """Choose ``layer`` (a layer or its name), as the user would."""
         self.setCurrentText(getattr(layer, "name", layer))
+        self._picked = True
 
 
 class ModelChoice(QComboBox):
@@ -299,21 +381,53 @@ class DeviceChoice(QComboBox):
 
 
 class PlotCanvas(QWidget):
-    """A small matplotlib figure (FigureCanvasQTAgg) with one axes, sized for a dock widget."""
+    """A small matplotlib figure (FigureCanvasQTAgg) with one axes, ``height_px`` tall."""
 
-    def __init__(self, parent: QWidget | None = None, height: float = 2.2) -> None:
+    def __init__(self, parent: QWidget | None = None, height_px: int = 120) -> None:
         super().__init__(parent)
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
         from matplotlib.figure import Figure
         from qtpy.QtWidgets import QVBoxLayout
 
-        self.figure = Figure(figsize=(4.0, height), dpi=90, layout="constrained")
+        self.figure = Figure(figsize=(4.0, height_px / 90), dpi=90, layout="constrained")
+        self.figure.get_layout_engine().set(h_pad=0.02, w_pad=0.02)
         self.axes = self.figure.add_subplot(111)
+        self.axes.tick_params(labelsize="small")
         self.canvas = FigureCanvasQTAgg(self.figure)
-        self.canvas.setMinimumHeight(int(height * 70))
+        self.canvas.setFixedHeight(height_px)
+        self.canvas.setMinimumWidth(160)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addWidget(self.canvas)
 
     def draw(self) -> None:
         self.canvas.draw_idle()
+
+
+def scrollable(widget: QWidget) -> QVBoxLayout:
+    """Put a vertical scroll area in ``widget`` and return the (compact) layout inside it, so
+    that several docked widgets share a small screen: each scrolls instead of growing the
+    window."""
+    inner = QWidget()
+    layout = QVBoxLayout(inner)
+    layout.setContentsMargins(4, 4, 4, 4)
+    layout.setSpacing(4)
+    area = QScrollArea(widget)
+    area.setWidgetResizable(True)
+    area.setFrameShape(QFrame.Shape.NoFrame)
+    area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    area.setWidget(inner)
+    outer = QVBoxLayout(widget)
+    outer.setContentsMargins(0, 0, 0, 0)
+    outer.addWidget(area)
+    widget.scroll_area = area
+    return layout
+
+
+def compact_form() -> QFormLayout:
+    """A form layout with little spacing, for dock widgets."""
+    form = QFormLayout()
+    form.setVerticalSpacing(3)
+    form.setHorizontalSpacing(6)
+    form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+    return form

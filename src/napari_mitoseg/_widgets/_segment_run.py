@@ -1,9 +1,11 @@
 """One segmentation run of an image layer into a result labels layer, shared by the Segment and
 Fine-tune widgets ("Segment again").
 
-The numerics run in a ``thread_worker`` over :func:`inference.iter_predict`; the main thread
-only writes finished slices into the result layer (live preview) and, at the end, puts the final
-labels and the model output on the layer.
+The numerics run in a ``thread_worker`` over :func:`inference.iter_predict`: the worker also
+finds the painted slices, fills the preview buffer slice by slice and works out the voxels the
+result changes. The main thread only swaps arrays onto the layer, redraws the preview at most
+every :data:`PREVIEW_INTERVAL_S` and, at the end, puts the final labels and the model output on
+the layer, so that no handler holds the event loop for long.
 
 Rules kept here, in one place:
 
@@ -20,6 +22,7 @@ Rules kept here, in one place:
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -27,19 +30,33 @@ import numpy as np
 from qtpy.QtCore import QObject, Signal
 
 from ._common import (
+    CORRECTED,
     INSTANCES,
     MODEL_NAME,
     MODEL_OUTPUT,
     OPTIONS,
+    PIXEL_SIZE_NM,
     PREVIOUS_OUTPUT,
     avoid_llvm_clash,
     layer_array,
-    painted_slices,
+    model_output,
+    painted_in,
 )
 
 #: a re-segmentation changing more voxels than this is not recorded for undo (the undo step
 #: holds about 30 bytes per changed voxel: 750 MB at this limit)
 UNDO_MAX_VOXELS = 25_000_000
+#: the live preview is redrawn at most this often (seconds); slices land in it in the worker
+PREVIEW_INTERVAL_S = 0.5
+
+
+@dataclass
+class Preview:
+    """The worker's first item: the buffer the preview is drawn from (shaped like the image,
+    holding the old result) and the slices kept exactly."""
+
+    buffer: np.ndarray
+    kept: list[int]
 
 
 @dataclass
@@ -50,24 +67,44 @@ class SegmentOutcome:
     output: np.ndarray  # what the model produced (mask uint8 0/1 or instance ids int32)
     labels: np.ndarray  # the layer's new data: ``output`` with the kept slices copied back
     kept: list[int]
+    #: the voxels where ``labels`` differs from the old data (np.nonzero), for one undo step;
+    #: None when there is no old data to undo to or the change is too large to record
+    changed: tuple | None = None
 
 
 def segment_job(
     source: str, device: str, image, options, instances: bool, min_size: int,
-    old: np.ndarray | None, keep: Sequence[int],
+    old: np.ndarray | None, outputs: tuple, extra_keep: Sequence[int], dtype,
 ) -> Iterator:
-    """Generator run in the worker thread: yields status strings and ``SliceResult``s,
-    returns a :class:`SegmentOutcome`."""
+    """Generator run in the worker thread: yields a :class:`Preview`, status strings and
+    ``SliceResult``s (each already written into the preview buffer), returns a
+    :class:`SegmentOutcome`.
+
+    ``old`` is the result layer's data (None for a new layer), ``outputs`` its recorded
+    (last, earlier) model outputs; the painted slices found against them, with ``extra_keep``,
+    are kept exactly.
+    """
     from ..api import get_model, merge_unpainted
     from ..inference import iter_predict
 
+    shape3 = tuple(image.shape) if image.ndim == 3 else (1, *image.shape)
+    keep: list[int] = []
+    if old is not None:
+        painted = painted_in(old, *outputs) or []
+        keep = sorted(set(painted) | {z for z in extra_keep if 0 <= z < shape3[0]})
+        buffer = np.array(old, dtype=np.result_type(dtype, old.dtype), copy=True)
+    else:
+        buffer = np.zeros(image.shape, dtype)
+    yield Preview(buffer, keep)
+    buffer3 = buffer.reshape(shape3)
     yield "Loading the model..."
     model = get_model(source, device)
     yield f"Segmenting with {model.name} on {model.device}..."
-    shape3 = tuple(image.shape) if image.ndim == 3 else (1, *image.shape)
     mask = np.zeros(shape3, np.uint8)
     for r in iter_predict(model, image, options):
         mask[r.index] = r.mask
+        if r.index not in keep:
+            buffer3[r.index] = r.mask
         yield r
     if instances:
         from ..postprocess import instances as to_instances
@@ -82,8 +119,13 @@ def segment_job(
         labels = merge_unpainted(output.astype(dtype, copy=False), old3, keep)
     else:
         labels = output.copy()
-    return SegmentOutcome(model.name, output.reshape(image.shape), labels.reshape(image.shape),
-                          list(keep))
+    labels = labels.reshape(image.shape)
+    changed = None
+    if isinstance(old, np.ndarray) and old.shape == labels.shape:
+        diff = old != labels
+        if np.count_nonzero(diff) <= UNDO_MAX_VOXELS:
+            changed = np.nonzero(diff)
+    return SegmentOutcome(model.name, output.reshape(image.shape), labels, list(keep), changed)
 
 
 class SegmentationRun(QObject):
@@ -101,13 +143,15 @@ class SegmentationRun(QObject):
     def __init__(
         self, viewer, image_layer, source: str, *, device: str = "auto", options=None,
         instances: bool = False, min_size: int = 64, target_name: str | None = None,
-        extra_keep: Sequence[int] = (), parent: QObject | None = None,
+        extra_keep: Sequence[int] = (), pixel_size_nm: float | None = None,
+        parent: QObject | None = None,
     ) -> None:
         super().__init__(parent)
         self.viewer, self.image_layer, self.source = viewer, image_layer, source
         self.device, self.options, self.instances, self.min_size = device, options, instances, min_size
         self.target_name = target_name or f"{image_layer.name} mitochondria"
         self.extra_keep = sorted({int(z) for z in extra_keep})
+        self.pixel_size_nm = pixel_size_nm
         self.worker = None
         self.layer = None
         self.kept: list[int] = []
@@ -115,6 +159,9 @@ class SegmentationRun(QObject):
         self._restore: tuple | None = None  # (layer, original data array, editable)
         self._buffer3: np.ndarray | None = None
         self._active = False
+        self._drawn = 0.0  # when the preview was last redrawn (perf_counter)
+        #: how many times the preview was redrawn (layer.refresh) during the run
+        self.redraws = 0
         #: whether the finished run can be undone on the layer (Ctrl+Z)
         self.undoable = False
 
@@ -141,21 +188,13 @@ class SegmentationRun(QObject):
         name = self.target_name
         # (LayerList has no .get; another kind of layer with the name is ignored, ours is suffixed)
         existing = next((ly for ly in self.viewer.layers if ly.name == name and isinstance(ly, Labels)), None)
-        old = None
-        keep: list[int] = []
+        old, outputs = None, (None, None)
         if existing is not None and tuple(existing.data.shape) == shape:
-            old = np.asarray(existing.data)
-            painted = painted_slices(existing) or []
-            n_slices = shape[0] if len(shape) == 3 else 1
-            keep = sorted(set(painted) | {z for z in self.extra_keep if 0 <= z < n_slices})
-        self.kept = keep
+            old = existing.data  # read (never written) by the worker: the slices painted, the undo step
+            outputs = (model_output(existing), model_output(existing, PREVIOUS_OUTPUT))
         if existing is not None:
-            # preview into a fresh buffer; the layer's own array is never written to
+            # the preview goes into a fresh buffer the worker makes; the layer's array is kept
             self._restore = (existing, existing.data, existing.editable)
-            buf = np.zeros(shape, np.result_type(dtype, old.dtype) if old is not None else dtype)
-            if old is not None:
-                buf[...] = old
-            existing.data = buf
             self.layer = existing
         else:
             self.layer = self.viewer.add_labels(
@@ -164,10 +203,10 @@ class SegmentationRun(QObject):
             )
             self._created = True
         self.layer.editable = False  # painting now would be lost when the result lands
-        self._buffer3 = self.layer.data if len(shape) == 3 else self.layer.data[None]
         self.worker = create_worker(
             segment_job, self.source, self.device, image, self.options, self.instances,
-            self.min_size, old, keep, _ignore_errors=True, _start_thread=False,
+            self.min_size, old, outputs, self.extra_keep, dtype, _ignore_errors=True,
+            _start_thread=False,
         )
         self.worker.yielded.connect(self._on_yielded)
         self.worker.returned.connect(self._on_returned)
@@ -190,9 +229,21 @@ class SegmentationRun(QObject):
         if isinstance(item, str):
             self.status.emit(item)
             return
-        if item.index not in self.kept:
-            self._buffer3[item.index] = item.mask
+        if isinstance(item, Preview):
+            self.kept = item.kept
+            self._buffer3 = item.buffer
+            self.layer.data = item.buffer
+            self.layer.editable = False  # (napari unlocks a layer whose data is set)
+            self._drawn = time.perf_counter()
+            if self.kept:
+                self.status.emit(f"Keeping your painted slices {self.kept} exactly...")
+            return
+        # the worker wrote the slice into the buffer; redraw now and then, not per slice
+        now = time.perf_counter()
+        if now - self._drawn >= PREVIEW_INTERVAL_S and self.layer in self.viewer.layers:
             self.layer.refresh()
+            self.redraws += 1
+            self._drawn = now
         self.progress.emit(item.index + 1, item.total)
 
     def _on_returned(self, out: SegmentOutcome) -> None:
@@ -200,7 +251,7 @@ class SegmentationRun(QObject):
         if layer not in self.viewer.layers:  # the user deleted it meanwhile
             layer = self.viewer.add_labels(out.labels, name=self.target_name, opacity=0.6)
         elif self._restore is not None:
-            self.undoable = self._replace_undoably(layer, self._restore[1], out.labels)
+            self.undoable = self._replace_undoably(layer, self._restore[1], out.labels, out.changed)
         else:
             layer.data = out.labels
         layer.scale = self.image_layer.scale
@@ -211,33 +262,30 @@ class SegmentationRun(QObject):
         layer.metadata[MODEL_NAME] = out.model_name
         layer.metadata[INSTANCES] = self.instances
         layer.metadata[OPTIONS] = dataclasses.asdict(self.options) if self.options else {}
+        layer.metadata[CORRECTED] = list(out.kept)
+        layer.metadata[PIXEL_SIZE_NM] = self.pixel_size_nm
         layer.editable = True if self._restore is None else self._restore[2]
         self.layer = layer
         self._finish()
         self.done.emit(layer)
 
     @staticmethod
-    def _replace_undoably(layer, original, new: np.ndarray) -> bool:
-        """Put ``new`` on ``layer`` as one undo step over ``original`` (the data it had).
+    def _replace_undoably(layer, original, new: np.ndarray, changed: tuple | None) -> bool:
+        """Put ``new`` on ``layer`` as one undo step over ``original`` (the data it had), given
+        the voxels that differ (``changed``, found in the worker).
 
         Returns False, replacing the data without an undo step, when the step cannot be
         recorded: the original is not an in-memory array of the same shape, or the change is
-        larger than :data:`UNDO_MAX_VOXELS`.
+        larger than :data:`UNDO_MAX_VOXELS` (``changed`` is None).
         """
-        if not isinstance(original, np.ndarray) or original.shape != new.shape:
-            layer.data = new
-            return False
-        changed = original != new
-        n_changed = int(np.count_nonzero(changed))
-        if n_changed > UNDO_MAX_VOXELS:
+        if changed is None or not isinstance(original, np.ndarray) or original.shape != new.shape:
             layer.data = new
             return False
         dtype = np.result_type(original.dtype, new.dtype)
         layer.data = original if original.dtype == dtype else original.astype(dtype)
-        if n_changed:
-            where = np.nonzero(changed)
+        if changed[0].size:
             with layer.block_history():  # one Ctrl+Z for the whole run
-                layer.data_setitem(where, new[where])
+                layer.data_setitem(changed, new[changed])
         return True
 
     def _restore_layers(self) -> None:

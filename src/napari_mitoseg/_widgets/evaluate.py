@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import napari
 import numpy as np
 from napari.layers import Image, Labels
@@ -12,23 +14,53 @@ from qtpy.QtWidgets import (
     QFormLayout,
     QLabel,
     QPushButton,
-    QVBoxLayout,
     QWidget,
 )
 
-from ._common import LayerChoice, PlotCanvas, layer_array, message_label
+from ._common import (
+    CORRECTED,
+    LayerChoice,
+    PlotCanvas,
+    is_mask_layer,
+    layer_array,
+    message_label,
+    same_layer,
+    scrollable,
+    written_by_plugin,
+)
 
 #: colours of the error overlay: 1 false positive, 2 false negative
 ERROR_COLOURS = {1: "magenta", 2: "cyan"}
 
 
-def evaluate_job(pred, gt):
-    """Worker: scores of binarised ``pred`` against ``gt``, the error map and emptiness flags."""
-    from ..metrics import error_map, evaluate
+@dataclass
+class Evaluation:
+    """What :func:`evaluate_job` finds: the report, the error map, emptiness flags and, when
+    some slices were corrected by the user, the scores of the other slices."""
+
+    report: object  # metrics.Report
+    errors: np.ndarray
+    pred_empty: bool
+    gt_empty: bool
+    corrected: list[int] = field(default_factory=list)
+    uncorrected: object | None = None  # metrics.Scores over the slices not corrected
+
+
+def evaluate_job(pred, gt, corrected=()) -> Evaluation:
+    """Worker: scores of binarised ``pred`` against ``gt``, the error map, emptiness flags and
+    the scores of the slices not in ``corrected`` (when some are)."""
+    from ..metrics import error_map, evaluate, score
 
     p = np.asarray(pred) > 0
     g = np.asarray(gt) > 0
-    return evaluate(p, g), error_map(p, g), not p.any(), not g.any()
+    n = p.shape[0] if p.ndim == 3 else 1
+    corrected = sorted({int(z) for z in corrected if 0 <= int(z) < n})
+    others = [z for z in range(n) if z not in corrected]
+    uncorrected = None
+    if corrected and others and p.ndim == 3:
+        uncorrected = score(p[others], g[others])
+    return Evaluation(evaluate(p, g), error_map(p, g), not p.any(), not g.any(),
+                      corrected if uncorrected is not None else [], uncorrected)
 
 
 def _is_prediction(layer) -> bool:
@@ -37,7 +69,8 @@ def _is_prediction(layer) -> bool:
 
 def _is_ground_truth(layer) -> bool:
     name = layer.name.lower()
-    return "ground truth" in name or name.endswith((" gt", "_gt", "mask"))
+    by_name = "ground truth" in name or name.endswith((" gt", "_gt", "mask"))
+    return by_name or (is_mask_layer(layer) and not written_by_plugin(layer))
 
 
 class EvaluateWidget(QWidget):
@@ -71,7 +104,13 @@ class EvaluateWidget(QWidget):
         for key, title in (("iou", "IoU"), ("dice", "Dice"), ("precision", "Precision"),
                            ("recall", "Recall")):
             scores.addRow(title, self.values[key])
-        self.plot = PlotCanvas(self)
+        self.uncorrected = QLabel("-")
+        self.uncorrected.setWordWrap(True)
+        self.uncorrected.setToolTip("IoU of the slices you did not correct (fine-tuning trains on the "
+                                    "corrected ones, which then score 1.0); shown when the "
+                                    "prediction records corrected slices")
+        scores.addRow("Uncorrected slices", self.uncorrected)
+        self.plot = PlotCanvas(self, height_px=140)
         self.plot.axes.set_axis_off()
         self.plot.canvas.mpl_connect("button_press_event", self._on_click)
         self.plot.canvas.setToolTip("IoU per slice: click a bar to go to that slice")
@@ -81,7 +120,7 @@ class EvaluateWidget(QWidget):
         form.addRow("Prediction", self.pred_choice)
         form.addRow("Ground truth", self.gt_choice)
         form.addRow(self.show_errors)
-        layout = QVBoxLayout(self)
+        layout = scrollable(self)
         layout.addLayout(form)
         layout.addWidget(self.run_button)
         layout.addLayout(scores)
@@ -98,7 +137,7 @@ class EvaluateWidget(QWidget):
         pred, gt = self.pred_choice.layer(), self.gt_choice.layer()
         if pred is None or gt is None:
             return self._fail("Choose a prediction (labels) layer and a ground-truth layer.")
-        if pred is gt:
+        if same_layer(pred, gt):
             return self._fail("The prediction and the ground truth are the same layer; choose two.")
         p, g = layer_array(pred), layer_array(gt)
         for layer, arr in ((pred, p), (gt, g)):
@@ -112,7 +151,9 @@ class EvaluateWidget(QWidget):
         self._scored_layer = pred
         self.run_button.setEnabled(False)
         self.message.setText(f"Scoring '{pred.name}' against '{gt.name}'...")
-        self.worker = create_worker(evaluate_job, p, g, _ignore_errors=True, _start_thread=False)
+        corrected = list(pred.metadata.get(CORRECTED) or [])
+        self.worker = create_worker(evaluate_job, p, g, corrected, _ignore_errors=True,
+                                    _start_thread=False)
         self.worker.returned.connect(self._on_returned)
         self.worker.errored.connect(lambda exc: self._fail(f"Evaluation failed: {exc}"))
         self.worker.finished.connect(lambda: self.run_button.setEnabled(True))
@@ -135,20 +176,26 @@ class EvaluateWidget(QWidget):
         self.evaluated.emit(None)
         return None
 
-    def _on_returned(self, result) -> None:
-        report, errors, pred_empty, gt_empty = result
+    def _on_returned(self, result: Evaluation) -> None:
+        report = result.report
         self.report = report
         for key, value in report.overall.as_dict().items():
             self.values[key].setText(f"{value:.3f}")
-        self._plot(report)
+        if result.uncorrected is not None:
+            self.uncorrected.setText(
+                f"{result.uncorrected.iou:.3f} (IoU without the {len(result.corrected)} slice(s) "
+                f"you corrected: {result.corrected})")
+        else:
+            self.uncorrected.setText("-")
+        self._plot(report, result.corrected)
         pred = self._scored_layer
         if self.show_errors.isChecked() and pred is not None:
-            self._show_errors(pred, errors)
+            self._show_errors(pred, result.errors)
         notes = []
-        if gt_empty:
+        if result.gt_empty:
             notes.append("The ground truth is empty (no pixel > 0): the scores say only whether "
                          "the prediction is empty too.")
-        if pred_empty:
+        if result.pred_empty:
             notes.append("The prediction is empty (no pixel > 0).")
         text = " ".join(notes) or (f"{len(report.per_slice)} slice(s) scored; click a bar to go "
                                    "to that slice.")
@@ -157,18 +204,24 @@ class EvaluateWidget(QWidget):
             show_warning(" ".join(notes))
         self.evaluated.emit(report)
 
-    def _plot(self, report) -> None:
+    def _plot(self, report, corrected=()) -> None:
+        from matplotlib.ticker import MaxNLocator
+
         ax = self.plot.axes
         ax.clear()
         ax.set_axis_on()
         ious = [s.iou for s in report.per_slice]
-        ax.bar(range(len(ious)), ious, width=0.8, color="#3b8bd0", picker=True)
+        colours = ["#9a9a9a" if z in set(corrected) else "#3b8bd0" for z in range(len(ious))]
+        ax.bar(range(len(ious)), ious, width=0.8, color=colours, picker=True)
         ax.axhline(report.overall.iou, color="#d05a3b", lw=1, label=f"overall {report.overall.iou:.3f}")
         ax.set_xlim(-0.6, len(ious) - 0.4)
         ax.set_ylim(0, 1)
-        ax.set_xlabel("slice")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("slice", labelpad=1)
         ax.set_ylabel("IoU")
-        ax.legend(loc="lower right", fontsize="small")
+        # above the axes, never over the bars
+        ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), fontsize="small", frameon=False,
+                  borderaxespad=0.1)
         self.plot.draw()
 
     def _on_click(self, event) -> None:

@@ -11,35 +11,44 @@ from napari.utils.notifications import show_error
 from qtpy.QtCore import Qt, QTimer, Signal
 from qtpy.QtWidgets import (
     QAbstractItemView,
-    QFormLayout,
     QHBoxLayout,
     QLabel,
     QListWidget,
     QListWidgetItem,
-    QProgressBar,
     QPushButton,
     QSpinBox,
-    QVBoxLayout,
     QWidget,
 )
 
 from ._common import (
+    CORRECTED,
     INSTANCES,
     MODEL_NAME,
+    MODEL_OUTPUT,
     OPTIONS,
+    PIXEL_SIZE_NM,
+    PREVIOUS_OUTPUT,
     DeviceChoice,
     LayerChoice,
     ModelChoice,
     PlotCanvas,
     avoid_llvm_clash,
+    compact_form,
     invert_box,
+    is_em_image,
+    is_mask_layer,
     layer_array,
     message_label,
+    model_output,
     no_model_message,
+    painted_in,
     painted_slices,
-    pixel_ratio_box,
     recorded_stack_options,
+    same_layer,
+    scrollable,
 )
+from ._pixel_size import PixelSizeControls
+from ._progress import RunProgress
 from ._segment_run import SegmentationRun
 
 
@@ -71,6 +80,8 @@ class FinetuneWidget(QWidget):
 
     finetuned = Signal(object)
     resegmented = Signal(object)
+    #: the corrected slices found in the background (after painting or a segmentation)
+    slices_found = Signal(list)
 
     def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -88,9 +99,12 @@ class FinetuneWidget(QWidget):
         self._debounce = QTimer(self)
         self._debounce.setSingleShot(True)
         self._debounce.setInterval(400)
-        self._debounce.timeout.connect(self.find_corrected_slices)
+        self._debounce.timeout.connect(self._find_in_background)
+        self._finder = None  # the worker looking for corrected slices
+        self._trained_on: tuple = (None, None)  # (labels layer, slices) of the running fine-tune
 
-        self.image_choice = LayerChoice(self.viewer, Image, parent=self)
+        self.image_choice = LayerChoice(self.viewer, Image, prefer=is_em_image, parent=self)
+        self.image_choice.setToolTip("The EM stack the labels belong to (not its mask)")
         self.labels_choice = LayerChoice(self.viewer, Labels, prefer=_is_result, parent=self)
         self.labels_choice.setToolTip("The segmentation you corrected by painting")
         self.find_button = QPushButton("Find corrected slices")
@@ -98,7 +112,8 @@ class FinetuneWidget(QWidget):
         self.find_button.clicked.connect(self.find_corrected_slices)
         self.slice_list = QListWidget()
         self.slice_list.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
-        self.slice_list.setMaximumHeight(110)
+        self.slice_list.setMaximumHeight(70)
+        self.slices_note = message_label()
         self.slice_spin = QSpinBox()
         self.slice_spin.setRange(0, 0)
         self.add_button = QPushButton("Add")
@@ -118,9 +133,10 @@ class FinetuneWidget(QWidget):
         self.steps = QSpinBox()
         self.steps.setRange(1, 100_000)
         self.steps.setValue(FINETUNE.steps)
-        self.pixel_ratio = pixel_ratio_box(self)
+        self.pixel_size = PixelSizeControls(self)
+        self.pixel_ratio = self.pixel_size.ratio
         self.invert = invert_box(self)
-        for box in (self.pixel_ratio, self.invert):
+        for box in (self.pixel_ratio, self.pixel_size.nm, self.invert):
             box.setToolTip(box.toolTip() + " Set from the labels layer's segmentation; the new "
                            "model keeps it.")
         self.steps.setToolTip(f"Optimiser steps of {FINETUNE.batch_size} crops; {FINETUNE.steps} take "
@@ -133,10 +149,8 @@ class FinetuneWidget(QWidget):
         run_row = QHBoxLayout()
         run_row.addWidget(self.run_button)
         run_row.addWidget(self.cancel_button)
-        self.progress = QProgressBar()
-        self.progress.setFormat("step %v / %m")
-        self.progress.setValue(0)
-        self.plot = PlotCanvas(self, height=1.8)
+        self.progress = RunProgress("step")
+        self.plot = PlotCanvas(self, height_px=120)
         self.plot.axes.set_xlabel("step")
         self.plot.axes.set_ylabel("loss")
         (self._loss_line,) = self.plot.axes.plot([], [], color="#3b8bd0", lw=1.2)
@@ -149,18 +163,19 @@ class FinetuneWidget(QWidget):
         self.segment_again_button.clicked.connect(self.segment_again)
         self.message = message_label()
 
-        form = QFormLayout()
+        form = compact_form()
         form.addRow("Image", self.image_choice)
         form.addRow("Corrected labels", self.labels_choice)
         form.addRow(self.find_button)
         form.addRow("Training slices", self.slice_list)
         form.addRow(edit_row)
+        form.addRow(self.slices_note)
         form.addRow("Base model", self.model_choice)
         form.addRow("Device", self.device_choice)
-        form.addRow("Pixel size vs model", self.pixel_ratio)
+        form.addRow(self.pixel_size)
         form.addRow(self.invert)
         form.addRow("Steps", self.steps)
-        layout = QVBoxLayout(self)
+        layout = scrollable(self)
         layout.addLayout(form)
         layout.addLayout(run_row)
         layout.addWidget(self.progress)
@@ -170,6 +185,11 @@ class FinetuneWidget(QWidget):
         layout.addWidget(self.message)
         layout.addStretch(1)
 
+        self.model_choice.currentIndexChanged.connect(
+            lambda *a: self.pixel_size.set_model(self.model_choice.source()))
+        self.pixel_size.set_model(self.model_choice.source())
+        self.image_choice.layer_changed.connect(self.pixel_size.set_layer)
+        self.pixel_size.set_layer(self.image_choice.layer())
         self.labels_choice.layer_changed.connect(self._on_labels_layer)
         self._on_labels_layer(self.labels_choice.layer())
 
@@ -191,7 +211,7 @@ class FinetuneWidget(QWidget):
         layer = self.labels_choice.layer()
         n = self._n_slices(layer)
         if not 0 <= z < n:
-            self.message.setText(f"Slice {z} is outside the layer (0..{n - 1}).")
+            self.slices_note.setText(f"Slice {z} is outside the layer (0..{n - 1}).")
             return
         self.set_slices([*self.slices(), z])
 
@@ -217,27 +237,61 @@ class FinetuneWidget(QWidget):
     def find_corrected_slices(self) -> list[int]:
         """List the slices where the labels layer differs from its recorded model output."""
         layer = self.labels_choice.layer()
+        if not self._can_find(layer):
+            return self.slices()
+        self._show_found(layer, painted_slices(layer))
+        return self.slices()
+
+    def _can_find(self, layer) -> bool:
         if layer is None:
-            self.message.setText("Choose the labels layer you corrected.")
-            return []
+            self.slices_note.setText("Choose the labels layer you corrected.")
+            return False
         if not layer.editable:
             # a segmentation is writing into the layer; its slices are compared when it lands
-            self.message.setText(f"'{layer.name}' is being segmented; corrections are found when it is done.")
-            return self.slices()
+            self.slices_note.setText(f"'{layer.name}' is being segmented; corrections are found when "
+                                     "it is done.")
+            return False
         self._sync_stack_options(layer)
-        found = painted_slices(layer)
+        return True
+
+    def _show_found(self, layer, found: list[int] | None) -> None:
         if found is None:
-            self.message.setText(
+            self.slices_note.setText(
                 f"'{layer.name}' has no recorded model output (segment the image with 'Segment "
                 "mitochondria' first), so corrections cannot be found; add slices by hand."
             )
-            return self.slices()
+            return
         self.set_slices(found)
-        self.message.setText(
+        self.slices_note.setText(
             f"Corrected slices: {found}." if found else
             "No corrected slice yet: paint corrections on the layer (or add slices by hand)."
         )
-        return found
+
+    def _find_in_background(self) -> None:
+        """:meth:`find_corrected_slices` with the comparison in a worker thread (after painting
+        and after a segmentation lands, so that the event loop never waits for it)."""
+        from napari.qt.threading import create_worker
+
+        layer = self.labels_choice.layer()
+        if not self._can_find(layer):
+            return
+        if self._finder is not None:
+            self._finder.quit()
+        data = layer.data
+        finder = create_worker(painted_in, data, model_output(layer, MODEL_OUTPUT),
+                               model_output(layer, PREVIOUS_OUTPUT), _start_thread=False)
+
+        def on_found(found) -> None:
+            current = self.labels_choice.layer()
+            # only an answer about the layer as it still is counts (not a preview of a run)
+            if (finder is self._finder and same_layer(layer, current) and current.data is data
+                    and current.editable):
+                self._show_found(layer, found)
+                self.slices_found.emit(self.slices())
+
+        finder.returned.connect(on_found)
+        self._finder = finder
+        finder.start()
 
     def _sync_stack_options(self, layer) -> None:
         """Set pixel ratio and contrast from the layer's latest segmentation, once per run (a
@@ -249,6 +303,7 @@ class FinetuneWidget(QWidget):
         ratio, invert = recorded_stack_options(layer)
         self.pixel_ratio.setValue(ratio)
         self.invert.setChecked(invert)
+        self.pixel_size.set_default(layer.metadata.get(PIXEL_SIZE_NM), "as segmented")
 
     def _schedule_find(self, event=None) -> None:
         """Look for corrected slices shortly after painting stops."""
@@ -296,6 +351,17 @@ class FinetuneWidget(QWidget):
         if tuple(img.shape) != tuple(labels.data.shape):
             return self._fail(f"Image '{image.name}' {tuple(img.shape)} and labels '{labels.name}' "
                               f"{tuple(labels.data.shape)} differ in shape.")
+        if is_mask_layer(image):
+            return self._fail(
+                f"'{image.name}' looks like a mask (only a few values, in flat patches), not an EM "
+                "image: choose the EM stack as Image. The model would learn nothing from it."
+            )
+        from ..inference import InputError
+
+        try:
+            ratio = self.pixel_size.pixel_ratio()
+        except InputError as exc:
+            return self._fail(f"Cannot fine-tune on '{image.name}': {exc}")
         cfg = self.config()
         self.losses = []
         self._loss_line.set_data([], [])
@@ -303,12 +369,11 @@ class FinetuneWidget(QWidget):
         self.result = None
         self.result_label.setText("")
         self.segment_again_button.setEnabled(False)
-        self.progress.setFormat("step %v / %m")
-        self.progress.setRange(0, cfg.steps)
-        self.progress.setValue(0)
+        self.progress.begin(cfg.steps, "step")
+        self._trained_on = (labels, slices)
         self.worker = create_worker(
             finetune_job, img, np.array(labels.data), slices, base, cfg, self.device_choice.device(),
-            self.pixel_ratio.value(), self.invert.isChecked(), _ignore_errors=True, _start_thread=False,
+            ratio, self.invert.isChecked(), _ignore_errors=True, _start_thread=False,
         )
         self.worker.yielded.connect(self._on_step)
         self.worker.returned.connect(self._on_returned)
@@ -346,14 +411,16 @@ class FinetuneWidget(QWidget):
         if not hasattr(p, "step"):  # the FinetuneResult
             self._on_returned(p)
             return
-        self.progress.setValue(p.step)
+        self.progress.advance(p.step, p.total)
         self.losses.append(p.loss)
         self._loss_line.set_data(np.arange(1, len(self.losses) + 1), self.losses)
         ax = self.plot.axes
         ax.relim()
         ax.autoscale_view()
         self.plot.draw()
-        self.message.setText(f"step {p.step}/{p.total}: loss {p.loss:.3f} ({p.seconds:.0f} s)")
+        left = self.progress.time_left()
+        left = f", {left} left" if left and p.step < p.total else ""
+        self.message.setText(f"step {p.step}/{p.total}{left}: loss {p.loss:.3f} ({p.seconds:.0f} s)")
 
     def _on_finished(self) -> None:
         # a Cancel that lands after the last step suppresses both 'returned' and 'aborted'
@@ -366,6 +433,10 @@ class FinetuneWidget(QWidget):
         self._training = False
         self._idle()
         self.result = result
+        self.progress.finish()
+        labels, _ = self._trained_on
+        if labels is not None:  # Evaluate scores the other slices apart
+            labels.metadata[CORRECTED] = list(result.slices)
         self.model_choice.select(result.name)
         self.result_label.setText(
             f"IoU on the corrected slices: before {result.iou_before:.3f} -> after "
@@ -385,6 +456,7 @@ class FinetuneWidget(QWidget):
             return
         self._training = False
         self._idle()
+        self.progress.idle("cancelled")
         self.message.setText("Fine-tuning cancelled; no model was saved.")
         self.finetuned.emit(None)
 
@@ -408,7 +480,7 @@ class FinetuneWidget(QWidget):
         run = SegmentationRun(
             self.viewer, image, str(self.result.path), device=self.device_choice.device(),
             options=options, instances=bool(labels.metadata.get(INSTANCES, False)), target_name=labels.name,
-            extra_keep=self.slices(), parent=self,
+            extra_keep=self.slices(), pixel_size_nm=self.pixel_size.pixel_size_nm(), parent=self,
         )
         run.progress.connect(self._on_slice)
         run.status.connect(self.message.setText)
@@ -419,22 +491,21 @@ class FinetuneWidget(QWidget):
         except ValueError as exc:
             return self._fail(f"Cannot segment '{image.name}': {exc}", self.resegmented)
         self.segment_run = run
-        self.progress.setFormat("slice %v / %m")
-        self.progress.setRange(0, self._n_slices(labels))
-        self.progress.setValue(0)
+        self.progress.begin(self._n_slices(labels), "slice")
         self.run_button.setEnabled(False)
         self.segment_again_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         return run
 
     def _on_slice(self, done: int, total: int) -> None:
-        self.progress.setRange(0, total)
-        self.progress.setValue(done)
+        self.progress.advance(done, total)
 
     def _on_resegmented(self, layer) -> None:
         self._idle()
+        self.progress.finish()
         self.segment_again_button.setEnabled(True)
-        self.find_corrected_slices()  # against the new model's output, at once
+        self._debounce.stop()
+        self._find_in_background()  # against the new model's output, at once
         kept = self.segment_run.kept if self.segment_run else []
         undo = self.segment_run.undo_note if self.segment_run is not None else ""
         self.message.setText(f"Segmented again with {self.result.name}; kept slices {kept} exactly.{undo}")
@@ -442,6 +513,7 @@ class FinetuneWidget(QWidget):
 
     def _on_resegment_stopped(self, text: str) -> None:
         self._idle()
+        self.progress.idle("cancelled" if text.startswith("Cancelled") else "failed")
         self.segment_again_button.setEnabled(True)
         self.message.setText(text)
         self.resegmented.emit(None)

@@ -9,11 +9,8 @@ from qtpy.QtCore import Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QDoubleSpinBox,
-    QFormLayout,
     QHBoxLayout,
-    QProgressBar,
     QPushButton,
-    QVBoxLayout,
     QWidget,
 )
 
@@ -21,13 +18,17 @@ from ._common import (
     DeviceChoice,
     LayerChoice,
     ModelChoice,
+    compact_form,
     default_z_smooth,
     invert_box,
+    is_em_image,
     made_for_a_stack,
     message_label,
     no_model_message,
-    pixel_ratio_box,
+    scrollable,
 )
+from ._pixel_size import PixelSizeControls
+from ._progress import RunProgress
 from ._segment_run import SegmentationRun
 
 
@@ -45,8 +46,9 @@ class SegmentWidget(QWidget):
         super().__init__(parent)
         self.viewer = napari_viewer
         self.current_run: SegmentationRun | None = None
+        self._watched = None  # the result layer whose later change makes a stop message stale
 
-        self.image_choice = LayerChoice(self.viewer, Image, parent=self)
+        self.image_choice = LayerChoice(self.viewer, Image, prefer=is_em_image, parent=self)
         self.image_choice.setToolTip("The EM stack to segment, (Z, Y, X) or (Y, X) grey-scale")
         self.model_choice = ModelChoice(self)
         self.refresh_models_button = QPushButton("Refresh")
@@ -67,7 +69,8 @@ class SegmentWidget(QWidget):
         self.z_smooth = QCheckBox("Smooth along z (thin serial sections)")
         self.z_smooth.setToolTip("Average each slice's probabilities with its neighbours' before "
                                  "thresholding; set to the model's recommendation when you pick it")
-        self.pixel_ratio = pixel_ratio_box(self)
+        self.pixel_size = PixelSizeControls(self)
+        self.pixel_ratio = self.pixel_size.ratio
         self.invert = invert_box(self)
         self.instances = QCheckBox("One id per mitochondrion (3D)")
         self.instances.setToolTip("Split the mask into 3D-connected objects, each with its own id")
@@ -80,24 +83,22 @@ class SegmentWidget(QWidget):
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.cancel_button)
-        self.progress = QProgressBar()
-        self.progress.setFormat("%v / %m slices")
-        self.progress.setValue(0)
+        self.progress = RunProgress("slice")
         self.message = message_label()
         self.model_message = message_label()
 
-        form = QFormLayout()
+        form = compact_form()
         form.addRow("Image", self.image_choice)
         form.addRow("Model", model_row)
         form.addRow(self.model_message)
         form.addRow("Device", self.device_choice)
         form.addRow("Threshold", self.threshold)
-        form.addRow("Pixel size vs model", self.pixel_ratio)
+        form.addRow(self.pixel_size)
         form.addRow(self.invert)
         form.addRow(self.tta)
         form.addRow(self.z_smooth)
         form.addRow(self.instances)
-        layout = QVBoxLayout(self)
+        layout = scrollable(self)
         layout.addLayout(form)
         layout.addLayout(buttons)
         layout.addWidget(self.progress)
@@ -106,11 +107,14 @@ class SegmentWidget(QWidget):
 
         self.model_choice.availability_changed.connect(self._on_models)
         self.model_choice.currentIndexChanged.connect(self._on_model_chosen)
+        self.image_choice.layer_changed.connect(self.pixel_size.set_layer)
+        self.pixel_size.set_layer(self.image_choice.layer())
         self._on_models(self.model_choice.source() is not None)
         self._on_model_chosen()
 
     def _on_model_chosen(self, index: int = -1) -> None:
         source = self.model_choice.source()
+        self.pixel_size.set_model(source)
         self.z_smooth.setChecked(default_z_smooth(source))
         if made_for_a_stack(source):  # the model holds that stack's pixel ratio and contrast
             self.pixel_ratio.setValue(1.0)
@@ -124,12 +128,14 @@ class SegmentWidget(QWidget):
     # ------------------------------------------------------------------ actions
 
     def options(self):
+        """The ``PredictOptions`` the controls say (raises ``InputError`` when the pixel size
+        does not fit the model)."""
         from ..inference import PredictOptions
 
         thr = self.threshold.value()
         return PredictOptions(threshold=thr if thr > 0 else None, tta=self.tta.isChecked(),
                               z_smooth=self.z_smooth.isChecked(),
-                              pixel_ratio=self.pixel_ratio.value(), invert=self.invert.isChecked())
+                              pixel_ratio=self.pixel_size.pixel_ratio(), invert=self.invert.isChecked())
 
     def start(self) -> SegmentationRun | None:
         """Start segmenting the chosen image with the chosen model (returns the run)."""
@@ -139,9 +145,16 @@ class SegmentWidget(QWidget):
             return self._fail("Open an image first (File > Open, or File > Open Sample).")
         if source is None:
             return self._fail(no_model_message())
+        from ..inference import InputError
+
+        try:
+            options = self.options()
+        except InputError as exc:
+            return self._fail(f"Cannot segment '{image.name}': {exc}")
         run = SegmentationRun(
-            self.viewer, image, source, device=self.device_choice.device(), options=self.options(),
-            instances=self.instances.isChecked(), parent=self,
+            self.viewer, image, source, device=self.device_choice.device(), options=options,
+            instances=self.instances.isChecked(), pixel_size_nm=self.pixel_size.pixel_size_nm(),
+            parent=self,
         )
         run.progress.connect(self._on_progress)
         run.status.connect(self.message.setText)
@@ -151,14 +164,13 @@ class SegmentWidget(QWidget):
             run.start()
         except ValueError as exc:
             return self._fail(f"Cannot segment '{image.name}': {exc}")
+        self._unwatch()
         self.current_run = run
         n = image.data.shape[0] if image.ndim == 3 else 1
-        self.progress.setRange(0, n)
-        self.progress.setValue(0)
+        self.progress.begin(n)
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
-        kept = f"; keeping your painted slices {run.kept}" if run.kept else ""
-        self.message.setText(f"Starting{kept}...")
+        self.message.setText("Starting...")
         return run
 
     def cancel(self) -> None:
@@ -176,8 +188,10 @@ class SegmentWidget(QWidget):
         return None
 
     def _on_progress(self, done: int, total: int) -> None:
-        self.progress.setMaximum(total)
-        self.progress.setValue(done)
+        self.progress.advance(done, total)
+        left = self.progress.time_left()
+        if left and done < total:
+            self.message.setText(f"Segmenting: slice {done} of {total}, about {left} left.")
 
     def _idle(self) -> None:
         self.run_button.setEnabled(self.model_choice.source() is not None)
@@ -185,6 +199,7 @@ class SegmentWidget(QWidget):
 
     def _on_done(self, layer) -> None:
         self._idle()
+        self.progress.finish()
         kept = self.current_run.kept if self.current_run else []
         note = f" Kept your painted slices {kept} exactly." if kept else ""
         if self.current_run is not None:
@@ -194,6 +209,27 @@ class SegmentWidget(QWidget):
 
     def _on_stopped(self, text: str) -> None:
         self._idle()
-        self.progress.setValue(0)
+        self.progress.idle("cancelled" if text.startswith("Cancelled") else "failed")
         self.message.setText(text)
+        # the message is about the layer as it is now; a later run elsewhere (Fine-tune's
+        # "Segment again", another Segment) makes it stale
+        run = self.current_run
+        layer = run.layer if run is not None else None
+        if layer is not None and layer in self.viewer.layers:
+            self._watched = layer
+            layer.events.data.connect(self._on_result_changed)
         self.run_finished.emit(None)
+
+    def _unwatch(self) -> None:
+        if self._watched is not None:
+            self._watched.events.data.disconnect(self._on_result_changed)
+            self._watched = None
+
+    def _on_result_changed(self, event=None) -> None:
+        layer = self._watched
+        self._unwatch()
+        if self.current_run is not None and self.current_run.running:
+            return
+        self.progress.idle()
+        self.message.setText(f"'{layer.name}' has changed since the run that stopped here." if layer
+                             else "")
