@@ -16,18 +16,20 @@ Rules kept here, in one place:
 - Cancel (``worker.quit()``) stops within one slice and leaves a pre-existing layer exactly as it
   was (same array, same metadata); a layer this run created is removed again;
 - a finished run over a pre-existing layer is one undo step of that layer (Ctrl+Z brings back
-  the previous result, Ctrl+Shift+Z the new one), up to :data:`UNDO_MAX_VOXELS` changed voxels.
+  the previous result, Ctrl+Shift+Z the new one), up to :data:`UNDO_MAX_VOXELS` changed voxels,
+  written :data:`LAND_CHUNK` voxels per turn of the event loop.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from qtpy.QtCore import QObject, Signal
+from qtpy.QtCore import QObject, QTimer, Signal
 
 from ._common import (
     CORRECTED,
@@ -46,6 +48,8 @@ from ._common import (
 #: a re-segmentation changing more voxels than this is not recorded for undo (the undo step
 #: holds about 30 bytes per changed voxel: 750 MB at this limit)
 UNDO_MAX_VOXELS = 25_000_000
+#: changed voxels written per turn of the event loop when a result lands as one undo step
+LAND_CHUNK = 100_000
 #: the live preview is redrawn at most this often (seconds); slices land in it in the worker
 PREVIEW_INTERVAL_S = 0.5
 
@@ -159,6 +163,7 @@ class SegmentationRun(QObject):
         self._restore: tuple | None = None  # (layer, original data array, editable)
         self._buffer3: np.ndarray | None = None
         self._active = False
+        self._landing = False  # the result came back and is being put on the layer
         self._drawn = 0.0  # when the preview was last redrawn (perf_counter)
         #: how many times the preview was redrawn (layer.refresh) during the run
         self.redraws = 0
@@ -247,15 +252,61 @@ class SegmentationRun(QObject):
         self.progress.emit(item.index + 1, item.total)
 
     def _on_returned(self, out: SegmentOutcome) -> None:
+        self._landing = True
         layer = self.layer
         if layer not in self.viewer.layers:  # the user deleted it meanwhile
             layer = self.viewer.add_labels(out.labels, name=self.target_name, opacity=0.6)
-        elif self._restore is not None:
-            self.undoable = self._replace_undoably(layer, self._restore[1], out.labels, out.changed)
+        elif self._restore is not None and self._can_undo(self._restore[1], out):
+            self._land_in_steps(layer, self._restore[1], out)
+            return
         else:
             layer.data = out.labels
-        layer.scale = self.image_layer.scale
-        layer.translate = self.image_layer.translate
+        self._land(layer, out)
+
+    @staticmethod
+    def _can_undo(original, out: SegmentOutcome) -> bool:
+        """Whether the result can land as one undo step over ``original`` (the data the layer
+        had): an in-memory array of the same shape, and a change no larger than
+        :data:`UNDO_MAX_VOXELS` (else the worker sent no ``changed``)."""
+        return (out.changed is not None and isinstance(original, np.ndarray)
+                and original.shape == out.labels.shape)
+
+    def _land_in_steps(self, layer, original, out: SegmentOutcome) -> None:
+        """Put the result on ``layer`` as one undo step over ``original`` (Ctrl+Z brings it
+        back), writing :data:`LAND_CHUNK` changed voxels per turn of the event loop so that
+        a large change does not freeze the viewer; then :meth:`_land`."""
+        dtype = np.result_type(original.dtype, out.labels.dtype)
+        layer.data = original if original.dtype == dtype else original.astype(dtype)
+        layer.editable = False  # (setting data unlocks it) still ours until it has landed
+        history = contextlib.ExitStack()
+        history.enter_context(layer.block_history())  # one Ctrl+Z for the whole run
+        n = out.changed[0].size
+
+        def step(start: int = 0) -> None:
+            if layer not in self.viewer.layers:  # deleted meanwhile: land as a new layer
+                history.close()
+                self._land(self.viewer.add_labels(out.labels, name=self.target_name, opacity=0.6), out)
+                return
+            stop = min(n, start + LAND_CHUNK)
+            where = tuple(a[start:stop] for a in out.changed)
+            if stop > start:
+                layer.data_setitem(where, out.labels[where], refresh=stop >= n)
+            if stop < n:
+                QTimer.singleShot(0, lambda: step(stop))
+                return
+            history.close()
+            self.undoable = True
+            self._land(layer, out)
+
+        step()
+
+    def _land(self, layer, out: SegmentOutcome) -> None:
+        """The result is on ``layer``: record what made it, unlock it, report."""
+        # (each set redraws the layer: only when they differ)
+        if not np.array_equal(layer.scale, self.image_layer.scale):
+            layer.scale = self.image_layer.scale
+        if not np.array_equal(layer.translate, self.image_layer.translate):
+            layer.translate = self.image_layer.translate
         if self._restore is not None and MODEL_OUTPUT in layer.metadata:
             layer.metadata[PREVIOUS_OUTPUT] = layer.metadata[MODEL_OUTPUT]
         layer.metadata[MODEL_OUTPUT] = out.output
@@ -268,25 +319,6 @@ class SegmentationRun(QObject):
         self.layer = layer
         self._finish()
         self.done.emit(layer)
-
-    @staticmethod
-    def _replace_undoably(layer, original, new: np.ndarray, changed: tuple | None) -> bool:
-        """Put ``new`` on ``layer`` as one undo step over ``original`` (the data it had), given
-        the voxels that differ (``changed``, found in the worker).
-
-        Returns False, replacing the data without an undo step, when the step cannot be
-        recorded: the original is not an in-memory array of the same shape, or the change is
-        larger than :data:`UNDO_MAX_VOXELS` (``changed`` is None).
-        """
-        if changed is None or not isinstance(original, np.ndarray) or original.shape != new.shape:
-            layer.data = new
-            return False
-        dtype = np.result_type(original.dtype, new.dtype)
-        layer.data = original if original.dtype == dtype else original.astype(dtype)
-        if changed[0].size:
-            with layer.block_history():  # one Ctrl+Z for the whole run
-                layer.data_setitem(changed, new[changed])
-        return True
 
     def _restore_layers(self) -> None:
         if self._created:
@@ -304,7 +336,7 @@ class SegmentationRun(QObject):
 
     def _on_finished(self) -> None:
         # a Cancel that lands after the last slice suppresses both 'returned' and 'aborted'
-        if self._active:
+        if self._active and not self._landing:
             self._on_aborted()
 
     def _on_errored(self, exc: BaseException) -> None:
