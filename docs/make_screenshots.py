@@ -1,7 +1,8 @@
 """Make the user guide's screenshots from the real widgets: ``xvfb-run -a python docs/make_screenshots.py``.
 
 Walks through the guide on the synthetic sample (segment, evaluate, paint, fine-tune, segment
-again, 3D) and saves small PNGs under ``docs/images``. It uses the shipped model when it is
+again, 3D) in a 1,280 x 800 window with three widgets docked at a time, as on a laptop, and saves
+PNGs under ``docs/images``. It uses the shipped model when it is
 installed; otherwise it trains a tiny stand-in model on the synthetic sample for a minute first
 (say so in the guide; re-run this script once the shipped model is there). Fine-tuned models go
 to a temporary folder, never to your model folder.
@@ -59,7 +60,7 @@ def save_png(rgba, path: Path, width: int) -> None:
     img = Image.fromarray(np.ascontiguousarray(rgba[..., :3]))
     if img.width > width:
         img = img.resize((width, round(img.height * width / img.width)), Image.Resampling.LANCZOS)
-    img = img.quantize(colors=48, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    img = img.quantize(colors=64, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path, optimize=True)
     print(f"  {path} ({path.stat().st_size // 1024} KB)")
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=str(Path(__file__).parent / "images"))
     p.add_argument("--model", default=None, help="default: the shipped model, else a tiny stand-in")
-    p.add_argument("--width", type=int, default=700)
+    p.add_argument("--width", type=int, default=1280)
     args = p.parse_args(argv)
     out = Path(args.out)
 
@@ -121,7 +122,6 @@ def main(argv: list[str] | None = None) -> int:
         model = DEFAULT_MODEL if DEFAULT_MODEL in names else stand_in_model(tmp / "models")
 
     viewer = napari.Viewer(show=True, title="napari-mitoseg")
-    viewer.window.resize(1280, 820)
     plugin = "napari-mitoseg"
 
     def shot(name: str) -> None:
@@ -134,7 +134,13 @@ def main(argv: list[str] | None = None) -> int:
     truth.visible = False
     for layer in (image, truth):  # EM-like anisotropy: slices 4x thicker than the pixels
         layer.scale = (4.0, 1.0, 1.0)
-    dock, seg = viewer.window.add_plugin_dock_widget(plugin, "Segment mitochondria")
+    _, seg = viewer.window.add_plugin_dock_widget(plugin, "Segment mitochondria")
+    ev_dock, ev = viewer.window.add_plugin_dock_widget(plugin, "Evaluate segmentation")
+    _, ft = viewer.window.add_plugin_dock_widget(plugin, "Fine-tune model")
+    window = seg.window()
+    window.resize(1280, 800)
+    settle()
+    print(f"  window {window.width()} x {window.height()}")
     if not seg.model_choice.select(Path(model).name):
         print(f"model {model!r} not found", file=sys.stderr)
         return 1
@@ -143,17 +149,15 @@ def main(argv: list[str] | None = None) -> int:
     wait_for(seg.run_finished)
     result = viewer.layers["EM sample mitochondria"]
     shot("01-segment.png")
-    save_png(grab(seg), out / "segment-widget.png", 420)
-    viewer.window.remove_dock_widget(dock)
+    save_png(grab(seg.scroll_area.widget()), out / "segment-widget.png", 420)
 
     # 2. evaluate against the ground truth
-    dock, ev = viewer.window.add_plugin_dock_widget(plugin, "Evaluate segmentation")
+    ev.scroll_area.ensureWidgetVisible(ev.run_button)
     ev.run_button.click()
     wait_for(ev.evaluated)
     worst = int(np.argmin([s.iou for s in ev.report.per_slice]))
     ev.go_to_slice(worst)
     shot("02-evaluate.png")
-    viewer.window.remove_dock_widget(dock)
     viewer.layers.remove("EM sample mitochondria errors")
 
     # 3. paint a correction on the worst slice: here, copy the truth into the result
@@ -166,26 +170,30 @@ def main(argv: list[str] | None = None) -> int:
     result.mode = "pan_zoom"
 
     # 4. fine-tune on the corrected slice
-    dock, ft = viewer.window.add_plugin_dock_widget(plugin, "Fine-tune model")
     ft.find_button.click()
-    ft.steps.setValue(40)
-    ft.base_config = dataclasses.replace(FINETUNE, batch_size=4, tile=128)
+    ft.steps.setValue(20)  # a short run: the screenshot shows the widget, not a good model
+    ft.base_config = dataclasses.replace(FINETUNE, batch_size=2, tile=128)
     ft.run_button.click()
     (tuned,) = wait_for(ft.finetuned)
     if tuned is None:
         print(f"fine-tuning failed: {ft.message.text()}", file=sys.stderr)
         return 1
+    ft.scroll_area.ensureWidgetVisible(ft.segment_again_button)
     shot("04-finetune.png")
 
     # 5. segment again: the corrected slice is kept
     ft.segment_again_button.click()
     wait_for(ft.resegmented)
+    ev.run_button.click()  # the score again, now with the uncorrected slices apart
+    wait_for(ev.evaluated)
+    viewer.layers.remove("EM sample mitochondria errors")
     shot("05-segment-again.png")
-    viewer.window.remove_dock_widget(dock)
 
-    # 6. one object per mitochondrion, in 3D, with measurements
+    # 6. one object per mitochondrion, in 3D, with measurements (in place of Evaluate)
+    viewer.window.remove_dock_widget(ev_dock)
     image.visible = True
     dock, v3 = viewer.window.add_plugin_dock_widget(plugin, "Mitochondria 3D & measurements")
+    window.resize(1280, 800)
     v3.labels_choice.set_layer("EM sample mitochondria")
     v3.voxel.set_value((30.0, 8.0, 8.0))  # typed: the sample's files carry no voxel size
     v3.run_button.click()

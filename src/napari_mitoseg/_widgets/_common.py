@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from qtpy.QtCore import Qt, Signal
+from qtpy.QtCore import QSize, Qt, QTimer, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -138,8 +138,8 @@ def pixel_ratio_box(parent: QWidget | None = None) -> QDoubleSpinBox:
 
 def invert_box(parent: QWidget | None = None) -> QCheckBox:
     """Check box for ``PredictOptions.invert``."""
-    box = QCheckBox("Bright membranes (inverted contrast)", parent)
-    box.setToolTip("Check when membranes and mitochondria are bright on a dark background, the "
+    box = QCheckBox("Inverted contrast", parent)
+    box.setToolTip("Bright membranes: check when membranes and mitochondria are bright on a dark background, the "
                    "reverse of the model's training data; slices are inverted for the model.")
     return box
 
@@ -404,6 +404,53 @@ class PlotCanvas(QWidget):
         self.canvas.draw_idle()
 
 
+class _DockScroll(QScrollArea):
+    """A vertical scroll area as wide as its content needs, asking for at most
+    :data:`DOCK_HEIGHT_HINT` pixels of height and content to fit the dock's width."""
+
+    def _extra(self) -> int:
+        return self.verticalScrollBar().sizeHint().width() + 2 * self.frameWidth()
+
+    def sizeHint(self) -> QSize:  # noqa: N802 - Qt override
+        inner = self.widget().sizeHint()
+        return QSize(inner.width() + self._extra(), min(inner.height(), DOCK_HEIGHT_HINT))
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802 - Qt override
+        return QSize(self.widget().minimumSizeHint().width() + self._extra(), 60)
+
+    def showEvent(self, event) -> None:  # noqa: N802 - Qt override
+        super().showEvent(event)
+        if not getattr(self, "_shared", False):
+            self._shared = True
+            QTimer.singleShot(0, self._share_space)
+
+    def _share_space(self) -> None:
+        """Qt gives a dock added below others only its minimum height; when this one first
+        shows, split the height of its dock area among the docks there by their size hints."""
+        from qtpy.QtWidgets import QDockWidget, QMainWindow
+
+        window = self.window()
+        mine = next((p for p in _parents(self) if isinstance(p, QDockWidget)), None)
+        if not isinstance(window, QMainWindow) or mine is None or mine.isFloating():
+            return
+        area = window.dockWidgetArea(mine)
+        docks = [d for d in window.findChildren(QDockWidget)
+                 if d.isVisible() and not d.isFloating() and window.dockWidgetArea(d) == area]
+        if len(docks) > 1:
+            window.resizeDocks(docks, [d.sizeHint().height() for d in docks], Qt.Orientation.Vertical)
+
+
+def _parents(widget: QWidget):
+    p = widget.parentWidget()
+    while p is not None:
+        yield p
+        p = p.parentWidget()
+
+
+#: the height (pixels) a dock widget asks for at most; more content scrolls
+DOCK_HEIGHT_HINT = 320
+
+
 def scrollable(widget: QWidget) -> QVBoxLayout:
     """Put a vertical scroll area in ``widget`` and return the (compact) layout inside it, so
     that several docked widgets share a small screen: each scrolls instead of growing the
@@ -412,7 +459,7 @@ def scrollable(widget: QWidget) -> QVBoxLayout:
     layout = QVBoxLayout(inner)
     layout.setContentsMargins(4, 4, 4, 4)
     layout.setSpacing(4)
-    area = QScrollArea(widget)
+    area = _DockScroll(widget)
     area.setWidgetResizable(True)
     area.setFrameShape(QFrame.Shape.NoFrame)
     area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)

@@ -161,8 +161,7 @@ class PixelSizeControls(QWidget):
         if self._spec is None:
             text = ""
         elif not known:
-            text = ("The model records no pixel size: set 'Pixel size vs model' (your pixel size "
-                    "divided by that of its training data) if your pixels differ.")
+            text = "No pixel size in the model: give the ratio if your pixels differ."
         elif self.pixel_size_nm() is None:
             text = (f"Your pixel size is unknown: slices go to the model as they are (it takes "
                     f"{self.model_nm:g} nm pixels).")

@@ -94,7 +94,7 @@ class EvaluateWidget(QWidget):
         self.pred_choice.setToolTip("The segmentation to score (any label > 0 is mitochondrion)")
         self.gt_choice = LayerChoice(self.viewer, (Labels, Image), prefer=_is_ground_truth, parent=self)
         self.gt_choice.setToolTip("The ground truth: a labels or image layer, > 0 is mitochondrion")
-        self.show_errors = QCheckBox("Add an error layer (magenta: false positive, cyan: missed)")
+        self.show_errors = QCheckBox("Error layer (magenta: extra, cyan: missed)")
         self.show_errors.setChecked(True)
         self.run_button = QPushButton("Evaluate")
         self.run_button.clicked.connect(self.start)

@@ -122,7 +122,8 @@ class FinetuneWidget(QWidget):
         self.add_current_button = QPushButton("Add current")
         self.add_current_button.setToolTip("Add the slice shown in the viewer")
         self.add_current_button.clicked.connect(self.add_current_slice)
-        self.remove_button = QPushButton("Remove selected")
+        self.remove_button = QPushButton("Remove")
+        self.remove_button.setToolTip("Remove the selected slices from the list")
         self.remove_button.clicked.connect(self.remove_selected)
         edit_row = QHBoxLayout()
         for w in (self.slice_spin, self.add_button, self.add_current_button, self.remove_button):

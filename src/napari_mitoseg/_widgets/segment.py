@@ -9,6 +9,7 @@ from qtpy.QtCore import Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QDoubleSpinBox,
+    QGridLayout,
     QHBoxLayout,
     QPushButton,
     QWidget,
@@ -65,14 +66,16 @@ class SegmentWidget(QWidget):
         self.threshold.setSpecialValueText("model default")
         self.threshold.setValue(0.0)
         self.threshold.setToolTip("Probability above which a pixel is mitochondrion; lower finds more")
-        self.tta = QCheckBox("Test-time augmentation (8 views, 8x slower)")
-        self.z_smooth = QCheckBox("Smooth along z (thin serial sections)")
+        self.tta = QCheckBox("8-view TTA (8x slower)")
+        self.tta.setToolTip("Test-time augmentation: average the predictions of 8 flipped and rotated "
+                            "views; smoother edges, 8x slower")
+        self.z_smooth = QCheckBox("Smooth along z")
         self.z_smooth.setToolTip("Average each slice's probabilities with its neighbours' before "
                                  "thresholding; set to the model's recommendation when you pick it")
         self.pixel_size = PixelSizeControls(self)
         self.pixel_ratio = self.pixel_size.ratio
         self.invert = invert_box(self)
-        self.instances = QCheckBox("One id per mitochondrion (3D)")
+        self.instances = QCheckBox("One id per object (3D)")
         self.instances.setToolTip("Split the mask into 3D-connected objects, each with its own id")
 
         self.run_button = QPushButton("Segment")
@@ -94,10 +97,12 @@ class SegmentWidget(QWidget):
         form.addRow("Device", self.device_choice)
         form.addRow("Threshold", self.threshold)
         form.addRow(self.pixel_size)
-        form.addRow(self.invert)
-        form.addRow(self.tta)
-        form.addRow(self.z_smooth)
-        form.addRow(self.instances)
+        boxes = QGridLayout()
+        boxes.setContentsMargins(0, 0, 0, 0)
+        boxes.setVerticalSpacing(2)
+        for i, box in enumerate((self.invert, self.tta, self.z_smooth, self.instances)):
+            boxes.addWidget(box, i // 2, i % 2)
+        form.addRow(boxes)
         layout = scrollable(self)
         layout.addLayout(form)
         layout.addLayout(buttons)
