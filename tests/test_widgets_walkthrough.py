@@ -447,7 +447,7 @@ def test_pixel_size_in_nm_sets_the_rescaling(viewer, qtbot, models):
     # a model without a pixel size: the ratio box instead
     assert seg.model_choice.select("tiny")
     assert not px.nm.isEnabled() and px.ratio_row.isVisibleTo(seg)
-    assert px.model_label.text() == "model: not recorded"
+    assert px.model_label.text() == "model: none"
     seg.pixel_ratio.setValue(1.5)
     assert seg.options().pixel_ratio == 1.5
 

@@ -462,7 +462,7 @@ def scrollable(widget: QWidget) -> QVBoxLayout:
     area = _DockScroll(widget)
     area.setWidgetResizable(True)
     area.setFrameShape(QFrame.Shape.NoFrame)
-    area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
     area.setWidget(inner)
     outer = QVBoxLayout(widget)
     outer.setContentsMargins(0, 0, 0, 0)

@@ -69,6 +69,7 @@ class PixelSizeControls(QWidget):
         self.nm.setSpecialValueText("unknown")
         self.nm.setToolTip("The stack's pixel size in Y and X, in nanometres; filled from the file "
                            "or the layer's scale when they say, else type it")
+        self.nm.setMinimumWidth(110)
         self.nm.valueChanged.connect(self._on_nm)
         self.model_label = QLabel("", self)
         self.model_label.setToolTip("The pixel size of the data the model takes as it is")
@@ -157,7 +158,7 @@ class PixelSizeControls(QWidget):
         known = self.model_nm is not None
         self.nm.setEnabled(known)
         self.ratio_row.setVisible(not known)
-        self.model_label.setText(f"model: {self.model_nm:g} nm" if known else "model: not recorded")
+        self.model_label.setText(f"model: {self.model_nm:g} nm" if known else "model: none")
         if self._spec is None:
             text = ""
         elif not known:

@@ -66,7 +66,7 @@ class SegmentWidget(QWidget):
         self.threshold.setSpecialValueText("model default")
         self.threshold.setValue(0.0)
         self.threshold.setToolTip("Probability above which a pixel is mitochondrion; lower finds more")
-        self.tta = QCheckBox("8-view TTA (8x slower)")
+        self.tta = QCheckBox("TTA (8x slower)")
         self.tta.setToolTip("Test-time augmentation: average the predictions of 8 flipped and rotated "
                             "views; smoother edges, 8x slower")
         self.z_smooth = QCheckBox("Smooth along z")
