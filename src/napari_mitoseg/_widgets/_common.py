@@ -94,10 +94,11 @@ _mask_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 def is_mask_layer(layer) -> bool:
     """Whether the layer holds a mask or labels rather than an EM image: any Labels layer, or
-    an image that :func:`masks.looks_like_mask` (cached per layer until its data changes)."""
+    an image whose sample (:func:`metrics.label_sample`) :func:`metrics.looks_like_labels`,
+    whole-number floats (0.0/1.0) included; cached per layer until its data changes."""
     from napari.layers import Labels
 
-    from ..masks import looks_like_mask
+    from ..metrics import label_sample, looks_like_labels
 
     if isinstance(layer, Labels):
         return True
@@ -106,7 +107,11 @@ def is_mask_layer(layer) -> bool:
     if hit is not None and hit[0] is data:
         return hit[1]
     try:
-        found = looks_like_mask(data)
+        sample = label_sample(data) if data.ndim in (2, 3) and 0 not in data.shape else None
+        if sample is not None and sample.dtype.kind == "f" and np.isfinite(sample).all() \
+                and (sample == np.round(sample)).all():
+            sample = sample.astype(np.int64)
+        found = sample is not None and looks_like_labels(sample)
     except Exception:  # noqa: BLE001 - an unreadable layer is not preferred, and not refused here
         logger.debug("could not sample layer %r", layer.name, exc_info=True)
         found = False
