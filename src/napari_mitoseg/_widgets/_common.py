@@ -226,7 +226,7 @@ class LayerChoice(QComboBox):
         self._last: str | None = None
         self._picked = False  # the user chose the current layer
         self.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
-        self.setMinimumContentsLength(12)
+        self.setMinimumContentsLength(10)
         events = viewer.layers.events
         for emitter in (events.inserted, events.removed, events.reordered, events.renamed):
             emitter.connect(self.refresh)

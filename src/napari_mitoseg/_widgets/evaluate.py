@@ -94,7 +94,9 @@ class EvaluateWidget(QWidget):
         self.pred_choice.setToolTip("The segmentation to score (any label > 0 is mitochondrion)")
         self.gt_choice = LayerChoice(self.viewer, (Labels, Image), prefer=_is_ground_truth, parent=self)
         self.gt_choice.setToolTip("The ground truth: a labels or image layer, > 0 is mitochondrion")
-        self.show_errors = QCheckBox("Error layer (magenta: extra, cyan: missed)")
+        self.show_errors = QCheckBox("Add an error layer")
+        self.show_errors.setToolTip("Layer '<prediction> errors': magenta = false positive (predicted, "
+                                    "not mitochondrion), cyan = false negative (missed)")
         self.show_errors.setChecked(True)
         self.run_button = QPushButton("Evaluate")
         self.run_button.clicked.connect(self.start)
@@ -109,7 +111,7 @@ class EvaluateWidget(QWidget):
         self.uncorrected.setToolTip("IoU of the slices you did not correct (fine-tuning trains on the "
                                     "corrected ones, which then score 1.0); shown when the "
                                     "prediction records corrected slices")
-        scores.addRow("Uncorrected slices", self.uncorrected)
+        scores.addRow("Uncorrected", self.uncorrected)
         self.plot = PlotCanvas(self, height_px=140)
         self.plot.axes.set_axis_off()
         self.plot.canvas.mpl_connect("button_press_event", self._on_click)

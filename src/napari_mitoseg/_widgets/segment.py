@@ -75,8 +75,9 @@ class SegmentWidget(QWidget):
         self.pixel_size = PixelSizeControls(self)
         self.pixel_ratio = self.pixel_size.ratio
         self.invert = invert_box(self)
-        self.instances = QCheckBox("One id per object (3D)")
-        self.instances.setToolTip("Split the mask into 3D-connected objects, each with its own id")
+        self.instances = QCheckBox("3D objects")
+        self.instances.setToolTip("One id per mitochondrion: split the mask into 3D-connected objects, "
+                                  "each with its own id")
 
         self.run_button = QPushButton("Segment")
         self.run_button.clicked.connect(self.start)
