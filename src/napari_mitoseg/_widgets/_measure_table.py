@@ -88,6 +88,10 @@ class VoxelSizeBox(QWidget):
         self.changed.emit()
 
 
+#: rows of the measurements table shown without scrolling it
+TABLE_ROWS = 8
+
+
 class ObjectTable(QTableWidget):
     """One row per object, sortable by any column; ``ids_selected(list[int])`` on selection."""
 
@@ -100,6 +104,10 @@ class ObjectTable(QTableWidget):
         self.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
         self.verticalHeader().setVisible(False)
+        self.verticalHeader().setDefaultSectionSize(self.fontMetrics().height() + 6)
+        # eight rows in view (more scroll), however little room the dock has
+        self.setMinimumHeight(self.horizontalHeader().sizeHint().height()
+                              + TABLE_ROWS * self.verticalHeader().defaultSectionSize() + 4)
         self.setSortingEnabled(True)
         self.sortByColumn(0, Qt.SortOrder.AscendingOrder)
         self.itemSelectionChanged.connect(lambda: self.ids_selected.emit(self.selected_ids()))
@@ -161,7 +169,7 @@ class Histogram(QWidget):
         for field, header in NUMERIC:
             self.column.addItem(header, field)
         self.column.setToolTip("Column shown in the histogram")
-        self.plot = PlotCanvas(height=1.9)
+        self.plot = PlotCanvas(height_px=130)
         self.plot.setMaximumHeight(170)
         self.column.currentIndexChanged.connect(lambda _: self.draw())
         self._rows: list = []

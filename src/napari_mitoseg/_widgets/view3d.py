@@ -17,11 +17,10 @@ from qtpy.QtWidgets import (
     QLabel,
     QPushButton,
     QSpinBox,
-    QVBoxLayout,
     QWidget,
 )
 
-from ._common import layer_array, message_label
+from ._common import layer_array, message_label, scrollable
 from ._measure_table import Histogram, ObjectTable, VoxelSizeBox
 from ._view3d_edits import ObjectEdits
 
@@ -132,7 +131,7 @@ class View3DWidget(ObjectEdits, QWidget):
         files = QHBoxLayout()
         files.addWidget(self.save_button)
         files.addWidget(self.mesh_button)
-        layout = QVBoxLayout(self)
+        layout = scrollable(self)
         layout.addLayout(form)
         layout.addWidget(self.run_button)
         layout.addWidget(self.summary)
