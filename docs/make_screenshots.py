@@ -198,13 +198,11 @@ def main(argv: list[str] | None = None) -> int:
     v3.voxel.set_value((30.0, 8.0, 8.0))  # typed: the sample's files carry no voxel size
     v3.run_button.click()
     wait_for(v3.measured)
-    if v3.table.rowCount():
-        v3.table.selectRow(0)
     image.visible = False
+    settle()
     viewer.reset_view()
     camera = getattr(viewer, "scene", viewer).camera  # napari >= 0.9 moved it to viewer.scene
     camera.angles = (0, -40, 60)
-    camera.zoom *= 1.4
     shot("06-3d.png")
     print(f"screenshots in {out} (model: {Path(model).name})")
     viewer.close()

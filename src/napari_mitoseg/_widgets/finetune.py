@@ -301,6 +301,8 @@ class FinetuneWidget(QWidget):
         if used is not None and used is self._seen_options:
             return
         self._seen_options = used
+        if layer.metadata.get(MODEL_NAME):  # a new segmentation: start from the model that made it
+            self.model_choice.select(layer.metadata[MODEL_NAME])
         ratio, invert = recorded_stack_options(layer)
         self.pixel_ratio.setValue(ratio)
         self.invert.setChecked(invert)
