@@ -199,8 +199,11 @@ def main(argv: list[str] | None = None) -> int:
     v3.run_button.click()
     wait_for(v3.measured)
     image.visible = False
+    for layer in viewer.layers:  # the 3D view frames the objects, not the layers left at scale 1
+        layer.visible = layer is viewer.layers.selection.active
     settle()
     viewer.reset_view()
+    settle()
     camera = getattr(viewer, "scene", viewer).camera  # napari >= 0.9 moved it to viewer.scene
     camera.angles = (0, -40, 60)
     shot("06-3d.png")

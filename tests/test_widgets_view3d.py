@@ -100,6 +100,17 @@ def test_mask_is_split_measured_in_um_at_the_layer_voxel_size(viewer, qtbot, tmp
     assert sorted(p.name for p in meshes.iterdir()) == [f"mito_{r.id:06d}.ply" for r in expected]
 
 
+def test_docked_as_a_plugin_the_new_instances_layer_gets_the_voxel_size(viewer, qtbot):
+    """napari gives a plugin's widget a proxy viewer whose layers are new objects at each access."""
+    _, gt = make_sample(shape=(8, 128, 128), seed=7)
+    viewer.add_labels(gt, name="em mitochondria")
+    _, w = viewer.window.add_plugin_dock_widget("napari-mitoseg", "Mitochondria 3D & measurements")
+    w.voxel.set_value((30.0, 8.0, 8.0))
+    _run(qtbot, w)
+    np.testing.assert_allclose(viewer.layers["em mitochondria instances"].scale, (30.0, 8.0, 8.0))
+    np.testing.assert_allclose(viewer.layers["em mitochondria"].scale, (30.0, 8.0, 8.0))
+
+
 def test_a_typed_voxel_size_wins_over_the_layer_scale(viewer, qtbot):
     lab = np.zeros((4, 32, 32), np.int32)
     lab[1:3, 4:12, 4:20] = 3

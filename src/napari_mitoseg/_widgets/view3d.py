@@ -207,8 +207,10 @@ class View3DWidget(ObjectEdits, QWidget):
         vox = self._voxel
         scale = vox if layer.ndim == 3 else vox[1:]
         old = tuple(src.scale)
+        # by name: a plugin's viewer hands out a new proxy object for a layer at each access
+        mine = {layer.name, src.name}
         for other in self.viewer.layers:
-            if other is layer or other is src or (
+            if other.name in mine or (
                 other.ndim == src.ndim and tuple(other.scale) == old
                 and tuple(np.shape(layer_array(other))) == tuple(np.shape(layer_array(src)))
             ):
