@@ -103,9 +103,10 @@ def test_mask_is_split_measured_in_um_at_the_layer_voxel_size(viewer, qtbot, tmp
 def test_docked_as_a_plugin_the_new_instances_layer_gets_the_voxel_size(viewer, qtbot):
     """napari gives a plugin's widget a proxy viewer whose layers are new objects at each access."""
     _, gt = make_sample(shape=(8, 128, 128), seed=7)
-    viewer.add_labels(gt, name="em mitochondria")
+    viewer.add_labels(gt, name="em mitochondria", scale=(30.0, 8.0, 8.0))  # already at its voxel size
     _, w = viewer.window.add_plugin_dock_widget("napari-mitoseg", "Mitochondria 3D & measurements")
-    w.voxel.set_value((30.0, 8.0, 8.0))
+    w.labels_choice.set_layer("em mitochondria")
+    assert w.voxel_size() == (30.0, 8.0, 8.0)
     _run(qtbot, w)
     np.testing.assert_allclose(viewer.layers["em mitochondria instances"].scale, (30.0, 8.0, 8.0))
     np.testing.assert_allclose(viewer.layers["em mitochondria"].scale, (30.0, 8.0, 8.0))
