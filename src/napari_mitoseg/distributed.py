@@ -405,12 +405,9 @@ def iter_segment(
 
 def segment(image, out, **kw) -> DistributedResult:
     """Run :func:`iter_segment` to the end; returns its :class:`DistributedResult`."""
-    gen = iter_segment(image, out, **kw)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
+    from ._generators import result_of
+
+    return result_of(iter_segment(image, out, **kw))
 
 
 def run_on_client(client, image, out, *, gt=None, **kw):
@@ -437,14 +434,9 @@ def _finish(partial: Path, out: Path) -> None:
             del group[name]
     shutil.rmtree(partial / DONE_DIR)
     (partial / RUN_FILE).unlink()
-    if out.exists():
-        old = out.with_name(f".{out.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, old)
-        os.replace(partial, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(partial, out)
+    from .io import swap_dir
+
+    swap_dir(partial, out)
 
 
 # --------------------------------------------------------------------------- instances

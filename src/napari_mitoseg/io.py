@@ -336,20 +336,25 @@ def atomic_dir(final: Path, write) -> Path:
         return _atomic_dir_unchecked(final, write)
 
 
+def swap_dir(done: Path, final: Path) -> None:
+    """Put the complete folder ``done`` at ``final``; an old folder there is replaced only now."""
+    if final.exists():
+        old = final.with_name(f".{final.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        os.replace(done, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(done, final)
+
+
 def _atomic_dir_unchecked(final: Path, write) -> Path:
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:
         tmp.chmod(0o755)
         write(tmp)
-        if final.exists():
-            old = final.with_name(f".{final.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
+        swap_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -704,9 +704,6 @@ def respec(base: ModelSpec, given: ModelSpec | dict) -> ModelSpec:
 
 def train(images, masks, **kwargs) -> LoadedModel:
     """Run :func:`iter_train` to the end and return the trained model."""
-    gen = iter_train(images, masks, **kwargs)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
+    from ._generators import result_of
+
+    return result_of(iter_train(images, masks, **kwargs))
