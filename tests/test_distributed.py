@@ -134,9 +134,13 @@ def test_an_interrupted_run_resumes_and_skips_its_finished_blocks(client, tiny_m
         if prog.done >= 2:
             break
     gen.close()  # as Ctrl+C does: cancels the blocks still queued
-    # a block already running when the run stopped still finishes (and marks itself done)
+    # a block already running when the run stopped still finishes in its worker thread (and
+    # marks itself done), though the scheduler has forgotten it: wait for the threads to idle
+    def running(dask_worker):
+        return len(dask_worker.active_threads)
+
     deadline = time.monotonic() + 60
-    while any(client.processing().values()) and time.monotonic() < deadline:
+    while any(client.run(running).values()) and time.monotonic() < deadline:
         time.sleep(0.05)
     partial = dist.partial_path(out)
     assert not out.exists() and partial.is_dir()
