@@ -268,8 +268,9 @@ class CropSampler:
         self.ratios = [1.0] * len(images) if ratios is None else [float(r) for r in ratios]
         #: flat indices of wrongly predicted pixels per slice (see :meth:`set_hard`)
         self.hard: list[np.ndarray] = [np.zeros(0, np.int64) for _ in masks]
-        labelled = np.array([float((m != IGNORE).sum()) for m in masks])
-        w = labelled if weights is None else np.asarray(weights, float)
+        if weights is None:
+            weights = [float((m != IGNORE).sum()) for m in masks]
+        w = np.asarray(weights, float)
         self.p_slice = w / w.sum()
         self.fg = [np.flatnonzero(m.ravel() == 1) for m in masks]
         self.lab = [np.flatnonzero(m.ravel() != IGNORE) for m in masks]
@@ -550,9 +551,7 @@ def iter_train_volumes(
         mks += v_mks
         ratios += [float(vol.pixel_ratio)] * len(v_ims)
         per_volume.append(len(v_ims))
-        if (vol.val_images is None) != (vol.val_masks is None):
-            raise TrainingError(f"{name}: give validation images and masks together, or neither")
-        if vol.val_images is not None:
+        if vol.val_images is not None:  # with its masks: _read_masks checked that
             vals.append((name, vol.pixel_ratio, _as_slices(vol.val_images, f"{name} validation image"),
                          _as_slices(vol.val_masks, f"{name} validation mask")))
     have_val = bool(vals)
