@@ -158,6 +158,10 @@ def _error_cases(files, model, tmp_path):
         "train masks per image": (["train", "--image", str(files["image"]), "--image", str(files["image"]),
                                    "--mask", str(files["gt"]), "--out", str(tmp_path / "run")],
                                   "one --mask per --image"),
+        "train size out of range": (["train", "--image", str(files["image"]), "--mask", str(files["gt"]),
+                                     "--pixel-size", "5", "--image", str(files["image"]), "--mask",
+                                     str(files["gt"]), "--pixel-size", "100", "--out", str(tmp_path / "run")],
+                                    "pixel size 100 nm is 20x the model's 5 nm"),
         "train sizes per image": (["train", "--image", str(files["image"]), "--mask", str(files["gt"]),
                                    "--pixel-size", "5", "--pixel-size", "6", "--out", str(tmp_path / "run")],
                                   "one --pixel-size per --image"),
@@ -167,7 +171,8 @@ def _error_cases(files, model, tmp_path):
 @pytest.mark.parametrize("case", ["missing file", "unknown model", "gt shape", "output format", "rgb image",
                                   "pixel ratio",
                                   "evaluate shapes", "train bad spec", "train ratio without base",
-                                  "train bad mask", "train masks per image", "train sizes per image"])
+                                  "train bad mask", "train masks per image", "train sizes per image",
+                                  "train size out of range"])
 def test_errors_are_one_line_without_traceback_and_leave_the_output(case, files, tiny_model_dir, tmp_path,
                                                                      capsys):
     argv, message = _error_cases(files, str(tiny_model_dir), tmp_path)[case]

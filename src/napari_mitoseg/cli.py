@@ -349,7 +349,13 @@ def _train_model(args, sizes: list[float]):
         model_nm = sizes[0]
         spec = dataclasses.replace(spec or ModelSpec(), pixel_size_nm=model_nm)
     n = len(args.image)
-    ratios = [s_nm / model_nm for s_nm in sizes] if sizes else [1.0] * n
+    if sizes:
+        from .inference import pixel_ratio_for
+
+        at_nm = dataclasses.replace(base.spec if base else spec, pixel_size_nm=model_nm)
+        ratios = [pixel_ratio_for(s_nm, at_nm) for s_nm in sizes]
+    else:
+        ratios = [1.0] * n
     if args.pixel_ratio is not None:
         ratios = [args.pixel_ratio] * n
     if base and n == 1:
