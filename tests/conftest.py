@@ -46,6 +46,24 @@ def make_tiny_model(spec, seed: int = 0):
     return LoadedModel(net=net, spec=spec, name=f"tiny-seed{seed}")
 
 
+@pytest.fixture(scope="session")
+def tiny_template(tmp_path_factory):
+    """A tiny random-weight U-Net (resnet18, 3 stages) saved once; widget tests copy it into
+    their own model folder."""
+    from napari_mitoseg._widgets._common import avoid_llvm_clash
+
+    avoid_llvm_clash()  # a viewer may have loaded Mesa's LLVM already (as the widgets do)
+    import torch
+
+    from napari_mitoseg.model import ModelSpec, build_model, save_model
+
+    torch.manual_seed(0)
+    spec = ModelSpec(encoder="resnet18", encoder_depth=3, decoder_channels=(32, 16, 8), tile_size=256,
+                     tile_overlap=32)
+    return save_model(build_model(spec), spec, tmp_path_factory.mktemp("template") / "tiny",
+                      info={"summary": "tiny random test model"})
+
+
 @pytest.fixture
 def tiny_model(tiny_spec):
     return make_tiny_model(tiny_spec)

@@ -15,7 +15,6 @@ import pytest
 from gui_helpers import wait_for
 
 from napari_mitoseg import model as model_mod
-from napari_mitoseg.model import ModelSpec, build_model, save_model
 from napari_mitoseg.synthetic import make_sample
 
 pytestmark = pytest.mark.gui
@@ -25,18 +24,6 @@ TIMEOUT = 60_000
 
 
 _wait = partial(wait_for, timeout=TIMEOUT)
-
-
-@pytest.fixture(scope="module")
-def tiny_template(tmp_path_factory):
-    """A tiny random-weight U-Net saved once per module; tests copy it into their own tmp_path."""
-    import torch
-
-    torch.manual_seed(0)
-    spec = ModelSpec(encoder="resnet18", encoder_depth=3, decoder_channels=(32, 16, 8), tile_size=256,
-                     tile_overlap=32)
-    return save_model(build_model(spec), spec, tmp_path_factory.mktemp("template") / "tiny",
-                      info={"summary": "tiny random test model"})
 
 
 @pytest.fixture

@@ -20,27 +20,12 @@ import pytest
 from gui_helpers import wait_for
 
 from napari_mitoseg import model as model_mod
-from napari_mitoseg.model import ModelSpec, build_model, save_model
 from napari_mitoseg.synthetic import make_sample
 
 pytestmark = pytest.mark.gui
 
 PLUGIN = "napari-mitoseg"
 _wait = partial(wait_for, timeout=60_000)
-
-
-@pytest.fixture(scope="module")
-def tiny_template(tmp_path_factory):
-    from napari_mitoseg._widgets._common import avoid_llvm_clash
-
-    avoid_llvm_clash()  # a viewer may have loaded Mesa's LLVM already (as the widgets do)
-    import torch
-
-    torch.manual_seed(0)
-    spec = ModelSpec(encoder="resnet18", encoder_depth=3, decoder_channels=(32, 16, 8), tile_size=256,
-                     tile_overlap=32)
-    return save_model(build_model(spec), spec, tmp_path_factory.mktemp("template") / "tiny",
-                      info={"summary": "tiny random test model"})
 
 
 @pytest.fixture
