@@ -72,9 +72,8 @@ def segment(
     check_stack(image)
     if pixel_size_nm is not None:
         options = options or PredictOptions()
-        if options.pixel_ratio != 1.0:
-            raise InputError("give the stack's pixel size or a pixel ratio, not both")
-        ratio, note = choose_pixel_ratio(model.spec, pixel_size_nm=pixel_size_nm)
+        given = options.pixel_ratio if options.pixel_ratio != 1.0 else None
+        ratio, note = choose_pixel_ratio(model.spec, given, pixel_size_nm)
         logger.info(note, extra=NOTE)
         options = dataclasses.replace(options, pixel_ratio=ratio)
     mask = np.zeros(image.shape if image.ndim == 3 else (1, *image.shape), np.uint8)
