@@ -3,6 +3,7 @@ default settings and save the labels, or check them voxel for voxel against a sa
 
     PYTHONPATH=src .venv/bin/python benchmarks/compare_labels.py --save DIR    # reference set
     PYTHONPATH=src .venv/bin/python benchmarks/compare_labels.py --check DIR   # compare with it
+    ... --volume sbem                                                           # one stack only
 
 Each stack goes through the public API as ``mitoseg segment STACK -o OUT`` does:
 :func:`napari_mitoseg.api.segment_file` with every option at its default (the shipped default
@@ -53,10 +54,10 @@ def iou(labels: np.ndarray, truth: np.ndarray) -> float:
     return float(np.count_nonzero(a & truth) / union) if union else 1.0
 
 
-def save(folder: Path) -> int:
+def save(folder: Path, volumes=VOLUMES) -> int:
     folder.mkdir(parents=True, exist_ok=True)
     done = 0
-    for volume in VOLUMES:
+    for volume in volumes:
         got = segment_volume(volume)
         if got is None:
             print(f"{volume}: testing stack absent, skipped")
@@ -71,9 +72,9 @@ def save(folder: Path) -> int:
     return 0 if done else 2
 
 
-def check(folder: Path) -> int:
+def check(folder: Path, volumes=VOLUMES) -> int:
     checked, same = 0, 0
-    for volume in VOLUMES:
+    for volume in volumes:
         ref_path = folder / f"{volume}.tif"
         if not ref_path.exists():
             print(f"{volume}: no saved labels in {folder}, skipped")
@@ -106,8 +107,11 @@ def main(argv: list[str] | None = None) -> int:
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--save", type=Path, metavar="DIR", help="segment and save the labels here")
     g.add_argument("--check", type=Path, metavar="DIR", help="segment and compare with the labels saved here")
+    p.add_argument("--volume", action="append", choices=VOLUMES,
+                   help="only this testing stack (repeatable; default: all)")
     args = p.parse_args(argv)
-    return save(args.save) if args.save else check(args.check)
+    volumes = tuple(args.volume or VOLUMES)
+    return save(args.save, volumes) if args.save else check(args.check, volumes)
 
 
 if __name__ == "__main__":
