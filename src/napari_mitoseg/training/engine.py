@@ -186,13 +186,20 @@ def _set_up(net, spec: ModelSpec, cfg: TrainConfig, sampler: CropSampler, dev, o
 def _check_finite(run: _Run) -> None:
     """:class:`TrainingError` when a weight of the network is NaN or infinite: such a model
     segments nothing, and is never saved."""
-    import torch
-
-    with torch.no_grad():
-        bad = [k for k, v in run.net.state_dict().items()
-               if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    bad = [k for k, v in run.net.state_dict().items() if v.is_floating_point() and not _finite(v)]
     if bad:
         raise _diverged(run, f"weights became NaN or infinite at step {run.step} ({bad[0]})")
+
+
+def _finite(v) -> bool:
+    """Whether every value of tensor ``v`` is finite; on the CPU through numpy, which needs no
+    torch threads (on a busy machine torch's threads made this check take seconds)."""
+    import torch
+
+    v = v.detach()
+    if v.device.type != "cpu":
+        return bool(torch.isfinite(v).all())
+    return bool(np.isfinite((v.float() if v.dtype == torch.bfloat16 else v).numpy()).all())
 
 
 def _diverged(run: _Run, what: str) -> TrainingError:
