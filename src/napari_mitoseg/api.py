@@ -275,10 +275,13 @@ def iter_finetune(
 
     ``pixel_size_nm`` (the stack's Y/X pixel size) is the other way to give ``pixel_ratio``
     (not both). ``labels`` are read as :func:`~napari_mitoseg.training.training_masks` reads
-    masks (``ignore_value``: 0/255-only labels are background / mitochondrion).
+    masks (``ignore_value``: 0/255-only labels are background / mitochondrion). ``name`` is a
+    plain name (no folder: ``out_root`` chooses another folder), never a shipped model's.
     """
     from .training import FINETUNE, IGNORE, iter_train, training_masks
 
+    if name is not None:
+        _check_model_name(name)
     image, labels, sl = _finetune_inputs(image, labels, slices)
     if pixel_size_nm is not None and pixel_ratio != 1.0:
         raise InputError("give the stack's pixel size or a pixel ratio, not both")
@@ -288,9 +291,9 @@ def iter_finetune(
         pixel_ratio, note = choose_pixel_ratio(model.spec, pixel_size_nm=pixel_size_nm)
         logger.info(note, extra=NOTE)
     base_model = for_stack(model, pixel_ratio, invert)
+    root, name = _new_model_place(name, base_model.name, out_root)
     ims, mks = image[sl], training_masks(labels, ignore_value)[sl]
     before = score(segment(ims, base_model) > 0, mks == 1, ignore=mks == 255).iou
-    root, name = _new_model_place(name, base_model.name, out_root)
     t0 = time.perf_counter()
     tuned: LoadedModel = yield from iter_train(ims, mks, config=cfg, base=base_model, device=device,
                                                ignore_value=IGNORE)
@@ -317,6 +320,24 @@ def _finetune_inputs(image, labels, slices: Sequence[int]) -> tuple[np.ndarray, 
     sl = _slice_indices(slices, image.shape[0])
     _check_not_a_mask(image)
     return image, labels, sl
+
+
+def _check_model_name(name) -> None:
+    """:class:`InputError` for a name a fine-tuned model cannot take: not a plain name (a path
+    would write outside the model folder; use ``out_root`` for another folder), or a shipped
+    model's (loading by that name finds the shipped model, never this one)."""
+    from .model import list_models
+
+    plain = isinstance(name, str) and name.strip() == name and name not in ("", ".", "..") \
+        and not name.startswith(".") and not any(c in name for c in "/\\:\0")
+    if not plain:
+        raise InputError(f"model name {name!r} must be a plain name such as 'my-mito-v1' (no folder "
+                         "and no leading dot): the model is saved in the user model folder, or in "
+                         "out_root when given")
+    shipped = sorted(m.name for m in list_models(include_broken=True) if m.shipped)
+    if name in shipped:
+        raise InputError(f"model name {name!r} is a shipped model's, which would always be loaded "
+                         f"instead of yours; choose another name (shipped: {', '.join(shipped)})")
 
 
 def _new_model_place(name: str | None, base_name: str, out_root) -> tuple[Path, str]:
