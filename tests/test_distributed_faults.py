@@ -166,6 +166,7 @@ def test_no_worker_is_said_after_a_grace_period_and_timeout_stops(no_workers, st
     assert not dist.partial.lock_path(dist.partial_path(out)).exists()  # the lock went with the run
 
 
+@pytest.mark.slow
 def test_the_only_worker_dying_is_said_and_the_run_resumes(no_workers, stack_zarr, tiny_model_dir, tmp_path,
                                                            capsys, monkeypatch):
     monkeypatch.setattr(dist.watch, "NO_WORKER_GRACE", 0.5)
@@ -222,6 +223,7 @@ def scheduler_process(tmp_path: Path):
         proc.wait()
 
 
+@pytest.mark.slow
 def test_the_scheduler_killed_mid_run_is_one_line_and_the_run_resumes(stack_zarr, tiny_model_dir, tmp_path, capsys,
                                                                        monkeypatch):
     out = tmp_path / "out.zarr"
@@ -285,6 +287,7 @@ def test_two_runs_on_one_output_the_second_is_refused_up_front(stack_zarr, tiny_
     assert not lock.exists()
 
 
+@pytest.mark.slow
 def test_a_relative_output_reaches_workers_started_elsewhere(stack_zarr, tiny_model_dir, tmp_path, monkeypatch,
                                                               no_workers):
     elsewhere = tmp_path / "elsewhere"
@@ -353,6 +356,7 @@ def _files_of_a_new_partial(tmp_path: Path) -> int:
     return sum(1 for _ in probe.parent.rglob("*")) + 1
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not _can_unshare(), reason="needs user namespaces (unshare -Urm) for a small disk of its own")
 def test_a_full_disk_is_one_line_and_keeps_the_finished_blocks(stack_zarr, tiny_model_dir, tmp_path):
     disk = tmp_path / "small-disk"
@@ -427,6 +431,7 @@ def _wait_for_blocks(partial: Path, n: int, proc: subprocess.Popen, timeout: flo
         time.sleep(0.1)
 
 
+@pytest.mark.slow
 def test_sigterm_keeps_the_finished_blocks_and_the_same_command_resumes(stack_zarr, tiny_model_dir, tmp_path,
                                                                         capsys):
     import psutil
