@@ -265,6 +265,10 @@ def _after_interrupt(args) -> str:
     """What an interrupted command left: nothing half-written; a training run its checkpoint."""
     if args.command == "measure" and args.meshes:
         return f"no table was written; meshes finished so far stay in {args.meshes}"
+    if args.command == "segment" and _wants_cluster(args):
+        from .distributed.cli import after_interrupt
+
+        return after_interrupt(args)
     if args.command == "train":
         from .training import CHECKPOINT
 
