@@ -47,7 +47,6 @@ def _train_checks(args) -> tuple[list[float], list[float]]:
     from .training import TrainingError, check_run_dir, check_thread_setting, check_val_fraction
 
     check_thread_setting()
-
     n = len(args.image)
     if len(args.mask) != n:
         raise ModelError(f"give one --mask per --image ({n} images, {len(args.mask)} masks)")

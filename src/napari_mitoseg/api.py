@@ -136,17 +136,17 @@ def segment_file(
         check_label_path(out, inputs=(image_path, gt))
     image, gt_arr = _read_with_gt(image_path, gt)
     m = get_model(model, device)
-    ratio, note = _file_pixel_ratio(m, image_path, pixel_ratio, pixel_size_nm)
+    ratio, note, voxel = _file_pixel_ratio(m, image_path, pixel_ratio, pixel_size_nm)
     opts = dataclasses.replace(opts, pixel_ratio=ratio)
     shape = tuple(image.shape)
     out = check_label_path(out) if out else None
     if out and out.suffix.lower() == ".zarr" and not instances and image.ndim == 3:
-        report = _segment_to_zarr(image, m, opts, out, gt_arr, progress)
+        report = _segment_to_zarr(image, m, opts, out, gt_arr, progress, voxel)
         return SegmentResult(None, m.name, report, shape, ratio, note)
     labels = segment(image, m, opts, instances=instances, progress=progress)
     report = evaluate(labels > 0, np.asarray(gt_arr) > 0) if gt_arr is not None else None
     if out:
-        write_labels(out, labels)
+        write_labels(out, labels, voxel_size=voxel)
     return SegmentResult(labels, m.name, report, shape, ratio, note)
 
 
@@ -177,38 +177,37 @@ def _read_with_gt(image_path, gt):
     return image, gt_arr
 
 
-def _file_pixel_ratio(model: LoadedModel, image_path, pixel_ratio, pixel_size_nm) -> tuple[float, str | None]:
-    """The pixel ratio for ``model`` on the stack at ``image_path`` (given, from a given pixel
-    size, else from the file's voxel size) and the note saying where it came from."""
+def _file_pixel_ratio(model: LoadedModel, image_path, pixel_ratio, pixel_size_nm):
+    """(pixel ratio, note, voxel size): the pixel ratio for ``model`` on the stack at
+    ``image_path`` (given, from a given pixel size, else from the file's voxel size), the note
+    saying where it came from, and the file's (Z, Y, X) voxel size in nm or None (the scale of
+    the output, too)."""
     from .io import read_voxel_size
 
-    voxel = read_voxel_size(image_path) if pixel_ratio is None and pixel_size_nm is None else None
+    voxel = read_voxel_size(image_path)
     ratio, note = choose_pixel_ratio(model.spec, pixel_ratio, pixel_size_nm, voxel[2] if voxel else None)
     if note:
         logger.info(note, extra=NOTE)
-    return ratio, note
+    return ratio, note, voxel
 
 
 def _segment_to_zarr(image, model: LoadedModel, options: PredictOptions, out: Path, gt,
-                     progress: ProgressFn | None = None) -> Report | None:
-    """Stream (Z, Y, X) ``image`` slice by slice into a new zarr at ``out`` (swapped in whole
-    when complete); score each slice against ``gt`` on the way."""
-    from .io import atomic_dir, open_labels_zarr
+                     progress: ProgressFn | None = None, voxel=None) -> Report | None:
+    """Stream (Z, Y, X) ``image`` slice by slice into a new OME-Zarr label image at ``out``
+    (``voxel``: (Z, Y, X) nm or None; swapped in whole when complete); score each slice against
+    ``gt`` on the way."""
+    from .io import labels_zarr
     from .metrics import Counts, report_from_counts
     from .metrics import counts as confusion
 
     per: list[Counts] = []
-
-    def write(tmp: Path) -> None:
-        arr = open_labels_zarr(tmp, tuple(image.shape), np.uint8)
+    with labels_zarr(out, tuple(image.shape), np.uint8, voxel) as arr:
         for r in iter_predict(model, image, options):
             arr[r.index] = r.mask.astype(np.uint8)
             if gt is not None:
                 per.append(confusion(r.mask, np.asarray(gt[r.index]) > 0))
             if progress is not None:
                 progress(r.index + 1, r.total)
-
-    atomic_dir(out, write)
     return report_from_counts(per) if gt is not None else None
 
 

@@ -58,11 +58,28 @@ def check_label_path(path: str | os.PathLike, inputs: Iterable = ()) -> Path:
     p = as_path(path, WriteError)
     if p.suffix.lower() not in LABEL_SUFFIXES:
         raise WriteError(f"{p}: write labels as {', '.join(LABEL_SUFFIXES)}")
-    check_not_input(p, inputs)
-    if p.is_dir() and p.suffix.lower() != ".zarr":
+    check_not_input(p, inputs, whole_folder=p.suffix.lower() == ".zarr")
+    if p.suffix.lower() == ".zarr":
+        _check_zarr_target(p)
+    elif p.is_dir():
         raise WriteError(f"{p} is a folder; name a file to write")
     check_writable_dir(p.parent)
     return p
+
+
+def _check_zarr_target(p: Path) -> None:
+    """A ``.zarr`` output replaces what is at ``p`` whole: refuse unless that is nothing, an
+    empty folder, or a label image this package wrote (never the user's own zarr groups)."""
+    from .ngff import is_our_labels
+
+    if not os.path.lexists(p):
+        return
+    if not p.is_dir():
+        raise WriteError(f"{p} exists and is not a folder (a zarr store is one); nothing was "
+                         "written: choose another name or remove it")
+    if any(p.iterdir()) and not is_our_labels(p):
+        raise WriteError(f"{p} exists and is not a label image written by mitoseg; it would be "
+                         "replaced whole, with everything in it: choose a new name, or delete it first")
 
 
 def _to_zyx(arr, source: str, rgb: str = "refuse"):
@@ -225,8 +242,18 @@ def _read_folder(p: Path):
 # --------------------------------------------------------------------------- writing
 
 
+def _voxel(voxel_size):
+    """(Z, Y, X) nm, or None, as :class:`ngff.VoxelSize`."""
+    from .ngff import VoxelSize
+
+    return VoxelSize(*(float(v) for v in voxel_size), unit="nanometer") if voxel_size else None
+
+
 def write_labels(path: str | os.PathLike, labels, voxel_size=None) -> Path:
-    """Write a (Z, Y, X) label volume to ``.tif``/``.tiff`` (zlib) or ``.zarr``, atomically."""
+    """Write a (Z, Y, X) label volume to ``.tif``/``.tiff`` (zlib) or ``.zarr``, atomically.
+
+    ``.zarr`` is an OME-Zarr label image (NGFF v0.4, a max-pooled pyramid) with ``voxel_size``
+    ((Z, Y, X) nm; None: unit-less scale 1) as its scale."""
     p = check_label_path(path)
     labels = np.asarray(labels)
     if labels.dtype.kind not in "biu":
@@ -242,17 +269,31 @@ def write_labels(path: str | os.PathLike, labels, voxel_size=None) -> Path:
                              metadata={"axes": "ZYX"[-labels.ndim :]})
 
         return _atomic_file(p, write_tiff)
+    from .ngff import write_ome_labels
 
-    def write_zarr(tmp: Path) -> None:  # .zarr: a folder, written beside and swapped in
-        open_labels_zarr(tmp, labels.shape, labels.dtype)[:] = labels
-
-    return atomic_dir(p, write_zarr)
+    return write_ome_labels(p, labels, _voxel(voxel_size))
 
 
-def open_labels_zarr(path: Path, shape: tuple[int, ...], dtype):
-    """A new zarr label array at ``path``, chunked by slice (so slices can be written and read
-    one at a time). Used inside :func:`atomic_dir`."""
-    import zarr
+def labels_zarr(path: str | os.PathLike, shape: tuple[int, int, int], dtype, voxel_size=None):
+    """A context manager that streams a (Z, Y, X) label volume into the OME-Zarr label image
+    ``path``: it yields the full-resolution zarr array (chunked one slice deep) to fill slice by
+    slice; on leaving the block the pyramid is computed and the folder moved into place. An
+    error inside the block leaves ``path`` as it was. ``voxel_size``: (Z, Y, X) nm or None.
 
-    return zarr.open(str(path), mode="w", shape=tuple(shape), dtype=dtype,
-                     chunks=(1, *shape[1:]))
+    ``with io.labels_zarr(out, image.shape, np.uint8, voxel) as arr: arr[z] = mask``
+    """
+    from .ngff import label_stream
+
+    p = check_label_path(path)
+    if p.suffix.lower() != ".zarr":
+        raise WriteError(f"{p}: slices stream into a .zarr label image only")
+    return label_stream(p, tuple(int(s) for s in shape), dtype, _voxel(voxel_size))
+
+
+def open_labels_zarr(path: Path, shape: tuple[int, ...], dtype, voxel_size=None):
+    """A new single-level OME-Zarr label image at ``path`` (a temporary folder inside
+    :func:`atomic_dir`); returns its array, chunked by slice. :func:`labels_zarr` also writes
+    the coarser levels."""
+    from .ngff import create_label_pyramid
+
+    return create_label_pyramid(path, tuple(shape), dtype, _voxel(voxel_size), levels=1)["0"]

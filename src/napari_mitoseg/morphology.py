@@ -34,11 +34,15 @@ import csv
 import logging
 import math
 import os
+import re
+import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
+
+from ._atomic import atomic_dir, atomic_file, write_errors
 
 logger = logging.getLogger(__name__)
 
@@ -271,18 +275,20 @@ def summarize(rows: Iterable[MitoMeasure], shape, voxel_size) -> VolumeSummary:
 
 def write_csv(rows: Iterable[MitoMeasure], path: str | os.PathLike) -> Path:
     """Write measurements as CSV (header = :data:`COLUMNS`), atomically."""
-    from .io import _atomic_file
-
     rows = list(rows)
 
     def write(tmp: Path) -> None:
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(COLUMNS))
-            w.writeheader()
-            for r in rows:
-                w.writerow(asdict(r))
+        _csv_to(tmp, rows)
 
-    return _atomic_file(Path(path), write)
+    return atomic_file(Path(path), write)
+
+
+def _csv_to(path: Path, rows: list[MitoMeasure]) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(COLUMNS))
+        w.writeheader()
+        for r in rows:
+            w.writerow(asdict(r))
 
 
 def mesh_path(folder: str | os.PathLike, obj_id: int) -> Path:
@@ -299,35 +305,53 @@ def write_mesh(path: str | os.PathLike, verts: np.ndarray, faces: np.ndarray) ->
     """
     import trimesh
 
-    from .io import _atomic_file
-
     mesh = trimesh.Trimesh(vertices=np.asarray(verts)[:, ::-1], faces=np.asarray(faces),
                            process=False)
 
     def write(tmp: Path) -> None:
         mesh.export(tmp, file_type="ply", encoding="binary")
 
-    return _atomic_file(Path(path), write)
+    return atomic_file(Path(path), write)
 
 
 def write_meshes(labels, voxel_size, folder: str | os.PathLike,
                  ids: Iterable[int] | None = None) -> list[Path]:
-    """One PLY per object (``mito_<id>.ply``, um) in ``folder`` (created); returns the paths."""
-    folder = Path(folder)
-    check_meshes_folder(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    return [write_mesh(mesh_path(folder, m.id), v, f)
-            for m, v, f in iter_objects(labels, voxel_size, ids=ids)]
+    """One PLY per object (``mito_<id>.ply``, um) in ``folder``; returns the paths.
+
+    The meshes are written into a new folder beside ``folder`` that replaces it whole once all
+    are written: no mesh of an earlier run is left among the new ones, and an interrupted run
+    leaves the old folder as it was. ``folder`` must be new, empty or a folder of meshes
+    (:func:`check_meshes_folder`)."""
+    folder = check_meshes_folder(folder)
+    names: list[str] = []
+
+    def write(tmp: Path) -> None:
+        names.extend(write_mesh(mesh_path(tmp, m.id), v, f).name
+                     for m, v, f in iter_objects(labels, voxel_size, ids=ids))
+
+    atomic_dir(folder, write)
+    return [folder / n for n in names]
+
+
+#: the files a meshes folder may hold: the meshes this module writes
+MESH_FILE = re.compile(r"mito_\d+\.ply")
 
 
 def check_meshes_folder(folder: str | os.PathLike) -> Path:
-    """Raise :class:`MeasureError` when ``folder`` cannot take meshes (a file, or unwritable)."""
+    """Raise :class:`MeasureError` when ``folder`` cannot take meshes: a file, unwritable, or a
+    folder holding anything but meshes (it is replaced whole by the new meshes)."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise MeasureError(f"{folder} is a file; meshes need a folder")
     parent = folder if folder.exists() else next((p for p in folder.parents if p.exists()), Path("."))
     if not os.access(parent, os.W_OK):
         raise MeasureError(f"cannot write meshes into {folder}: {parent} is not writable")
+    if folder.is_dir():
+        other = sorted(p.name for p in folder.iterdir() if not MESH_FILE.fullmatch(p.name))
+        if other:
+            raise MeasureError(f"{folder} holds files other than meshes ({', '.join(other[:3])}"
+                               f"{', ...' if len(other) > 3 else ''}); the meshes replace the folder "
+                               "whole: choose a new or empty folder")
     return folder
 
 
@@ -357,13 +381,17 @@ def check_outputs(labels_path, table, meshes=None) -> tuple[Path, Path | None]:
     from .io import check_not_input, check_writable_dir
 
     table = Path(table)
-    check_not_input(table, [labels_path], what="table")
     if table.is_dir():
         raise MeasureError(f"{table} is a folder; give a file name for the table (.csv)")
+    check_not_input(table, [labels_path], what="table")
     check_writable_dir(table.parent)
     if meshes is not None:
         meshes = Path(meshes)
-        check_not_input(meshes, [labels_path, table], what="meshes folder")
+        if table.resolve().is_relative_to(meshes.resolve()):
+            raise MeasureError(f"the table {table} lies inside the meshes folder {meshes}, which new "
+                               "meshes replace whole: put the table outside it")
+        check_not_input(meshes, [labels_path], what="meshes folder", whole_folder=True)
+        check_not_input(meshes, [table], what="meshes folder")
         check_meshes_folder(meshes)
         check_writable_dir(meshes)
     return table, meshes
@@ -392,12 +420,32 @@ def measure_file(labels_path, voxel_size, table, meshes=None, min_size: int = 64
     split_mask = is_mask(lab)
     if split_mask:
         lab = instances(lab, min_size=min_size)
-    rows, written = [], []
-    if meshes is not None:
-        meshes.mkdir(parents=True, exist_ok=True)
-    for m, verts, faces in iter_objects(lab, vox):
-        rows.append(m)
-        if meshes is not None:
-            written.append(write_mesh(mesh_path(meshes, m.id), verts, faces))
-    write_csv(rows, table)
+    rows, written = _write_outputs(lab, vox, table, meshes)
     return MeasureResult(rows, summarize(rows, lab.shape, vox), vox, split_mask, table, written)
+
+
+def _write_outputs(lab: np.ndarray, vox, table: Path, meshes: Path | None) -> tuple[list, list[Path]]:
+    """Measure every object of ``lab``; the table and the meshes go to temporary names beside
+    their places and move there only once all is written (the meshes folder first, the table
+    last), so an interrupted run leaves the old outputs as they were."""
+    rows: list[MitoMeasure] = []
+    names: list[str] = []
+    part = table.with_name(f".{table.name}.{uuid.uuid4().hex[:8]}.part")
+
+    def write(mesh_dir: Path | None) -> None:
+        for m, verts, faces in iter_objects(lab, vox):
+            rows.append(m)
+            if mesh_dir is not None:
+                names.append(write_mesh(mesh_path(mesh_dir, m.id), verts, faces).name)
+        atomic_file(part, lambda tmp: _csv_to(tmp, rows))  # complete, under a temporary name
+
+    try:
+        if meshes is None:
+            write(None)
+        else:
+            atomic_dir(meshes, write)  # the new meshes replace the folder here
+        with write_errors(table):
+            os.replace(part, table)
+    finally:
+        part.unlink(missing_ok=True)
+    return rows, [meshes / n for n in names] if meshes is not None else []
