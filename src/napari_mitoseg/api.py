@@ -60,16 +60,22 @@ def get_model(source: str | os.PathLike | None = None, device: str = "auto") -> 
 
 
 def segment(
-    image, model: LoadedModel, options: PredictOptions | None = None, instances: bool = False,
+    image, model: LoadedModel | str | os.PathLike | None = None,
+    options: PredictOptions | dict | None = None, instances: bool = False,
     min_size: int = 64, progress: ProgressFn | None = None, pixel_size_nm: float | None = None,
 ) -> np.ndarray:
     """(Z, Y, X) image (an array, or a nested list of numbers) -> (Z, Y, X) uint8 mask (0/1)
     or int32 instance labels. ``progress(done, total)`` is called after each slice.
 
+    ``model``: a loaded model, or a model name or folder (loaded with :func:`get_model`), or
+    None for the default model. ``options``: :class:`PredictOptions`, or a dict of its fields.
     ``pixel_size_nm``: the stack's Y/X pixel size, turned into ``options.pixel_ratio`` with the
     model's own pixel size (then ``options`` may not set a pixel ratio too)."""
     image = as_stack(image)
     check_stack(image)
+    options = as_options(options)
+    if not isinstance(model, LoadedModel):
+        model = get_model(model)
     if pixel_size_nm is not None:
         options = options or PredictOptions()
         given = options.pixel_ratio if options.pixel_ratio != 1.0 else None
@@ -79,13 +85,45 @@ def segment(
     mask = np.zeros(image.shape if image.ndim == 3 else (1, *image.shape), np.uint8)
     for r in iter_predict(model, image, options):
         mask[r.index] = r.mask
-        if progress is not None:
-            progress(r.index + 1, r.total)
+        report_progress(progress, r.index + 1, r.total)
     if instances:
         from .postprocess import instances as to_instances
 
         return to_instances(mask, min_size=min_size)
     return mask
+
+
+class ProgressCallbackError(RuntimeError):
+    """The caller's ``progress`` callback raised; the work stopped there (the callback's own
+    error is the cause)."""
+
+
+def report_progress(progress: ProgressFn | None, done: int, total: int) -> None:
+    """Call ``progress(done, total)``; an error in it stops the work as a
+    :class:`ProgressCallbackError` that names the callback, so it is not taken for ours."""
+    if progress is None:
+        return
+    try:
+        progress(done, total)
+    except Exception as exc:
+        raise ProgressCallbackError(f"the progress callback {getattr(progress, '__name__', progress)!s} "
+                                    f"raised {type(exc).__name__}: {exc} (at {done} of {total}); "
+                                    "the work stopped there") from exc
+
+
+def as_options(options: PredictOptions | dict | None) -> PredictOptions | None:
+    """``options`` as :class:`PredictOptions`: a dict of its fields is accepted; anything else
+    raises :class:`InputError` naming the valid fields."""
+    if options is None or isinstance(options, PredictOptions):
+        return options
+    valid = [f.name for f in dataclasses.fields(PredictOptions)]
+    if not isinstance(options, dict):
+        raise InputError(f"options must be PredictOptions or a dict of its fields ({', '.join(valid)}), "
+                         f"got {type(options).__name__}")
+    unknown = sorted(str(k) for k in options if k not in valid)
+    if unknown:
+        raise InputError(f"unknown option(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
+    return PredictOptions(**options)
 
 
 @dataclass
@@ -102,7 +140,7 @@ class SegmentResult:
 def segment_file(
     image_path, *, model=None, device="auto", threshold=None, tta=False, z_smooth=None,
     instances=False, out=None, gt=None, pixel_ratio=None, invert=False, pixel_size_nm=None,
-    progress: ProgressFn | None = None, client=None,
+    progress: ProgressFn | None = None, client=None, keep_nothing: bool = True,
 ) -> SegmentResult:
     """Read, segment, optionally score against ``gt`` and write ``out`` (atomically).
 
@@ -122,10 +160,13 @@ def segment_file(
     ground truth need not fit in memory (``labels`` is then None). Instances need the whole
     volume at once (3D connected components), and TIFF output is written whole.
 
+    ``keep_nothing=False`` refuses (once the inputs are checked, before the model loads) a call
+    with neither ``out`` nor ``gt``, whose result would be thrown away (the command line's case).
+
     ``client`` (a ``distributed.Client``): segment in blocks on its cluster into the OME-Zarr
     ``out`` instead (see :mod:`napari_mitoseg.distributed`; same labels, ``labels`` is None).
     """
-    from .io import check_label_path, read_stack, read_voxel_size, write_labels
+    from .io import check_label_path, check_no_missing_chunks, read_stack, read_voxel_size, write_labels
 
     opts = PredictOptions(threshold=threshold, tta=tta, z_smooth=z_smooth, invert=invert)
     if pixel_ratio is not None and pixel_size_nm is not None:
@@ -140,6 +181,7 @@ def segment_file(
         return run_on_client(client, image_path, out, gt=gt, model=model, device=device, instances=instances,
                              options=opts, pixel_ratio=pixel_ratio, pixel_size_nm=pixel_size_nm)
     image = read_stack(image_path)
+    check_no_missing_chunks(image_path)
     gt_arr = None
     if gt is not None:
         gt_arr = read_stack(gt)
@@ -150,6 +192,10 @@ def segment_file(
                 f"ground truth shape {tuple(gt_arr.shape)} does not match image shape "
                 f"{tuple(image.shape)}"
             )
+        _check_ground_truth(gt_arr, gt)
+    if not (keep_nothing or out or gt is not None):
+        raise InputError("nothing would be kept: give an output (-o OUT, .tif or .zarr) to write "
+                         "the labels, or ground truth (--gt TRUTH) or --json for scores")
     m = get_model(model, device)
     voxel = read_voxel_size(image_path) if pixel_ratio is None and pixel_size_nm is None else None
     ratio, note = choose_pixel_ratio(m.spec, pixel_ratio, pixel_size_nm, voxel[2] if voxel else None)
@@ -168,6 +214,15 @@ def segment_file(
     return SegmentResult(labels, m.name, report, shape, ratio, note)
 
 
+def _check_ground_truth(gt_arr, gt_path) -> None:
+    """:class:`~napari_mitoseg.metrics.NotAMaskError` unless the ground truth is a mask or label
+    volume (not the grey stack, a probability map or NaN); a lazy one is checked on a sample."""
+    from .metrics import check_mask, label_sample
+
+    check_mask(gt_arr if isinstance(gt_arr, np.ndarray) else label_sample(gt_arr),
+               f"the ground truth {gt_path}")
+
+
 def _segment_to_zarr(image, model: LoadedModel, options: PredictOptions, out: Path, gt,
                      progress: ProgressFn | None = None) -> Report | None:
     """Stream (Z, Y, X) ``image`` slice by slice into a new zarr at ``out`` (swapped in whole
@@ -184,8 +239,7 @@ def _segment_to_zarr(image, model: LoadedModel, options: PredictOptions, out: Pa
             arr[r.index] = r.mask.astype(np.uint8)
             if gt is not None:
                 per.append(confusion(r.mask, np.asarray(gt[r.index]) > 0))
-            if progress is not None:
-                progress(r.index + 1, r.total)
+            report_progress(progress, r.index + 1, r.total)
 
     atomic_dir(out, write)
     return report_from_counts(per) if gt is not None else None
@@ -210,8 +264,11 @@ def merge_unpainted(new, painted, keep_slices: Sequence[int]) -> np.ndarray:
     exactly (the user's corrections are never overwritten)."""
     out = np.array(new, copy=True)
     painted = np.asarray(painted)
-    for z in keep_slices:
-        out[z] = painted[z]
+    if out.shape != painted.shape:
+        raise InputError(f"the new labels {out.shape} and the painted ones {painted.shape} differ in shape")
+    view, src = (out, painted) if out.ndim == 3 else (out[None], painted[None])  # views of a 2D pair
+    for z in _slice_indices(keep_slices, view.shape[0]):
+        view[z] = src[z]
     return out
 
 
