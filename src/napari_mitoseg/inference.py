@@ -267,21 +267,15 @@ def normalise01(slice_: np.ndarray, mode: str = "percentile") -> np.ndarray:
 
 
 def _float64_to_unit(slice_):
-    """A float64 (or wider) slice mapped to [0, 1] by its finite min and max, computed without
-    overflow (divided by its largest magnitude first); NaN / inf stay non-finite. Other dtypes
-    pass unchanged."""
+    """A float64 slice mapped to [0, 1] by its finite min and max without overflow (divided by
+    its largest magnitude first); NaN / inf stay non-finite. Other dtypes pass unchanged."""
     a = np.asarray(slice_)
-    if a.dtype.kind != "f" or a.dtype.itemsize <= 4:
-        return a
-    finite = a[np.isfinite(a)]
-    if finite.size == 0:
-        return a
-    m = float(np.abs(finite).max())
+    finite = a[np.isfinite(a)] if a.dtype.kind == "f" and a.dtype.itemsize > 4 else a[:0]
+    m = float(np.abs(finite).max()) if finite.size else 0.0
     if m == 0.0:
         return a
     lo, hi = float(finite.min()) / m, float(finite.max()) / m
-    b = a / m - lo
-    return b / (hi - lo) if hi > lo else b
+    return (a / m - lo) / (hi - lo) if hi > lo else a / m - lo
 
 
 def normalise(slice_: np.ndarray, mode: str = "percentile") -> np.ndarray:
