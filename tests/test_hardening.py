@@ -145,7 +145,8 @@ def test_measure_refuses_negative_ids_and_grey_images(tmp_path, files, capsys):
     with pytest.raises(MeasureError, match="negative ids"):
         measure(lab, (30, 8, 8))
     table = tmp_path / "m.csv"
-    for path, message in [(files["neg"], "negative ids (down to -3)"), (files["image"], "looks like a grey image")]:
+    cases = [(files["neg"], "negative ids (down to -3)"), (files["image"], "looks like a grey image")]
+    for path, message in cases:
         assert main(["measure", str(path), "--voxel-size", "30", "8", "8", "-o", str(table)]) == 2
         assert message in _one_error_line(capsys)
     assert not table.exists()

@@ -226,7 +226,8 @@ def iter_objects(labels, voxel_size_nm, ids: Iterable[int] | None = None,
         cz, cy, cx = r.centroid  # physical (spacing) units
         border = z0 == 0 or y0 == 0 or x0 == 0 or z1 == shape[0] or y1 == shape[1] or x1 == shape[2]
         m = MitoMeasure(
-            id=int(r.label if original_ids is None else original_ids[r.label]), voxels=int(r.num_pixels), volume_um3=volume, surface_um2=surface,
+            id=int(r.label if original_ids is None else original_ids[r.label]), voxels=int(r.num_pixels),
+            volume_um3=volume, surface_um2=surface,
             sphericity=sphericity, axis_major_um=major, axis_medium_um=medium, axis_minor_um=minor,
             elongation=major / medium if medium > 0 else float("inf"),
             flatness=medium / minor if minor > 0 else float("inf"),
@@ -371,7 +372,6 @@ def measure_file(labels_path, voxel_size, table, meshes=None, min_size: int = 64
     object into that folder. ``voxel_size`` (Z, Y, X) nm, or None: the one the file records.
     Inputs and outputs are checked before any work."""
     from .io import read_stack
-    from .postprocess import instances
 
     table, meshes = check_outputs(labels_path, table, meshes)
     if voxel_size is None:
