@@ -220,9 +220,12 @@ def test_an_error_in_the_progress_callback_is_named_as_such(tiny_model):
 # --------------------------------------------------------------------------- CLI
 
 
-def test_segment_without_an_output_is_refused_before_the_model_loads(files, capsys):
-    assert main(["segment", str(files["image"]), "--model", "no-such-model"]) == 2
-    assert "nothing would be kept: give an output" in _one_error_line(capsys)
+def test_segment_without_an_output_is_refused_before_any_slice_is_segmented(files, tiny_model_dir,
+                                                                           capsys):
+    assert main(["segment", str(files["image"]), "--model", str(tiny_model_dir), "--device", "cpu"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.strip() == ("mitoseg: error: nothing would be kept: give an output (-o OUT, .tif or "
+                                    ".zarr) to write the labels, or ground truth (--gt TRUTH) or --json for scores")
 
 
 def test_sigint_stops_segment_even_when_started_with_sigint_ignored(tmp_path, tiny_model_dir):

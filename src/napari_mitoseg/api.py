@@ -160,8 +160,9 @@ def segment_file(
     ground truth need not fit in memory (``labels`` is then None). Instances need the whole
     volume at once (3D connected components), and TIFF output is written whole.
 
-    ``keep_nothing=False`` refuses (once the inputs are checked, before the model loads) a call
-    with neither ``out`` nor ``gt``, whose result would be thrown away (the command line's case).
+    ``keep_nothing=False`` refuses (once the inputs and the model are checked, before any
+    slice is segmented) a call with neither ``out`` nor ``gt``, whose result would be thrown
+    away (the command line's case).
 
     ``client`` (a ``distributed.Client``): segment in blocks on its cluster into the OME-Zarr
     ``out`` instead (see :mod:`napari_mitoseg.distributed`; same labels, ``labels`` is None).
@@ -193,10 +194,10 @@ def segment_file(
                 f"{tuple(image.shape)}"
             )
         _check_ground_truth(gt_arr, gt)
+    m = get_model(model, device)
     if not (keep_nothing or out or gt is not None):
         raise InputError("nothing would be kept: give an output (-o OUT, .tif or .zarr) to write "
                          "the labels, or ground truth (--gt TRUTH) or --json for scores")
-    m = get_model(model, device)
     voxel = read_voxel_size(image_path) if pixel_ratio is None and pixel_size_nm is None else None
     ratio, note = choose_pixel_ratio(m.spec, pixel_ratio, pixel_size_nm, voxel[2] if voxel else None)
     if note:
