@@ -119,7 +119,8 @@ def make_inputs(d: Path) -> None:
     with tifffile.TiffFile(d / "pages.tif") as t:
         cut = t.pages[2].offset
     (d / "cut.tif").write_bytes((d / "pages.tif").read_bytes()[:cut])
-    for name in ("missing_chunk.zarr", "bad_chunk.zarr", "img.zarr"):
+    zarr.open_group(str(d / "img.zarr"), mode="w").create_array("0", shape=im.shape, dtype=im.dtype)[:] = im
+    for name in ("missing_chunk.zarr", "bad_chunk.zarr"):
         z = zarr.open(str(d / name), mode="w", shape=im.shape, dtype=im.dtype, chunks=(1, 96, 96))
         z[:] = im
     chunks = lambda name: sorted(p for p in (d / name).rglob("*") if p.is_file() and p.name != "zarr.json")  # noqa: E731
@@ -225,7 +226,7 @@ def segment_cases() -> list[Case]:
         Case("segment: a named pipe x.tif", ["segment", "fifo.tif", "-o", "o.tif"]),
         Case("segment: no -o", SEG),
         Case("segment: -o is the input", [*SEG, "-o", "im.tif"], keep=("im.tif",)),
-        Case("segment: -o the zarr holding the input", ["segment", "img.zarr/c", "-o", "img.zarr"],
+        Case("segment: -o the zarr holding the input", ["segment", "img.zarr/0", "-o", "img.zarr"],
              keep=("img.zarr",)),
         Case("segment: -o a zarr group of other arrays", [*SEG, "-o", "analysis.zarr"],
              keep=("analysis.zarr",)),

@@ -252,3 +252,10 @@ def test_sigint_stops_segment_even_when_started_with_sigint_ignored(tmp_path, ti
     assert time.monotonic() - t0 < 60
     assert "interrupted; nothing was written" in err
     assert not out.exists()
+
+
+def test_a_tiny_slice_is_called_too_small_not_rgb(tmp_path):
+    path = tmp_path / "tiny.tif"
+    tifffile.imwrite(path, np.zeros((1, 4, 4), np.uint8), photometric="minisblack")
+    with pytest.raises(InputError, match="slices of 4x4 are too small"):
+        api.segment(read_stack(path), None)

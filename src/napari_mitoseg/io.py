@@ -120,7 +120,7 @@ def write_errors(path: Path):
 def _to_zyx(arr, source: str, rgb: str = "refuse"):
     """Bring an array to (Z, Y, X): 2D becomes one slice; singleton axes dropped; RGB refused."""
     shape = tuple(arr.shape)
-    if len(shape) >= 3 and shape[-1] in (3, 4) and rgb == "refuse":
+    if len(shape) >= 3 and shape[-1] in (3, 4) and shape[-2] >= 8 and rgb == "refuse":
         raise ReadError(
             f"{source} looks like an RGB(A) image (shape {shape}); EM stacks are grey-scale: "
             "convert it to grey first"
