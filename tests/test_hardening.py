@@ -224,8 +224,9 @@ def test_segment_without_an_output_is_refused_before_any_slice_is_segmented(file
                                                                            capsys):
     assert main(["segment", str(files["image"]), "--model", str(tiny_model_dir), "--device", "cpu"]) == 2
     captured = capsys.readouterr()
-    assert captured.err.strip() == ("mitoseg: error: nothing would be kept: give an output (-o OUT, .tif or "
-                                    ".zarr) to write the labels, or ground truth (--gt TRUTH) or --json for scores")
+    assert captured.err.strip() == ("mitoseg: error: nothing would be kept: give an output (-o OUT, .tif "
+                                    "or .zarr) to write the labels, or ground truth (--gt TRUTH) or --json "
+                                    "for scores")
 
 
 def test_sigint_stops_segment_even_when_started_with_sigint_ignored(tmp_path, tiny_model_dir):
