@@ -244,7 +244,7 @@ def segment_cases() -> list[Case]:
         Case("segment: model with NaN weights", [*SEG, "--model", "models/nan-weights", "-o", "o.tif"]),
         Case("segment: model config pixel size 0", [*SEG, "--model", "models/pixel0", "-o", "o.tif"]),
         Case("segment: model config pixel size 'five'", [*SEG, "--model", "models/pixel-str", "-o", "o.tif"]),
-        Case("segment: Ctrl+C during --tta", ["segment", "long.tif", "--tta", "-o", "o.tif"],
+        Case("segment: Ctrl+C during --tta", ["segment", "long.tif", "--tta", "-o", "interrupted.tif"],
              interrupt=True),
     ]
 
@@ -391,7 +391,7 @@ def classify(case: Case, d: Path, rc: int | None, out: str, err: str, before: di
         return "silent wrong", err.strip().splitlines()[-1]
     errors = [ln for ln in err.splitlines() if ln.startswith("mitoseg: error: ")]
     if case.interrupt:
-        ok = rc == 130 and "interrupted" in err and not (d / "o.tif").exists()
+        ok = rc == 130 and "interrupted" in err and not (d / "interrupted.tif").exists()
         return ("good", "stopped") if ok else ("unclear", f"exit {rc}: {err.strip()[-120:]}")
     if case.expect == "refuse":
         if rc == 0:
