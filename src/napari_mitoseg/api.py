@@ -167,7 +167,7 @@ def segment_file(
     ``client`` (a ``distributed.Client``): segment in blocks on its cluster into the OME-Zarr
     ``out`` instead (see :mod:`napari_mitoseg.distributed`; same labels, ``labels`` is None).
     """
-    from .io import check_label_path, check_no_missing_chunks, read_stack, read_voxel_size, write_labels
+    from .io import check_label_path, read_stack, read_voxel_size, warn_missing_chunks, write_labels
 
     opts = PredictOptions(threshold=threshold, tta=tta, z_smooth=z_smooth, invert=invert)
     if pixel_ratio is not None and pixel_size_nm is not None:
@@ -182,7 +182,7 @@ def segment_file(
         return run_on_client(client, image_path, out, gt=gt, model=model, device=device, instances=instances,
                              options=opts, pixel_ratio=pixel_ratio, pixel_size_nm=pixel_size_nm)
     image = read_stack(image_path)
-    check_no_missing_chunks(image_path)
+    warn_missing_chunks(image_path)
     gt_arr = None
     if gt is not None:
         gt_arr = read_stack(gt)

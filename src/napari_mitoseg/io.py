@@ -335,26 +335,28 @@ class _CheckedChunks:
                             f"{exc}); the store is damaged: copy it again") from exc
 
 
-def check_no_missing_chunks(path: str | os.PathLike) -> None:
-    """Raise :class:`ReadError` when ``path`` is a zarr store whose array lacks stored chunks.
+def warn_missing_chunks(path: str | os.PathLike) -> int:
+    """Warn when ``path`` is a zarr store whose array lacks stored chunks; return how many.
 
-    zarr reads a missing chunk as its fill value without a word, so an interrupted copy of an EM
-    image would be segmented with blank blocks. (Label volumes legitimately leave empty chunks
-    unwritten, so only images are checked.) Other files pass."""
+    zarr reads a missing chunk as its fill value without a word: an interrupted copy of an EM
+    image would be segmented with blank blocks. A writer may also leave out chunks holding only
+    the fill value on purpose (zarr-python 3 does by default, as for an aligned volume's empty
+    margins), and the store cannot tell which, so this warns rather than refuses. Label volumes
+    leave empty chunks out routinely, so only images are checked. Other files: 0."""
     import zarr
 
     p = as_path(path)
     if not _is_zarr(p):
-        return
+        return 0
     node = zarr.open(str(p), mode="r")
     if not hasattr(node, "shape"):
         node = _zarr_group_array(node, p)
-    stored, total = node.nchunks_initialized, node.nchunks
-    if stored < total:
+    missing = node.nchunks - node.nchunks_initialized
+    if missing:
         fill = node.fill_value.item() if hasattr(node.fill_value, "item") else node.fill_value
-        raise ReadError(f"{p}: {total - stored} of {total} chunks are missing (they would read as "
-                        f"{fill!r}): an incomplete copy? Copy it again; if the gaps are "
-                        "intended, write them out (e.g. as zeros) first")
+        logger.warning("%s: %d of %d chunks are not stored and read as %r: if the store was copied, "
+                       "check that the copy is complete", p, missing, node.nchunks, fill)
+    return missing
 
 
 def _multiscales(attrs) -> list:
