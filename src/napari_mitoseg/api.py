@@ -60,16 +60,22 @@ def get_model(source: str | os.PathLike | None = None, device: str = "auto") -> 
 
 
 def segment(
-    image, model: LoadedModel, options: PredictOptions | None = None, instances: bool = False,
+    image, model: LoadedModel | str | os.PathLike | None = None,
+    options: PredictOptions | dict | None = None, instances: bool = False,
     min_size: int = 64, progress: ProgressFn | None = None, pixel_size_nm: float | None = None,
 ) -> np.ndarray:
     """(Z, Y, X) image (an array, or a nested list of numbers) -> (Z, Y, X) uint8 mask (0/1)
     or int32 instance labels. ``progress(done, total)`` is called after each slice.
 
+    ``model``: a loaded model, or a model name or folder (loaded with :func:`get_model`), or
+    None for the default model. ``options``: :class:`PredictOptions`, or a dict of its fields.
     ``pixel_size_nm``: the stack's Y/X pixel size, turned into ``options.pixel_ratio`` with the
     model's own pixel size (then ``options`` may not set a pixel ratio too)."""
     image = as_stack(image)
     check_stack(image)
+    options = as_options(options)
+    if not isinstance(model, LoadedModel):
+        model = get_model(model)
     if pixel_size_nm is not None:
         options = options or PredictOptions()
         given = options.pixel_ratio if options.pixel_ratio != 1.0 else None
@@ -79,13 +85,45 @@ def segment(
     mask = np.zeros(image.shape if image.ndim == 3 else (1, *image.shape), np.uint8)
     for r in iter_predict(model, image, options):
         mask[r.index] = r.mask
-        if progress is not None:
-            progress(r.index + 1, r.total)
+        report_progress(progress, r.index + 1, r.total)
     if instances:
         from .postprocess import instances as to_instances
 
         return to_instances(mask, min_size=min_size)
     return mask
+
+
+class ProgressCallbackError(RuntimeError):
+    """The caller's ``progress`` callback raised; the work stopped there (the callback's own
+    error is the cause)."""
+
+
+def report_progress(progress: ProgressFn | None, done: int, total: int) -> None:
+    """Call ``progress(done, total)``; an error in it stops the work as a
+    :class:`ProgressCallbackError` that names the callback, so it is not taken for ours."""
+    if progress is None:
+        return
+    try:
+        progress(done, total)
+    except Exception as exc:
+        raise ProgressCallbackError(f"the progress callback {getattr(progress, '__name__', progress)!s} "
+                                    f"raised {type(exc).__name__}: {exc} (at {done} of {total}); "
+                                    "the work stopped there") from exc
+
+
+def as_options(options: PredictOptions | dict | None) -> PredictOptions | None:
+    """``options`` as :class:`PredictOptions`: a dict of its fields is accepted; anything else
+    raises :class:`InputError` naming the valid fields."""
+    if options is None or isinstance(options, PredictOptions):
+        return options
+    valid = [f.name for f in dataclasses.fields(PredictOptions)]
+    if not isinstance(options, dict):
+        raise InputError(f"options must be PredictOptions or a dict of its fields ({', '.join(valid)}), "
+                         f"got {type(options).__name__}")
+    unknown = sorted(str(k) for k in options if k not in valid)
+    if unknown:
+        raise InputError(f"unknown option(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
+    return PredictOptions(**options)
 
 
 @dataclass
@@ -102,7 +140,7 @@ class SegmentResult:
 def segment_file(
     image_path, *, model=None, device="auto", threshold=None, tta=False, z_smooth=None,
     instances=False, out=None, gt=None, pixel_ratio=None, invert=False, pixel_size_nm=None,
-    progress: ProgressFn | None = None, client=None,
+    progress: ProgressFn | None = None, client=None, keep_nothing: bool = True,
 ) -> SegmentResult:
     """Read, segment, optionally score against ``gt`` and write ``out`` (atomically).
 
@@ -122,6 +160,10 @@ def segment_file(
     ground truth need not fit in memory (``labels`` is then None). Instances need the whole
     volume at once (3D connected components), and TIFF output is written whole.
 
+    ``keep_nothing=False`` refuses (once the inputs and the model are checked, before any
+    slice is segmented) a call with neither ``out`` nor ``gt``, whose result would be thrown
+    away (the command line's case).
+
     This runs in this process. To segment in blocks on a dask cluster, call
     :func:`napari_mitoseg.distributed.segment_file` with the same arguments and ``client=``.
     """
@@ -136,6 +178,9 @@ def segment_file(
         check_label_path(out, inputs=(image_path, gt))
     image, gt_arr = _read_with_gt(image_path, gt)
     m = get_model(model, device)
+    if not (keep_nothing or out or gt is not None):
+        raise InputError("nothing would be kept: give an output (-o OUT, .tif or .zarr) to write "
+                         "the labels, or ground truth (--gt TRUTH) or --json for scores")
     ratio, note, voxel = _file_pixel_ratio(m, image_path, pixel_ratio, pixel_size_nm)
     opts = dataclasses.replace(opts, pixel_ratio=ratio)
     shape = tuple(image.shape)
@@ -161,9 +206,10 @@ def _check_scale_args(pixel_ratio: float | None, pixel_size_nm: float | None) ->
 
 def _read_with_gt(image_path, gt):
     """The stack at ``image_path`` and the ground truth at ``gt`` (None without), of one shape."""
-    from .io import read_stack
+    from .io import read_stack, warn_missing_chunks
 
     image = read_stack(image_path)
+    warn_missing_chunks(image_path)
     if gt is None:
         return image, None
     gt_arr = read_stack(gt)
@@ -174,6 +220,7 @@ def _read_with_gt(image_path, gt):
             f"ground truth shape {tuple(gt_arr.shape)} does not match image shape "
             f"{tuple(image.shape)}"
         )
+    _check_ground_truth(gt_arr, gt)
     return image, gt_arr
 
 
@@ -191,6 +238,15 @@ def _file_pixel_ratio(model: LoadedModel, image_path, pixel_ratio, pixel_size_nm
     return ratio, note, voxel
 
 
+def _check_ground_truth(gt_arr, gt_path) -> None:
+    """:class:`~napari_mitoseg.metrics.NotAMaskError` unless the ground truth is a mask or label
+    volume (not the grey stack, a probability map or NaN); a lazy one is checked on a sample."""
+    from .metrics import check_mask, label_sample
+
+    check_mask(gt_arr if isinstance(gt_arr, np.ndarray) else label_sample(gt_arr),
+               f"the ground truth {gt_path}")
+
+
 def _segment_to_zarr(image, model: LoadedModel, options: PredictOptions, out: Path, gt,
                      progress: ProgressFn | None = None, voxel=None) -> Report | None:
     """Stream (Z, Y, X) ``image`` slice by slice into a new OME-Zarr label image at ``out``
@@ -206,8 +262,7 @@ def _segment_to_zarr(image, model: LoadedModel, options: PredictOptions, out: Pa
             arr[r.index] = r.mask.astype(np.uint8)
             if gt is not None:
                 per.append(confusion(r.mask, np.asarray(gt[r.index]) > 0))
-            if progress is not None:
-                progress(r.index + 1, r.total)
+            report_progress(progress, r.index + 1, r.total)
     return report_from_counts(per) if gt is not None else None
 
 
@@ -230,8 +285,11 @@ def merge_unpainted(new, painted, keep_slices: Sequence[int]) -> np.ndarray:
     exactly (the user's corrections are never overwritten)."""
     out = np.array(new, copy=True)
     painted = np.asarray(painted)
-    for z in keep_slices:
-        out[z] = painted[z]
+    if out.shape != painted.shape:
+        raise InputError(f"the new labels {out.shape} and the painted ones {painted.shape} differ in shape")
+    view, src = (out, painted) if out.ndim == 3 else (out[None], painted[None])  # views of a 2D pair
+    for z in _slice_indices(keep_slices, view.shape[0]):
+        view[z] = src[z]
     return out
 
 

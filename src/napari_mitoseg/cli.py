@@ -226,6 +226,10 @@ def main(argv: list[str] | None = None) -> int:
     root.setLevel(logging.INFO)
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
+    # started with SIGINT ignored (in the background by a script): Ctrl+C / kill -INT still stops it
+    ignored_int = in_main_thread and signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    if ignored_int:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return _run_command(args)
     finally:
@@ -233,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
         root.setLevel(level)
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous)
+        if ignored_int:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _run_command(args) -> int:
@@ -304,7 +310,7 @@ def cmd_segment(args) -> int:
             args.image, model=args.model, device=args.device, threshold=args.threshold,
             tta=args.tta, z_smooth=args.z_smooth, instances=args.instances, out=args.out,
             gt=args.gt, pixel_ratio=args.pixel_ratio, invert=args.invert,
-            pixel_size_nm=args.pixel_size, progress=progress,
+            pixel_size_nm=args.pixel_size, progress=progress, keep_nothing=args.json,
         )
     finally:
         progress.close()

@@ -237,9 +237,11 @@ def normalise01(slice_: np.ndarray, mode: str = "percentile") -> np.ndarray:
     ``percentile``: the slice's 0.5th..99.5th percentile -> [0, 1], clipped (robust to dtype,
     brightness and contrast, so stacks from other microscopes land in the same range);
     ``none``: integer images divided by their dtype maximum, floats clipped to [0, 1].
-    NaN / inf pixels are left out of the percentiles and map to 0 (the low end).
+    NaN / inf pixels are left out of the percentiles and map to 0 (the low end). Float64
+    slices are first mapped to [0, 1] in float64 (the percentile mapping ignores such an affine
+    step), so values beyond float32's range (1e302, 1e-298) keep their contrast.
     """
-    x = np.asarray(slice_, dtype=np.float32)
+    x = np.asarray(slice_ if mode == "none" else _float64_to_unit(slice_), dtype=np.float32)
     bad = non_finite(x)
     if mode == "none":
         dt = np.asarray(slice_).dtype
@@ -262,6 +264,18 @@ def normalise01(slice_: np.ndarray, mode: str = "percentile") -> np.ndarray:
     if hi - lo < 1e-6:
         return np.zeros_like(x)
     return np.clip((x - np.float32(lo)) / np.float32(hi - lo), 0.0, 1.0, dtype=np.float32)
+
+
+def _float64_to_unit(slice_):
+    """A float64 slice mapped to [0, 1] by its finite min and max without overflow (divided by
+    its largest magnitude first); NaN / inf stay non-finite. Other dtypes pass unchanged."""
+    a = np.asarray(slice_)
+    finite = a[np.isfinite(a)] if a.dtype.kind == "f" and a.dtype.itemsize > 4 else a[:0]
+    m = float(np.abs(finite).max()) if finite.size else 0.0
+    if m == 0.0:
+        return a
+    lo, hi = float(finite.min()) / m, float(finite.max()) / m
+    return (a / m - lo) / (hi - lo) if hi > lo else a / m - lo
 
 
 def normalise(slice_: np.ndarray, mode: str = "percentile") -> np.ndarray:

@@ -142,7 +142,26 @@ def _as_labels(labels) -> np.ndarray:
         raise MeasureError(f"labels must be (Z, Y, X) or (Y, X), got shape {lab.shape}")
     if lab.dtype.kind not in "iub":
         raise MeasureError(f"labels must be integers (object ids), got {lab.dtype}")
+    if lab.dtype.kind == "i" and lab.size and lab.min() < 0:
+        raise MeasureError(f"labels hold negative ids (down to {int(lab.min())}); object ids are "
+                           "> 0 and 0 is background")
     return lab
+
+
+#: ids above this are renumbered 1..n while measuring (regionprops sizes its tables by the
+#: largest id), and reported as they were
+SPARSE_IDS = 1 << 24
+
+
+def _compact_ids(lab: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """``lab`` with ids renumbered 1..n when its largest id exceeds :data:`SPARSE_IDS`, and the
+    original id of each new one (index = new id); ``(lab, None)`` when no renumbering is needed."""
+    if lab.size == 0 or int(lab.max()) <= SPARSE_IDS:
+        return lab, None
+    ids, inverse = np.unique(lab, return_inverse=True)
+    if ids[0] != 0:
+        ids, inverse = np.concatenate([[0], ids]), inverse + 1
+    return inverse.reshape(lab.shape).astype(np.int32 if len(ids) < 2**31 else np.int64), ids
 
 
 def smoothing_sigma(voxel_size_nm) -> tuple[float, float, float]:
@@ -222,6 +241,7 @@ def iter_objects(labels, voxel_size_nm, ids: Iterable[int] | None = None,
         wanted = np.asarray(sorted({int(i) for i in ids if int(i) > 0}), dtype=lab.dtype)
         lab = np.where(np.isin(lab, wanted), lab, 0)
     shape = lab.shape
+    lab, original_ids = _compact_ids(lab)
     for r in regionprops(lab, spacing=spacing_um):
         z0, y0, x0, z1, y1, x1 = r.bbox
         volume = float(r.area)
@@ -234,7 +254,8 @@ def iter_objects(labels, voxel_size_nm, ids: Iterable[int] | None = None,
         cz, cy, cx = r.centroid  # physical (spacing) units
         border = z0 == 0 or y0 == 0 or x0 == 0 or z1 == shape[0] or y1 == shape[1] or x1 == shape[2]
         m = MitoMeasure(
-            id=int(r.label), voxels=int(r.num_pixels), volume_um3=volume, surface_um2=surface,
+            id=int(r.label if original_ids is None else original_ids[r.label]), voxels=int(r.num_pixels),
+            volume_um3=volume, surface_um2=surface,
             sphericity=sphericity, axis_major_um=major, axis_medium_um=medium, axis_minor_um=minor,
             elongation=major / medium if medium > 0 else float("inf"),
             flatness=medium / minor if minor > 0 else float("inf"),
@@ -406,10 +427,11 @@ def measure_file(labels_path, voxel_size, table, meshes=None, min_size: int = 64
 
     table, meshes = check_outputs(labels_path, table, meshes)
     if voxel_size is None:
-        from .io import read_voxel_size
+        from .io import check_regular, read_voxel_size
 
         if not Path(labels_path).exists():
             raise FileNotFoundError(f"{labels_path} does not exist")
+        check_regular(Path(labels_path))
         voxel_size = read_voxel_size(labels_path)
         if voxel_size is None:
             raise MeasureError(f"{labels_path} records no voxel size; give it with --voxel-size Z Y X (nm)")
@@ -417,9 +439,10 @@ def measure_file(labels_path, voxel_size, table, meshes=None, min_size: int = 64
     lab = np.asarray(read_stack(labels_path))
     if lab.dtype.kind not in "iub":
         raise MeasureError(f"{labels_path} holds {lab.dtype} values; labels must be integers")
+    lab = _check_label_volume(lab, labels_path)
     split_mask = is_mask(lab)
     if split_mask:
-        lab = instances(lab, min_size=min_size)
+        lab = _split_mask(lab, min_size, labels_path)
     rows, written = _write_outputs(lab, vox, table, meshes)
     return MeasureResult(rows, summarize(rows, lab.shape, vox), vox, split_mask, table, written)
 
@@ -449,3 +472,33 @@ def _write_outputs(lab: np.ndarray, vox, table: Path, meshes: Path | None) -> tu
     finally:
         part.unlink(missing_ok=True)
     return rows, [meshes / n for n in names] if meshes is not None else []
+
+
+def _check_label_volume(lab: np.ndarray, source) -> np.ndarray:
+    """``lab`` as (Z, Y, X) labels; :class:`MeasureError` for negative ids or a grey image (its
+    neighbouring pixels mostly differ, which label regions do not)."""
+    from .metrics import label_sample, looks_like_labels
+
+    try:
+        lab = _as_labels(lab)
+    except MeasureError as exc:
+        raise MeasureError(f"{source}: {exc}") from None
+    if lab.dtype != bool and not looks_like_labels(label_sample(lab)):
+        raise MeasureError(f"{source} looks like a grey image, not a label volume (its neighbouring "
+                           "pixels mostly differ): give labels or a mask (0 background)")
+    return lab
+
+
+def _split_mask(mask: np.ndarray, min_size: int, source) -> np.ndarray:
+    """A binary mask split into 3D-connected objects of at least ``min_size`` voxels, with a note
+    saying so and how many smaller ones were dropped."""
+    from skimage.measure import label
+
+    _, found = label(np.asarray(mask) > 0, connectivity=1, return_num=True)
+    lab = instances(mask, min_size=min_size)
+    kept = int(lab.max()) if lab.size else 0
+    dropped = f"; {found - kept} smaller than {min_size} voxels dropped (a minimum size of 0 keeps them)" \
+        if found > kept else ""
+    logger.info("%s holds one value besides 0: read as a binary mask and split into %d 3D-connected "
+                "object(s)%s", source, kept, dropped, extra={"note": True})
+    return lab
