@@ -14,8 +14,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from .model import LoadedModel, ModelError, ModelSpec, threshold_problem
+from .neighbours import are_neighbours, breaks_note, signature
+from .neighbours import smooth_z as smooth_z  # re-exported: smoothing lives with the neighbour decision
 
 logger = logging.getLogger(__name__)
+#: ``extra`` of a log record that states a decision the user should see (the CLI prints it)
+NOTE = {"note": True}
 
 
 class InputError(ValueError):
@@ -40,6 +44,8 @@ class PredictOptions:
         it learned; 1 leaves them as they are. See :func:`for_stack`.
     invert : the stack's contrast is the reverse of the model's training data (bright
         membranes and mitochondria on a dark background); slices are inverted for the network.
+    ortho : run the model over the XY, XZ and YZ planes and average the three probabilities
+        (for near-isotropic stacks; about 3x slower; see :mod:`napari_mitoseg.ortho`).
     """
 
     threshold: float | None = None
@@ -49,6 +55,7 @@ class PredictOptions:
     batch_size: int = 4
     pixel_ratio: float = 1.0
     invert: bool = False
+    ortho: bool = False
 
     def __post_init__(self) -> None:
         problem = None if self.threshold is None else threshold_problem(self.threshold)
@@ -156,12 +163,18 @@ def _model_scale(spec: ModelSpec, ratio: float) -> str:
 
 @dataclass
 class SliceResult:
-    """One finished slice: its index, probability map (Y, X) float32 and binary mask (Y, X) bool."""
+    """One finished slice: its index, probability map (Y, X) float32 and binary mask (Y, X) bool.
+
+    ``threshold``: the one the mask was made with. ``linked``: whether the slice was smoothed
+    together with the previous one (they are neighbours in space); None without z-smoothing.
+    """
 
     index: int
     total: int
     prob: np.ndarray
     mask: np.ndarray
+    threshold: float = 0.5
+    linked: bool | None = None
 
 
 def as_stack(image):
@@ -400,6 +413,8 @@ def iter_predict(
 
     ``image`` may be a numpy, dask or zarr array: slices are read one at a time, so a stack
     larger than memory streams through. Cancel by closing the generator (or stop iterating).
+    Smoothing along z joins only slices that are neighbours in space
+    (:func:`~napari_mitoseg.neighbours.are_neighbours`); a note names the pairs that are not.
     """
     options = options or PredictOptions()
     image = as_stack(image)
@@ -409,32 +424,64 @@ def iter_predict(
         image = image[None]
     thr = model.spec.threshold if options.threshold is None else options.threshold
     z = image.shape[0]
-    spec = model.spec
-    small = max(network_shape(spec, image.shape[1:])) <= spec.tile_size
-    bs = options.batch_size if (model.device.type != "cpu" and small) else 1
-    bad: dict[int, np.ndarray | None] = {}  # non-finite pixels of the slices read so far
-
-    def raw_probs() -> Iterator[np.ndarray]:
-        for start in range(0, z, bs):
-            raw = [np.asarray(image[i]) for i in range(start, min(z, start + bs))]
-            bad.update((start + k, check_slice(r, start + k)) for k, r in enumerate(raw))
-            if bs > 1:
-                probs = _to_slices(_forward(model, _to_network(raw, spec), options.tta), raw[0].shape)
-            else:
-                probs = [predict_slice(model, raw[0], options.tta)]
-            for k, p in enumerate(probs):
-                if bad[start + k] is not None:  # 0: spreads nothing to neighbours along z
-                    p[bad[start + k]] = 0.0
-                yield p
-
     z_smooth = _or_model_default(options.z_smooth, model, "default_z_smooth")
     fill = _or_model_default(options.fill_holes, model, "default_fill_holes")
-    probs = smooth_z(raw_probs()) if z_smooth else raw_probs()
+    bad: dict[int, np.ndarray | None] = {}  # non-finite pixels of the slices read so far
+    sigs: dict[int, np.ndarray] = {}  # neighbour signatures of the slices read, until paired
+    links: list[bool] = []
+
+    def seen(i: int, raw: np.ndarray) -> None:
+        bad[i] = check_slice(raw, i)
+        if z_smooth:
+            sigs[i] = signature(raw)
+
+    def link_stream() -> Iterator[bool]:
+        for i in range(1, z):
+            links.append(are_neighbours(sigs.pop(i - 1), sigs[i]))
+            yield links[-1]
+
+    raw = (_ortho_probs if options.ortho else _xy_probs)(model, image, options, seen)
+    probs = smooth_z(_zero_bad(raw, bad), link_stream()) if z_smooth else raw
     for i, p in enumerate(probs):
         b = bad.pop(i)
         if b is not None:  # non-finite pixels are background, whatever their neighbours say
             p[b] = 0.0
-        yield SliceResult(i, z, p, binarise(p, thr, fill) & (True if b is None else ~b))
+        yield SliceResult(i, z, p, binarise(p, thr, fill) & (True if b is None else ~b), threshold=thr,
+                          linked=(links[i - 1] if i else False) if z_smooth else None)
+    note = breaks_note(links) if z_smooth else None
+    if note:
+        logger.info(note, extra=NOTE)
+
+
+def _zero_bad(probs: Iterator[np.ndarray], bad: dict[int, np.ndarray | None]) -> Iterator[np.ndarray]:
+    """Non-finite pixels at 0 before smoothing: they spread nothing to neighbours along z."""
+    for i, p in enumerate(probs):
+        if bad.get(i) is not None:
+            p[bad[i]] = 0.0
+        yield p
+
+
+def _xy_probs(model: LoadedModel, image, options: PredictOptions, seen) -> Iterator[np.ndarray]:
+    """(Y, X) probabilities of each XY slice in turn; ``seen(i, raw)`` is called as slice i is read."""
+    spec = model.spec
+    z = image.shape[0]
+    small = max(network_shape(spec, image.shape[1:])) <= spec.tile_size
+    bs = options.batch_size if (model.device.type != "cpu" and small) else 1
+    for start in range(0, z, bs):
+        raw = [np.asarray(image[i]) for i in range(start, min(z, start + bs))]
+        for k, r in enumerate(raw):
+            seen(start + k, r)
+        if bs > 1:
+            probs = _to_slices(_forward(model, _to_network(raw, spec), options.tta), raw[0].shape)
+        else:
+            probs = [predict_slice(model, raw[0], options.tta)]
+        yield from probs
+
+
+def _ortho_probs(model: LoadedModel, image, options: PredictOptions, seen) -> Iterator[np.ndarray]:
+    from .ortho import iter_ortho
+
+    return iter_ortho(model, image, options, seen)
 
 
 def _or_model_default(value: bool | None, model: LoadedModel, key: str) -> bool:
@@ -450,24 +497,6 @@ def binarise(prob: np.ndarray, threshold: float, fill_holes: bool = False) -> np
 
         mask = binary_fill_holes(mask)
     return mask
-
-
-def smooth_z(probs: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
-    """Stream (Y, X) probability slices through a [1/4, 1/2, 1/4] filter along z.
-
-    Mitochondria are continuous across thin EM sections, so a pixel that is foreground in
-    its neighbours is more likely foreground itself. One slice of lag, bounded memory; the
-    first and last slices use their single neighbour ([2/3, 1/3]).
-    """
-    prev2 = prev = None
-    for i, p in enumerate(probs):
-        if i == 1:
-            yield (2 * prev + p) / 3
-        elif i >= 2:
-            yield 0.25 * prev2 + 0.5 * prev + 0.25 * p
-        prev2, prev = prev, p
-    if prev is not None:
-        yield prev if prev2 is None else (prev2 + 2 * prev) / 3
 
 
 def predict(model: LoadedModel, image, options: PredictOptions | None = None):
