@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +16,14 @@ import numpy as np
 from .model import LoadedModel, ModelError, ModelSpec, threshold_problem
 from .neighbours import are_neighbours, breaks_note, signature
 from .neighbours import smooth_z as smooth_z  # re-exported: smoothing lives with the neighbour decision
+from .tiling import (  # noqa: F401 - re-exported: part of inference's public face
+    blend_window,
+    network_shape,
+    pad_to_stride,
+    resize,
+    tile_starts,
+    tiled_apply,
+)
 
 logger = logging.getLogger(__name__)
 #: ``extra`` of a log record that states a decision the user should see (the CLI prints it)
@@ -288,58 +296,6 @@ def _network_input(slice_: np.ndarray, spec: ModelSpec) -> np.ndarray:
     return np.negative(x, out=x) if spec.invert else x
 
 
-def pad_to_stride(x: np.ndarray, stride: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """Reflect-pad the last two axes up to multiples of ``stride``; return padded and (Y, X)."""
-    h, w = x.shape[-2:]
-    ph, pw = (-h) % stride, (-w) % stride
-    if ph or pw:
-        pad = [(0, 0)] * (x.ndim - 2) + [(0, ph), (0, pw)]
-        mode = "reflect" if ph < h and pw < w else "edge"
-        x = np.pad(x, pad, mode=mode)
-    return x, (h, w)
-
-
-def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
-    """Start offsets of tiles of size ``tile`` covering ``length`` with at least ``overlap``."""
-    if length <= tile:
-        return [0]
-    step = tile - overlap
-    starts = list(range(0, length - tile, step))
-    starts.append(length - tile)
-    return starts
-
-
-def blend_window(tile: int, overlap: int) -> np.ndarray:
-    """(tile, tile) float32 weights: 1 inside, a cosine ramp over ``overlap`` at the edges."""
-    ramp = np.ones(tile, np.float32)
-    if overlap > 0:
-        t = (np.arange(overlap, dtype=np.float32) + 0.5) / overlap
-        ramp[:overlap] = 0.5 - 0.5 * np.cos(np.pi * t)
-        ramp[-overlap:] = ramp[:overlap][::-1]
-    return np.outer(ramp, ramp)
-
-
-def tiled_apply(x: np.ndarray, fn, tile: int, overlap: int) -> np.ndarray:
-    """Apply ``fn`` ((tile, tile) -> (tile, tile)) over overlapping tiles of (Y, X) ``x``, blended.
-
-    Memory stays bounded by the tile size whatever the slice size. With an identity ``fn``
-    the result equals ``x`` (the weights are normalised).
-    """
-    h, w = x.shape
-    if h <= tile and w <= tile:
-        return fn(x)
-    th, tw = min(tile, h), min(tile, w)
-    out = np.zeros((h, w), np.float32)
-    weight = np.zeros((h, w), np.float32)
-    win_full = blend_window(tile, overlap)
-    for y in tile_starts(h, th, overlap):
-        for xs in tile_starts(w, tw, overlap):
-            win = win_full[:th, :tw] if (th, tw) != (tile, tile) else win_full
-            out[y : y + th, xs : xs + tw] += fn(x[y : y + th, xs : xs + tw]) * win
-            weight[y : y + th, xs : xs + tw] += win
-    return out / np.maximum(weight, 1e-8)
-
-
 def _forward(model: LoadedModel, batch: np.ndarray, tta: bool) -> np.ndarray:
     """(B, Y, X) normalised float32 -> (B, Y, X) probabilities, padded to stride inside."""
     import torch
@@ -365,27 +321,6 @@ def _forward(model: LoadedModel, batch: np.ndarray, tta: bool) -> np.ndarray:
     return prob.cpu().numpy().astype(np.float32)
 
 
-def resize(x: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Resize the last two axes of float32 ``x`` to ``shape`` (bilinear, antialiased when shrinking)."""
-    import torch
-    import torch.nn.functional as F
-
-    if tuple(x.shape[-2:]) == tuple(shape):
-        return x
-    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-    lead = t.shape[:-2]
-    t = t.reshape(-1, 1, *t.shape[-2:])
-    shrink = shape[0] < x.shape[-2] or shape[1] < x.shape[-1]
-    y = F.interpolate(t, size=tuple(shape), mode="bilinear", align_corners=False, antialias=shrink)
-    return y.reshape(*lead, *shape).numpy()
-
-
-def network_shape(spec: ModelSpec, shape: tuple[int, int]) -> tuple[int, int]:
-    """(Y, X) of a slice of ``shape`` as the network sees it (after ``spec.input_scale``)."""
-    s = spec.input_scale
-    return (max(8, round(shape[0] * s)), max(8, round(shape[1] * s)))
-
-
 def _to_network(raw: list[np.ndarray], spec: ModelSpec) -> np.ndarray:
     """Equal-shaped raw (Y, X) slices -> (B, Y', X') network input: normalised, inverted when
     the spec says so, resized by ``input_scale``."""
@@ -407,14 +342,21 @@ def predict_slice(model: LoadedModel, slice_: np.ndarray, tta: bool = False) -> 
 
 
 def iter_predict(
-    model: LoadedModel, image, options: PredictOptions | None = None
+    model: LoadedModel, image, options: PredictOptions | None = None, *,
+    zrange: tuple[int, int] | None = None, on_work: Callable[[int, int], None] | None = None,
 ) -> Iterator[SliceResult]:
     """Yield a :class:`SliceResult` per slice of a (Z, Y, X) or (Y, X) ``image``.
 
-    ``image`` may be a numpy, dask or zarr array: slices are read one at a time, so a stack
+    ``image`` may be a numpy, dask or zarr array: slices are read one at a time (with
+    ``options.ortho``, in windows of slices, see :mod:`napari_mitoseg.ortho`), so a stack
     larger than memory streams through. Cancel by closing the generator (or stop iterating).
     Smoothing along z joins only slices that are neighbours in space
     (:func:`~napari_mitoseg.neighbours.are_neighbours`); a note names the pairs that are not.
+
+    ``zrange`` = (a, b): only slices a..b-1 (indices stay the stack's), made as a pass over the
+    whole stack makes them, except that z-smoothing sees no slice outside the range (read one
+    more on each side for that). ``on_work(done, total)``: called as each plane is predicted
+    (one per slice; with ortho, the XY, XZ and YZ planes of all three passes), for progress.
     """
     options = options or PredictOptions()
     image = as_stack(image)
@@ -424,6 +366,9 @@ def iter_predict(
         image = image[None]
     thr = model.spec.threshold if options.threshold is None else options.threshold
     z = image.shape[0]
+    a, b = zrange or (0, z)
+    if not 0 <= a < b <= z:
+        raise InputError(f"slice range {a}..{b} lies outside the stack's {z} slices")
     z_smooth = _or_model_default(options.z_smooth, model, "default_z_smooth")
     fill = _or_model_default(options.fill_holes, model, "default_fill_holes")
     bad: dict[int, np.ndarray | None] = {}  # non-finite pixels of the slices read so far
@@ -436,52 +381,80 @@ def iter_predict(
             sigs[i] = signature(raw)
 
     def link_stream() -> Iterator[bool]:
-        for i in range(1, z):
+        for i in range(a + 1, b):
             links.append(are_neighbours(sigs.pop(i - 1), sigs[i]))
             yield links[-1]
 
-    raw = (_ortho_probs if options.ortho else _xy_probs)(model, image, options, seen)
-    probs = smooth_z(_zero_bad(raw, bad), link_stream()) if z_smooth else raw
-    for i, p in enumerate(probs):
+    if options.ortho:
+        from .ortho import iter_ortho
+
+        raw = iter_ortho(model, image, options, seen, (a, b), on_work)
+    else:
+        raw = _xy_probs(model, image, options, seen, (a, b), on_work)
+    probs = smooth_z(_zero_bad(raw, bad, a), link_stream()) if z_smooth else raw
+    for i, p in enumerate(probs, start=a):
         b = bad.pop(i)
         if b is not None:  # non-finite pixels are background, whatever their neighbours say
             p[b] = 0.0
         yield SliceResult(i, z, p, binarise(p, thr, fill) & (True if b is None else ~b), threshold=thr,
-                          linked=(links[i - 1] if i else False) if z_smooth else None)
-    note = breaks_note(links) if z_smooth else None
+                          linked=(links[i - a - 1] if i > a else False) if z_smooth else None)
+    note = breaks_note(links, a) if z_smooth else None
     if note:
         logger.info(note, extra=NOTE)
 
 
-def _zero_bad(probs: Iterator[np.ndarray], bad: dict[int, np.ndarray | None]) -> Iterator[np.ndarray]:
+def _zero_bad(probs: Iterator[np.ndarray], bad: dict[int, np.ndarray | None], start: int) -> Iterator[np.ndarray]:
     """Non-finite pixels at 0 before smoothing: they spread nothing to neighbours along z."""
-    for i, p in enumerate(probs):
+    for i, p in enumerate(probs, start=start):
         if bad.get(i) is not None:
             p[bad[i]] = 0.0
         yield p
 
 
-def _xy_probs(model: LoadedModel, image, options: PredictOptions, seen) -> Iterator[np.ndarray]:
-    """(Y, X) probabilities of each XY slice in turn; ``seen(i, raw)`` is called as slice i is read."""
+def _xy_probs(model: LoadedModel, image, options: PredictOptions, seen, zrange: tuple[int, int],
+              on_work=None) -> Iterator[np.ndarray]:
+    """(Y, X) probabilities of each XY slice of ``zrange`` in turn; ``seen(i, raw)`` as slice i is read."""
     spec = model.spec
-    z = image.shape[0]
+    a, b = zrange
     small = max(network_shape(spec, image.shape[1:])) <= spec.tile_size
     bs = options.batch_size if (model.device.type != "cpu" and small) else 1
-    for start in range(0, z, bs):
-        raw = [np.asarray(image[i]) for i in range(start, min(z, start + bs))]
+    for start in range(a, b, bs):
+        raw = [np.asarray(image[i]) for i in range(start, min(b, start + bs))]
         for k, r in enumerate(raw):
             seen(start + k, r)
         if bs > 1:
             probs = _to_slices(_forward(model, _to_network(raw, spec), options.tta), raw[0].shape)
         else:
             probs = [predict_slice(model, raw[0], options.tta)]
-        yield from probs
+        for k, p in enumerate(probs):
+            if on_work is not None:
+                on_work(start + k - a + 1, b - a)
+            yield p
 
 
-def _ortho_probs(model: LoadedModel, image, options: PredictOptions, seen) -> Iterator[np.ndarray]:
-    from .ortho import iter_ortho
+def predict_planes(model: LoadedModel, planes: Iterable[np.ndarray], tta: bool = False,
+                   batch_size: int = 4) -> Iterator[np.ndarray]:
+    """(H, W) float32 probabilities of each raw (H, W) plane of ``planes`` (all of one shape) in
+    turn; batched on a GPU when a plane fits one tile."""
+    spec = model.spec
+    batch: list[np.ndarray] = []
+    bs = 1
+    for k, plane in enumerate(planes):
+        if k == 0:
+            small = max(network_shape(spec, plane.shape)) <= spec.tile_size
+            bs = batch_size if (model.device.type != "cpu" and small) else 1
+        batch.append(np.asarray(plane))
+        if len(batch) == bs:
+            yield from _predict_batch(model, batch, tta)
+            batch = []
+    if batch:
+        yield from _predict_batch(model, batch, tta)
 
-    return iter_ortho(model, image, options, seen)
+
+def _predict_batch(model: LoadedModel, raw: list[np.ndarray], tta: bool) -> list[np.ndarray]:
+    if len(raw) == 1:
+        return [predict_slice(model, raw[0], tta)]
+    return list(_to_slices(_forward(model, _to_network(raw, model.spec), tta), raw[0].shape))
 
 
 def _or_model_default(value: bool | None, model: LoadedModel, key: str) -> bool:
