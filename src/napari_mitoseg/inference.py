@@ -175,6 +175,7 @@ class SliceResult:
 
     ``threshold``: the one the mask was made with. ``linked``: whether the slice was smoothed
     together with the previous one (they are neighbours in space); None without z-smoothing.
+    ``uncertainty`` and :meth:`uncertainty_map` come from ``prob`` (no extra pass).
     """
 
     index: int
@@ -183,6 +184,19 @@ class SliceResult:
     mask: np.ndarray
     threshold: float = 0.5
     linked: bool | None = None
+
+    @property
+    def uncertainty(self) -> float:
+        """How likely the slice is wrong (see :func:`~napari_mitoseg.uncertainty.slice_uncertainty`)."""
+        from .uncertainty import slice_uncertainty
+
+        return slice_uncertainty(self.prob, self.threshold)
+
+    def uncertainty_map(self) -> np.ndarray:
+        """(Y, X) float32 in [0, 1]: how unsure each pixel is (1 at the threshold)."""
+        from .uncertainty import uncertainty_map
+
+        return uncertainty_map(self.prob, self.threshold)
 
 
 def as_stack(image):
