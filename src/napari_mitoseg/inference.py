@@ -402,7 +402,7 @@ def iter_predict(
     if options.ortho:
         from .ortho import iter_ortho
 
-        raw = iter_ortho(model, image, options, seen, (a, b), on_work)
+        raw = iter_ortho(model, image, options, seen, (a, b), on_work, predict=predict_planes)
     else:
         raw = _xy_probs(model, image, options, seen, (a, b), on_work)
     probs = smooth_z(_zero_bad(raw, bad, a), link_stream()) if z_smooth else raw

@@ -14,7 +14,7 @@ the same windows as a pass over the whole stack, and gives identical probabiliti
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -31,6 +31,8 @@ MIN_SLICES = 32
 
 #: ``seen(index, raw)``: called once per slice, in order, as it is read
 SeenFn = Callable[[int, np.ndarray], None]
+#: ``predict(model, planes, tta)``: probabilities of each raw plane in turn
+PlanesFn = Callable[[LoadedModel, Iterable[np.ndarray], bool], Iterator[np.ndarray]]
 #: ``on_work(done, total)``: planes predicted so far, of all three passes
 WorkFn = Callable[[int, int], None]
 
@@ -60,12 +62,13 @@ def plane_count(z: int, shape_yx: tuple[int, int], model: LoadedModel,
 
 def iter_ortho(
     model: LoadedModel, image, options, seen: SeenFn | None = None, zrange: tuple[int, int] | None = None,
-    on_work: WorkFn | None = None,
+    on_work: WorkFn | None = None, *, predict: PlanesFn,
 ) -> Iterator[np.ndarray]:
     """(Y, X) float32 probabilities of slices ``zrange`` (default all) of the (Z, Y, X) ``image``,
     each the mean of the XY, XZ and YZ passes, in z order. ``options``: a
     :class:`~napari_mitoseg.inference.PredictOptions` (``tta`` applies to every plane); ``model``
-    already set up for the stack (:func:`~napari_mitoseg.inference.for_stack`)."""
+    already set up for the stack (:func:`~napari_mitoseg.inference.for_stack`); ``predict``:
+    :func:`~napari_mitoseg.inference.predict_planes`."""
     z, y, x = (int(s) for s in image.shape)
     a, b = zrange or (0, z)
     total = plane_count(z, (y, x), model, (a, b))
@@ -83,17 +86,15 @@ def iter_ortho(
         if seen is not None:
             for i in range(max(k0, a), min(k1, b)):
                 seen(i, chunk[i - r0])
-        acc = window_probs(model, chunk, (k0 - r0, k1 - r0), options.tta, tick)
+        acc = window_probs(model, chunk, (k0 - r0, k1 - r0), predict, options.tta, tick)
         for i in range(max(k0, a), min(k1, b)):
             yield acc[i - k0]
 
 
-def window_probs(model: LoadedModel, chunk: np.ndarray, keep: tuple[int, int], tta: bool = False,
-                 tick: Callable[[], None] | None = None) -> np.ndarray:
+def window_probs(model: LoadedModel, chunk: np.ndarray, keep: tuple[int, int], predict_planes: PlanesFn,
+                 tta: bool = False, tick: Callable[[], None] | None = None) -> np.ndarray:
     """(K, Y, X) float32 mean of the XY, XZ and YZ probabilities of slices ``keep[0]:keep[1]`` of
     the (Z, Y, X) ``chunk``; ``tick()`` after each plane."""
-    from .inference import predict_planes
-
     k0, k1 = keep
     tick = tick or (lambda: None)
     acc = np.zeros((k1 - k0, *chunk.shape[1:]), np.float32)
