@@ -258,6 +258,32 @@ def iter_finetune(
     """
     from .training import FINETUNE, IGNORE, iter_train, training_masks
 
+    image, labels, sl = _finetune_inputs(image, labels, slices)
+    if pixel_size_nm is not None and pixel_ratio != 1.0:
+        raise InputError("give the stack's pixel size or a pixel ratio, not both")
+    cfg = config or FINETUNE
+    model = get_model(base, device)
+    if pixel_size_nm is not None:
+        pixel_ratio, note = choose_pixel_ratio(model.spec, pixel_size_nm=pixel_size_nm)
+        logger.info(note, extra=NOTE)
+    base_model = for_stack(model, pixel_ratio, invert)
+    ims, mks = image[sl], training_masks(labels, ignore_value)[sl]
+    before = score(segment(ims, base_model) > 0, mks == 1, ignore=mks == 255).iou
+    root, name = _new_model_place(name, base_model.name, out_root)
+    t0 = time.perf_counter()
+    tuned: LoadedModel = yield from iter_train(ims, mks, config=cfg, base=base_model, device=device,
+                                               ignore_value=IGNORE)
+    seconds = time.perf_counter() - t0
+    after = score(segment(ims, tuned) > 0, mks == 1, ignore=mks == 255).iou
+    result = FinetuneResult(name, root / name, sl, before, after, seconds, cfg.steps)
+    info, card = _finetune_card(result, base_model, cfg, pixel_ratio, invert)
+    path = save_model(tuned.net, tuned.spec, root / name, info=info, card=card)
+    return dataclasses.replace(result, path=path)
+
+
+def _finetune_inputs(image, labels, slices: Sequence[int]) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """(image, labels) as (Z, Y, X) arrays of one shape and the sorted corrected slices; raises
+    for no slices, a mask given as the image, or shapes that differ."""
     if not slices:
         raise ValueError("no corrected slices: paint corrections on at least one slice first")
     image = np.asarray(as_stack(image))
@@ -269,30 +295,23 @@ def iter_finetune(
         raise ValueError(f"labels {labels.shape} and image {image.shape} differ in shape")
     sl = _slice_indices(slices, image.shape[0])
     _check_not_a_mask(image)
-    if pixel_size_nm is not None and pixel_ratio != 1.0:
-        raise InputError("give the stack's pixel size or a pixel ratio, not both")
-    cfg = config or FINETUNE
-    model = get_model(base, device)
-    if pixel_size_nm is not None:
-        pixel_ratio, note = choose_pixel_ratio(model.spec, pixel_size_nm=pixel_size_nm)
-        logger.info(note, extra=NOTE)
-    base_model = for_stack(model, pixel_ratio, invert)
-    ims, mks = image[sl], training_masks(labels, ignore_value)[sl]
-    before = score(segment(ims, base_model) > 0, mks == 1, ignore=mks == 255).iou
+    return image, labels, sl
+
+
+def _new_model_place(name: str | None, base_name: str, out_root) -> tuple[Path, str]:
+    """(folder, name) of a fine-tuned model: ``name`` or the next version of ``base_name`` in
+    ``out_root`` (default the user's model folder), never an existing model."""
     root = Path(out_root) if out_root else user_model_dir()
-    name = name or next_version_name(base_model.name, root)
+    name = name or next_version_name(base_name, root)
     if (root / name).exists():
         raise FileExistsError(f"model {name!r} already exists in {root}; choose another name")
-    t0 = time.perf_counter()
-    gen = iter_train(ims, mks, config=cfg, base=base_model, device=device, ignore_value=IGNORE)
-    while True:
-        try:
-            yield next(gen)
-        except StopIteration as stop:
-            tuned: LoadedModel = stop.value
-            break
-    seconds = time.perf_counter() - t0
-    after = score(segment(ims, tuned) > 0, mks == 1, ignore=mks == 255).iou
+    return root, name
+
+
+def _finetune_card(res: FinetuneResult, base_model: LoadedModel, cfg, pixel_ratio: float,
+                   invert: bool) -> tuple[dict, str]:
+    """(info, card) of a fine-tuned model: its base, slices, steps, time and IoU before and after."""
+    before, after, sl, seconds = res.iou_before, res.iou_after, res.slices, res.seconds
     info = {
         "summary": f"fine-tuned from {base_model.name} on {len(sl)} slice(s), IoU on them "
                    f"{before:.3f} -> {after:.3f}",
@@ -309,13 +328,12 @@ def iter_finetune(
         ", for contrast the reverse of its base model's training data" if invert else "",
     ])
     card = (
-        f"# {name}\n\nFine-tuned from `{base_model.name}` on slices {sl} "
+        f"# {res.name}\n\nFine-tuned from `{base_model.name}` on slices {sl} "
         f"({cfg.steps} steps, {seconds:.0f} s){scale_note}.\n\n"
         "| | IoU on the corrected slices |\n|---|---|\n"
         f"| before | {before:.4f} |\n| after | {after:.4f} |\n"
     )
-    path = save_model(tuned.net, tuned.spec, root / name, info=info, card=card)
-    return FinetuneResult(name, path, sl, before, after, seconds, cfg.steps)
+    return info, card
 
 
 def _check_not_a_mask(image: np.ndarray) -> None:

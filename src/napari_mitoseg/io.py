@@ -9,81 +9,44 @@ one was.
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import logging
 import os
-import shutil
-import tempfile
-import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
+from ._atomic import (  # noqa: F401 - kept importable from io
+    _atomic_dir_unchecked,
+    _atomic_file_unchecked,
+    atomic_dir,
+    atomic_file,
+    check_not_input,
+    check_writable_dir,
+    swap_dir,
+    write_errors,
+)
+from ._paths import (  # noqa: F401 - kept importable from io
+    LABEL_SUFFIXES,
+    SLICE_SUFFIXES,
+    TIFF_SUFFIXES,
+    ReadError,
+    WriteError,
+    as_path,
+    quiet_tifffile,
+    same_file,
+)
+from ._paths import is_zarr as _is_zarr
+from ._paths import multiscales as _multiscales
+from .metadata import read_voxel_size  # noqa: F401 - kept importable from io
+
 logger = logging.getLogger(__name__)
 
-TIFF_SUFFIXES = (".tif", ".tiff")
-SLICE_SUFFIXES = (".tif", ".tiff", ".png")
 #: TIFFs larger than this (bytes, 100 MiB) open lazily (a dask array over tifffile's zarr view,
 #: one chunk per page) instead of loading whole.
 LAZY_BYTES = 100 << 20
 
-
-class ReadError(ValueError):
-    """A file could not be read as an EM stack; the message says why."""
-
-
-class WriteError(ValueError):
-    """Labels cannot be written as asked; the message says why."""
-
-
-LABEL_SUFFIXES = (".tif", ".tiff", ".zarr")
-
-
-def as_path(path, error: type[Exception] = ReadError) -> Path:
-    """``path`` (str, bytes or os.PathLike) as a :class:`Path`; anything else raises ``error``."""
-    try:
-        return Path(os.fsdecode(path))
-    except TypeError:
-        raise error(f"expected a file path (str or os.PathLike), got {type(path).__name__}") from None
-
-
-def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
-    """True when ``a`` and ``b`` name the same file or folder (after resolving links)."""
-    a, b = as_path(a), as_path(b)
-    if a.exists() and b.exists():
-        return os.path.samefile(a, b)
-    return a.resolve() == b.resolve()
-
-
-def check_not_input(out: str | os.PathLike, inputs: Iterable, what: str = "output") -> None:
-    """Raise :class:`WriteError` when ``out`` is one of ``inputs`` (or lies inside an input
-    folder, such as a zarr store): writing it would destroy the data being read."""
-    out_p = as_path(out, WriteError)
-    for item in inputs:
-        if item is None or isinstance(item, (np.ndarray, list, tuple)):
-            continue
-        src = as_path(item)
-        inside = src.is_dir() and out_p.resolve().is_relative_to(src.resolve())
-        if same_file(out_p, src):
-            raise WriteError(f"the {what} {out_p} is the input {src}; writing it would destroy the "
-                             "input: choose another name")
-        if inside:
-            raise WriteError(f"the {what} {out_p} lies inside the input {src}; writing it would "
-                             "change the input: choose a path outside it")
-
-
-def check_writable_dir(folder: Path) -> None:
-    """Raise :class:`WriteError` unless ``folder`` (or, when missing, its nearest existing parent,
-    where it would be created) is a folder this process may write to."""
-    probe = Path(folder).absolute()
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if not probe.is_dir():
-        raise WriteError(f"cannot write into {folder}: {probe} is not a folder")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise WriteError(f"cannot write into {folder}: {probe} is read-only (no write permission)")
+_atomic_file = atomic_file
 
 
 def check_label_path(path: str | os.PathLike, inputs: Iterable = ()) -> Path:
@@ -100,21 +63,6 @@ def check_label_path(path: str | os.PathLike, inputs: Iterable = ()) -> Path:
         raise WriteError(f"{p} is a folder; name a file to write")
     check_writable_dir(p.parent)
     return p
-
-
-@contextlib.contextmanager
-def write_errors(path: Path):
-    """Turn an OS error while writing ``path`` (disk full, permission) into one clear
-    :class:`WriteError`."""
-    try:
-        yield
-    except OSError as exc:
-        if exc.errno == errno.ENOSPC:
-            raise WriteError(f"no space left on the device to write {path}; nothing was written "
-                             "(free space or choose another disk)") from exc
-        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            raise WriteError(f"cannot write {path}: {exc.strerror}") from exc
-        raise
 
 
 def _to_zyx(arr, source: str, rgb: str = "refuse"):
@@ -169,25 +117,6 @@ def _read_image_file(p: Path, skio):
         return np.asarray(skio.imread(str(p)))
     except Exception as exc:  # noqa: BLE001 - any decoder error becomes one clear message
         raise ReadError(f"{p} could not be read: {exc}") from exc
-
-
-class _DropRecords(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        logger.debug("tifffile: %s", record.getMessage())
-        return False
-
-
-@contextlib.contextmanager
-def quiet_tifffile():
-    """Hold back tifffile's own log lines (``ERROR ... corrupted page``) while we read: a file
-    that cannot be read gets one message of ours; tifffile's lines go to our debug log."""
-    tlog = logging.getLogger("tifffile")
-    drop = _DropRecords()
-    tlog.addFilter(drop)
-    try:
-        yield
-    finally:
-        tlog.removeFilter(drop)
 
 
 def _read_tiff(p: Path, lazy: bool | None):
@@ -250,13 +179,6 @@ def _check_tiff_complete(p: Path) -> None:
                         "copy or save it again")
 
 
-def _is_zarr(p: Path) -> bool:
-    return p.is_dir() and (
-        p.suffix.lower() == ".zarr"
-        or any((p / n).exists() for n in (".zarray", ".zgroup", "zarr.json"))
-    )
-
-
 def _read_zarr(p: Path, lazy: bool = True):
     import dask.array as da
     import zarr
@@ -270,11 +192,6 @@ def _read_zarr(p: Path, lazy: bool = True):
     arr = da.from_zarr(node)
     arr = _to_zyx(arr, str(p))
     return arr if lazy else np.asarray(arr)
-
-
-def _multiscales(attrs) -> list:
-    attrs = dict(attrs)
-    return attrs.get("multiscales") or dict(attrs.get("ome", {})).get("multiscales") or []
 
 
 def _zarr_group_array(group, p: Path):
@@ -308,59 +225,6 @@ def _read_folder(p: Path):
 # --------------------------------------------------------------------------- writing
 
 
-def _atomic_file(path: Path, write) -> Path:
-    with write_errors(path):
-        return _atomic_file_unchecked(path, write)
-
-
-def _atomic_file_unchecked(path: Path, write) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Not mkstemp: it creates the file owner-only (0600). O_EXCL keeps the name unique and the
-    # mode 0666 lets the umask decide, as for a plain open().
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}{path.suffix}")
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def atomic_dir(final: Path, write) -> Path:
-    """Run ``write(tmpdir)`` on a fresh folder beside ``final``, then swap it in whole: an old
-    folder at ``final`` is replaced only once the new one is complete."""
-    final = Path(final)
-    with write_errors(final):
-        return _atomic_dir_unchecked(final, write)
-
-
-def swap_dir(done: Path, final: Path) -> None:
-    """Put the complete folder ``done`` at ``final``; an old folder there is replaced only now."""
-    if final.exists():
-        old = final.with_name(f".{final.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-        os.replace(done, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(done, final)
-
-
-def _atomic_dir_unchecked(final: Path, write) -> Path:
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    try:
-        tmp.chmod(0o755)
-        write(tmp)
-        swap_dir(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
-
-
 def write_labels(path: str | os.PathLike, labels, voxel_size=None) -> Path:
     """Write a (Z, Y, X) label volume to ``.tif``/``.tiff`` (zlib) or ``.zarr``, atomically."""
     p = check_label_path(path)
@@ -392,14 +256,3 @@ def open_labels_zarr(path: Path, shape: tuple[int, ...], dtype):
 
     return zarr.open(str(path), mode="w", shape=tuple(shape), dtype=dtype,
                      chunks=(1, *shape[1:]))
-
-
-# --------------------------------------------------------------------------- voxel size
-
-
-def read_voxel_size(path: str | os.PathLike) -> tuple[float, float, float] | None:
-    """The voxel size (Z, Y, X) in nanometres that a file's metadata records, or None; see
-    :func:`napari_mitoseg.metadata.read_voxel_size`."""
-    from .metadata import read_voxel_size as read
-
-    return read(path)

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import TIFF_SUFFIXES, _is_zarr, _multiscales, as_path, quiet_tifffile
+from ._paths import TIFF_SUFFIXES, as_path, quiet_tifffile
+from ._paths import is_zarr as _is_zarr
+from ._paths import multiscales as _multiscales
 
 logger = logging.getLogger(__name__)
 

@@ -1,5 +1,8 @@
 """Per-mitochondrion morphology in physical units: volume, surface, shape, extent; meshes.
 
+Objects come from a binary mask by 3D connected components (:func:`instances`, small ones
+removed by :func:`remove_small`).
+
 Voxel sizes are given in nanometres, (Z, Y, X); every figure is returned in micrometres.
 
 - **Volume** is the voxel count times the voxel volume (``regionprops`` with ``spacing``).
@@ -93,6 +96,27 @@ class VolumeSummary:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def remove_small(mask, min_size: int = 64) -> np.ndarray:
+    """(Z, Y, X) mask -> bool mask without 3D connected objects smaller than ``min_size`` voxels."""
+    from skimage.morphology import remove_small_objects
+
+    m = np.asarray(mask) > 0
+    if min_size <= 0:
+        return m
+    return remove_small_objects(m, max_size=min_size - 1, connectivity=1)
+
+
+def instances(mask, min_size: int = 64) -> np.ndarray:
+    """(Z, Y, X) binary mask -> (Z, Y, X) int32 labels, one id per 3D-connected mitochondrion.
+
+    Objects smaller than ``min_size`` voxels are dropped; ids are consecutive from 1.
+    """
+    from skimage.measure import label
+
+    m = remove_small(mask, min_size)
+    return label(m, connectivity=1).astype(np.int32)
 
 
 def check_voxel_size(voxel_size) -> tuple[float, float, float]:
@@ -351,7 +375,6 @@ def measure_file(labels_path, voxel_size, table, meshes=None, min_size: int = 64
     object into that folder. ``voxel_size`` (Z, Y, X) nm, or None: the one the file records.
     Inputs and outputs are checked before any work."""
     from .io import read_stack
-    from .postprocess import instances
 
     table, meshes = check_outputs(labels_path, table, meshes)
     if voxel_size is None:

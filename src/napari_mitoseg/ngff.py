@@ -23,6 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ._atomic import atomic_dir
+from ._paths import multiscales as _multiscales
+
 logger = logging.getLogger(__name__)
 
 NGFF_VERSION = "0.4"
@@ -44,12 +47,6 @@ class VoxelSize:
     @property
     def zyx(self) -> tuple[float, float, float]:
         return (self.z, self.y, self.x)
-
-
-def _multiscales(attrs) -> list:
-    from .io import _multiscales as multiscales
-
-    return multiscales(attrs)
 
 
 def pyramid_factors(shape: tuple[int, int, int], voxel: VoxelSize,
@@ -164,8 +161,6 @@ def fill_pyramid(path: str | os.PathLike, scheduler=None) -> None:
 
 def write_ome_labels(path: str | os.PathLike, labels, voxel: VoxelSize | None = None) -> Path:
     """Write an in-memory (Z, Y, X) integer label volume as an OME-Zarr pyramid, atomically."""
-    from .io import atomic_dir
-
     labels = np.asarray(labels)
     if labels.ndim == 2:
         labels = labels[None]

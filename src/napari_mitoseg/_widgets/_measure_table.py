@@ -18,7 +18,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ._common import PlotCanvas
+from ._controls import PlotCanvas
 
 #: (field of MitoMeasure, column header), in table order
 TABLE_COLUMNS: tuple[tuple[str, str], ...] = (

@@ -7,7 +7,8 @@ from __future__ import annotations
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel, QWidget
 
-from ._common import VOXEL_SIZE_NM, message_label, pixel_ratio_box, unwrapped
+from ._common import VOXEL_SIZE_NM, unwrapped
+from ._controls import message_label, pixel_ratio_box
 
 
 def layer_pixel_size_nm(layer) -> tuple[float | None, str]:

@@ -17,17 +17,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ._common import (
-    CORRECTED,
-    LayerChoice,
-    PlotCanvas,
-    is_mask_layer,
-    layer_array,
-    message_label,
-    same_layer,
-    scrollable,
-    written_by_plugin,
-)
+from ._common import CORRECTED, is_mask_layer, layer_array, same_layer, written_by_plugin
+from ._controls import LayerChoice, PlotCanvas, message_label, scrollable
 
 #: colours of the error overlay: 1 false positive, 2 false negative
 ERROR_COLOURS = {1: "magenta", 2: "cyan"}

@@ -1,4 +1,9 @@
-"""Dock widget "Fine-tune model": learn from the slices you corrected, then segment again."""
+"""Dock widget "Fine-tune model": learn from the slices you corrected, then segment again.
+
+The widget reads as its sections: the training slices (:mod:`._training_slices`), the model and
+its settings, the run (this module: worker, progress, loss plot, result) and "Segment again"
+(:mod:`._segment_again`).
+"""
 
 from __future__ import annotations
 
@@ -8,48 +13,26 @@ import napari
 import numpy as np
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error
-from qtpy.QtCore import Qt, QTimer, Signal
-from qtpy.QtWidgets import (
-    QAbstractItemView,
-    QHBoxLayout,
-    QLabel,
-    QListWidget,
-    QListWidgetItem,
-    QPushButton,
-    QSpinBox,
-    QWidget,
-)
+from qtpy.QtCore import Qt, Signal
+from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QSpinBox, QWidget
 
-from ._common import (
-    CORRECTED,
-    INSTANCES,
-    MODEL_NAME,
-    MODEL_OUTPUT,
-    OPTIONS,
-    PIXEL_SIZE_NM,
-    PREVIOUS_OUTPUT,
+from ._common import CORRECTED, avoid_llvm_clash, is_em_image, is_mask_layer, layer_array
+from ._controls import (
     DeviceChoice,
     LayerChoice,
     ModelChoice,
     PlotCanvas,
-    avoid_llvm_clash,
     compact_form,
     invert_box,
-    is_em_image,
-    is_mask_layer,
-    layer_array,
     message_label,
-    model_output,
     no_model_message,
-    painted_in,
-    painted_slices,
-    recorded_stack_options,
-    same_layer,
     scrollable,
 )
 from ._pixel_size import PixelSizeControls
 from ._progress import RunProgress
+from ._segment_again import SegmentAgain
 from ._segment_run import SegmentationRun
+from ._training_slices import CorrectionFinder, SliceEditor
 
 
 def finetune_job(image, labels, slices, base, config, device, pixel_ratio=1.0, invert=False):
@@ -67,7 +50,7 @@ def _is_result(layer) -> bool:
     return layer.name.endswith("mitochondria")
 
 
-class FinetuneWidget(QWidget):
+class FinetuneWidget(CorrectionFinder, SegmentAgain, QWidget):
     """Fine-tune a model on the slices corrected in a result layer, then segment again.
 
     Corrected slices are found by comparing the layer with the model output recorded when it
@@ -85,7 +68,7 @@ class FinetuneWidget(QWidget):
 
     def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        from ..training import FINETUNE, FINETUNE_SECONDS
+        from ..training import FINETUNE
 
         self.viewer = napari_viewer
         self.base_config = FINETUNE
@@ -94,15 +77,22 @@ class FinetuneWidget(QWidget):
         self._training = False
         self.segment_run: SegmentationRun | None = None
         self.losses: list[float] = []
-        self._watched = None
-        self._seen_options = None  # the layer's recorded options last copied to the controls
-        self._debounce = QTimer(self)
-        self._debounce.setSingleShot(True)
-        self._debounce.setInterval(400)
-        self._debounce.timeout.connect(self._find_in_background)
-        self._finder = None  # the worker looking for corrected slices
         self._trained_on: tuple = (None, None)  # (labels layer, slices) of the running fine-tune
+        self._init_finder()
 
+        form = compact_form()
+        self._build_layers(form)
+        self._build_model(form)
+        layout = scrollable(self)
+        layout.addLayout(form)
+        self._build_run(layout)
+        layout.addStretch(1)
+        self._connect()
+
+    # ------------------------------------------------------------------ sections
+
+    def _build_layers(self, form) -> None:
+        """Image, corrected labels and the training slices."""
         self.image_choice = LayerChoice(self.viewer, Image, prefer=is_em_image, parent=self)
         self.image_choice.setToolTip("The EM stack the labels belong to (not its mask)")
         self.labels_choice = LayerChoice(self.viewer, Labels, prefer=_is_result, parent=self)
@@ -110,24 +100,19 @@ class FinetuneWidget(QWidget):
         self.find_button = QPushButton("Find corrected slices")
         self.find_button.setToolTip("Compare the layer with the model's output to find painted slices")
         self.find_button.clicked.connect(self.find_corrected_slices)
-        self.slice_list = QListWidget()
-        self.slice_list.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
-        self.slice_list.setMaximumHeight(70)
-        self.slices_note = message_label()
-        self.slice_spin = QSpinBox()
-        self.slice_spin.setRange(0, 0)
-        self.add_button = QPushButton("Add")
-        self.add_button.setToolTip("Add this slice (e.g. one the model got right) to the training set")
-        self.add_button.clicked.connect(lambda: self.add_slice(self.slice_spin.value()))
-        self.add_current_button = QPushButton("Add current")
-        self.add_current_button.setToolTip("Add the slice shown in the viewer")
-        self.add_current_button.clicked.connect(self.add_current_slice)
-        self.remove_button = QPushButton("Remove")
-        self.remove_button.setToolTip("Remove the selected slices from the list")
-        self.remove_button.clicked.connect(self.remove_selected)
-        edit_row = QHBoxLayout()
-        for w in (self.slice_spin, self.add_button, self.add_current_button, self.remove_button):
-            edit_row.addWidget(w)
+        self.slice_editor = SliceEditor(self.viewer, self.labels_choice.layer, self)
+        ed = self.slice_editor
+        self.slice_list, self.slices_note, self.slice_spin = ed.slice_list, ed.note, ed.spin
+        self.add_button, self.add_current_button = ed.add_button, ed.add_current_button
+        self.remove_button = ed.remove_button
+        form.addRow("Image", self.image_choice)
+        form.addRow("Corrected labels", self.labels_choice)
+        form.addRow(self.find_button)
+        form.addRow("Training slices", ed)
+
+    def _build_model(self, form) -> None:
+        """Base model, device, the stack's pixel size and contrast, the number of steps."""
+        from ..training import FINETUNE, FINETUNE_SECONDS
 
         self.model_choice = ModelChoice(self)
         self.device_choice = DeviceChoice(self)
@@ -142,6 +127,14 @@ class FinetuneWidget(QWidget):
                            "model keeps it.")
         self.steps.setToolTip(f"Optimiser steps of {FINETUNE.batch_size} crops; {FINETUNE.steps} take "
                               f"about {FINETUNE_SECONDS} s on 2 idle CPU cores, seconds on a GPU")
+        form.addRow("Base model", self.model_choice)
+        form.addRow("Device", self.device_choice)
+        form.addRow(self.pixel_size)
+        form.addRow(self.invert)
+        form.addRow("Steps", self.steps)
+
+    def _build_run(self, layout) -> None:
+        """Fine-tune / Cancel, progress, the loss plot, the result and "Segment again"."""
         self.run_button = QPushButton("Fine-tune")
         self.run_button.clicked.connect(self.start)
         self.cancel_button = QPushButton("Cancel")
@@ -163,29 +156,11 @@ class FinetuneWidget(QWidget):
         self.segment_again_button.setEnabled(False)
         self.segment_again_button.clicked.connect(self.segment_again)
         self.message = message_label()
-
-        form = compact_form()
-        form.addRow("Image", self.image_choice)
-        form.addRow("Corrected labels", self.labels_choice)
-        form.addRow(self.find_button)
-        form.addRow("Training slices", self.slice_list)
-        form.addRow(edit_row)
-        form.addRow(self.slices_note)
-        form.addRow("Base model", self.model_choice)
-        form.addRow("Device", self.device_choice)
-        form.addRow(self.pixel_size)
-        form.addRow(self.invert)
-        form.addRow("Steps", self.steps)
-        layout = scrollable(self)
-        layout.addLayout(form)
         layout.addLayout(run_row)
-        layout.addWidget(self.progress)
-        layout.addWidget(self.plot)
-        layout.addWidget(self.result_label)
-        layout.addWidget(self.segment_again_button)
-        layout.addWidget(self.message)
-        layout.addStretch(1)
+        for w in (self.progress, self.plot, self.result_label, self.segment_again_button, self.message):
+            layout.addWidget(w)
 
+    def _connect(self) -> None:
         self.model_choice.currentIndexChanged.connect(
             lambda *a: self.pixel_size.set_model(self.model_choice.source()))
         self.pixel_size.set_model(self.model_choice.source())
@@ -198,135 +173,19 @@ class FinetuneWidget(QWidget):
 
     def slices(self) -> list[int]:
         """The slices to train on, sorted."""
-        return sorted(self.slice_list.item(i).data(Qt.ItemDataRole.UserRole)
-                      for i in range(self.slice_list.count()))
+        return self.slice_editor.slices()
 
     def set_slices(self, slices) -> None:
-        self.slice_list.clear()
-        for z in sorted({int(s) for s in slices}):
-            item = QListWidgetItem(f"slice {z}")
-            item.setData(Qt.ItemDataRole.UserRole, z)
-            self.slice_list.addItem(item)
+        self.slice_editor.set_slices(slices)
 
     def add_slice(self, z: int) -> None:
-        layer = self.labels_choice.layer()
-        n = self._n_slices(layer)
-        if not 0 <= z < n:
-            self.slices_note.setText(f"Slice {z} is outside the layer (0..{n - 1}).")
-            return
-        self.set_slices([*self.slices(), z])
+        self.slice_editor.add_slice(z)
 
     def add_current_slice(self) -> None:
-        layer = self.labels_choice.layer()
-        if layer is None or layer.ndim < 3:
-            self.add_slice(0)
-            return
-        axis = self.viewer.dims.ndim - layer.ndim
-        world = self.viewer.dims.point[axis]
-        self.add_slice(int(round((world - layer.translate[0]) / layer.scale[0])))
+        self.slice_editor.add_current_slice()
 
     def remove_selected(self) -> None:
-        for item in self.slice_list.selectedItems():
-            self.slice_list.takeItem(self.slice_list.row(item))
-
-    @staticmethod
-    def _n_slices(layer) -> int:
-        if layer is None:
-            return 0
-        return layer.data.shape[0] if layer.ndim == 3 else 1
-
-    def find_corrected_slices(self) -> list[int]:
-        """List the slices where the labels layer differs from its recorded model output."""
-        layer = self.labels_choice.layer()
-        if not self._can_find(layer):
-            return self.slices()
-        self._show_found(layer, painted_slices(layer))
-        return self.slices()
-
-    def _can_find(self, layer) -> bool:
-        if layer is None:
-            self.slices_note.setText("Choose the labels layer you corrected.")
-            return False
-        if not layer.editable:
-            # a segmentation is writing into the layer; its slices are compared when it lands
-            self.slices_note.setText(f"'{layer.name}' is being segmented; corrections are found when "
-                                     "it is done.")
-            return False
-        self._sync_stack_options(layer)
-        return True
-
-    def _show_found(self, layer, found: list[int] | None) -> None:
-        if found is None:
-            self.slices_note.setText(
-                f"'{layer.name}' has no recorded model output (segment the image with 'Segment "
-                "mitochondria' first), so corrections cannot be found; add slices by hand."
-            )
-            return
-        self.set_slices(found)
-        self.slices_note.setText(
-            f"Corrected slices: {found}." if found else
-            "No corrected slice yet: paint corrections on the layer (or add slices by hand)."
-        )
-
-    def _find_in_background(self) -> None:
-        """:meth:`find_corrected_slices` with the comparison in a worker thread (after painting
-        and after a segmentation lands, so that the event loop never waits for it)."""
-        from napari.qt.threading import create_worker
-
-        layer = self.labels_choice.layer()
-        if not self._can_find(layer):
-            return
-        if self._finder is not None:
-            self._finder.quit()
-        data = layer.data
-        finder = create_worker(painted_in, data, model_output(layer, MODEL_OUTPUT),
-                               model_output(layer, PREVIOUS_OUTPUT), _start_thread=False)
-
-        def on_found(found) -> None:
-            current = self.labels_choice.layer()
-            # only an answer about the layer as it still is counts (not a preview of a run)
-            if (finder is self._finder and same_layer(layer, current) and current.data is data
-                    and current.editable):
-                self._show_found(layer, found)
-                self.slices_found.emit(self.slices())
-
-        finder.returned.connect(on_found)
-        self._finder = finder
-        finder.start()
-
-    def _sync_stack_options(self, layer) -> None:
-        """Set pixel ratio and contrast from the layer's latest segmentation, once per run (a
-        segmentation by a fine-tuned model records 1 and no inversion: the model holds them)."""
-        used = layer.metadata.get(OPTIONS)
-        if used is not None and used is self._seen_options:
-            return
-        self._seen_options = used
-        if layer.metadata.get(MODEL_NAME):  # a new segmentation: start from the model that made it
-            self.model_choice.select(layer.metadata[MODEL_NAME])
-        ratio, invert = recorded_stack_options(layer)
-        self.pixel_ratio.setValue(ratio)
-        self.invert.setChecked(invert)
-        self.pixel_size.set_default(layer.metadata.get(PIXEL_SIZE_NM), "as segmented")
-
-    def _schedule_find(self, event=None) -> None:
-        """Look for corrected slices shortly after painting stops."""
-        self._debounce.start()
-
-    def _on_labels_layer(self, layer) -> None:
-        if self._watched is not None:
-            for emitter in (self._watched.events.paint, self._watched.events.data):
-                emitter.disconnect(self._schedule_find)
-        self._watched = layer
-        self.slice_spin.setRange(0, max(0, self._n_slices(layer) - 1))
-        if layer is None:
-            self.set_slices([])
-            return
-        for emitter in (layer.events.paint, layer.events.data):
-            emitter.connect(self._schedule_find)
-        if layer.metadata.get(MODEL_NAME):
-            self.model_choice.select(layer.metadata[MODEL_NAME])
-        self._seen_options = None
-        self.find_corrected_slices()
+        self.slice_editor.remove_selected()
 
     # ------------------------------------------------------------------ fine-tuning
 
@@ -463,60 +322,3 @@ class FinetuneWidget(QWidget):
         self.message.setText("Fine-tuning cancelled; no model was saved.")
         self.finetuned.emit(None)
 
-    # ------------------------------------------------------------------ segment again
-
-    def segment_again(self):
-        """Re-segment the image with the new model; corrected and listed slices stay exactly."""
-        image, labels = self.image_choice.layer(), self.labels_choice.layer()
-        if self.result is None or image is None or labels is None:
-            return self._fail("Fine-tune first, with the image and corrected labels chosen.",
-                              self.resegmented)
-        from ..inference import PredictOptions
-
-        # the settings the layer was segmented with (TTA, threshold, z-smoothing, hole
-        # filling); what is not recorded (None) falls to the new model's defaults, which
-        # iter_finetune copied from its base model. The pixel ratio and the inversion are part
-        # of the new model's spec, so it takes the stack as it is.
-        used = labels.metadata.get(OPTIONS) or {}
-        known = {f.name for f in dataclasses.fields(PredictOptions)} - {"pixel_ratio", "invert"}
-        options = PredictOptions(**{k: v for k, v in used.items() if k in known})
-        run = SegmentationRun(
-            self.viewer, image, str(self.result.path), device=self.device_choice.device(),
-            options=options, instances=bool(labels.metadata.get(INSTANCES, False)), target_name=labels.name,
-            extra_keep=self.slices(), pixel_size_nm=self.pixel_size.pixel_size_nm(), parent=self,
-        )
-        run.progress.connect(self._on_slice)
-        run.status.connect(self.message.setText)
-        run.done.connect(self._on_resegmented)
-        run.stopped.connect(self._on_resegment_stopped)
-        try:
-            run.start()
-        except ValueError as exc:
-            return self._fail(f"Cannot segment '{image.name}': {exc}", self.resegmented)
-        self.segment_run = run
-        self.progress.begin(self._n_slices(labels), "slice")
-        self.run_button.setEnabled(False)
-        self.segment_again_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
-        return run
-
-    def _on_slice(self, done: int, total: int) -> None:
-        self.progress.advance(done, total)
-
-    def _on_resegmented(self, layer) -> None:
-        self._idle()
-        self.progress.finish()
-        self.segment_again_button.setEnabled(True)
-        self._debounce.stop()
-        self._find_in_background()  # against the new model's output, at once
-        kept = self.segment_run.kept if self.segment_run else []
-        undo = self.segment_run.undo_note if self.segment_run is not None else ""
-        self.message.setText(f"Segmented again with {self.result.name}; kept slices {kept} exactly.{undo}")
-        self.resegmented.emit(layer)
-
-    def _on_resegment_stopped(self, text: str) -> None:
-        self._idle()
-        self.progress.idle("cancelled" if text.startswith("Cancelled") else "failed")
-        self.segment_again_button.setEnabled(True)
-        self.message.setText(text)
-        self.resegmented.emit(None)

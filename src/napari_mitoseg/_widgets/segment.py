@@ -15,15 +15,13 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ._common import (
+from ._common import default_z_smooth, is_em_image, made_for_a_stack
+from ._controls import (
     DeviceChoice,
     LayerChoice,
     ModelChoice,
     compact_form,
-    default_z_smooth,
     invert_box,
-    is_em_image,
-    made_for_a_stack,
     message_label,
     no_model_message,
     scrollable,
@@ -49,6 +47,19 @@ class SegmentWidget(QWidget):
         self.current_run: SegmentationRun | None = None
         self._watched = None  # the result layer whose later change makes a stop message stale
 
+        form = compact_form()
+        self._build_input(form)
+        self._build_options(form)
+        layout = scrollable(self)
+        layout.addLayout(form)
+        self._build_run(layout)
+        layout.addStretch(1)
+        self._connect()
+
+    # ------------------------------------------------------------------ sections
+
+    def _build_input(self, form) -> None:
+        """The image, the model (with Refresh) and the device."""
         self.image_choice = LayerChoice(self.viewer, Image, prefer=is_em_image, parent=self)
         self.image_choice.setToolTip("The EM stack to segment, (Z, Y, X) or (Y, X) grey-scale")
         self.model_choice = ModelChoice(self)
@@ -59,6 +70,14 @@ class SegmentWidget(QWidget):
         model_row.addWidget(self.model_choice, 1)
         model_row.addWidget(self.refresh_models_button)
         self.device_choice = DeviceChoice(self)
+        self.model_message = message_label()
+        form.addRow("Image", self.image_choice)
+        form.addRow("Model", model_row)
+        form.addRow(self.model_message)
+        form.addRow("Device", self.device_choice)
+
+    def _build_options(self, form) -> None:
+        """Threshold, pixel size, contrast, TTA, z-smoothing and 3D objects."""
         self.threshold = QDoubleSpinBox()
         self.threshold.setRange(0.0, 0.99)
         self.threshold.setSingleStep(0.05)
@@ -78,7 +97,17 @@ class SegmentWidget(QWidget):
         self.instances = QCheckBox("3D objects")
         self.instances.setToolTip("One id per mitochondrion: split the mask into 3D-connected objects, "
                                   "each with its own id")
+        form.addRow("Threshold", self.threshold)
+        form.addRow(self.pixel_size)
+        boxes = QGridLayout()
+        boxes.setContentsMargins(0, 0, 0, 0)
+        boxes.setVerticalSpacing(2)
+        for i, box in enumerate((self.invert, self.tta, self.z_smooth, self.instances)):
+            boxes.addWidget(box, i // 2, i % 2)
+        form.addRow(boxes)
 
+    def _build_run(self, layout) -> None:
+        """Segment / Cancel, the progress bar and the message line."""
         self.run_button = QPushButton("Segment")
         self.run_button.clicked.connect(self.start)
         self.cancel_button = QPushButton("Cancel")
@@ -89,28 +118,11 @@ class SegmentWidget(QWidget):
         buttons.addWidget(self.cancel_button)
         self.progress = RunProgress("slice")
         self.message = message_label()
-        self.model_message = message_label()
-
-        form = compact_form()
-        form.addRow("Image", self.image_choice)
-        form.addRow("Model", model_row)
-        form.addRow(self.model_message)
-        form.addRow("Device", self.device_choice)
-        form.addRow("Threshold", self.threshold)
-        form.addRow(self.pixel_size)
-        boxes = QGridLayout()
-        boxes.setContentsMargins(0, 0, 0, 0)
-        boxes.setVerticalSpacing(2)
-        for i, box in enumerate((self.invert, self.tta, self.z_smooth, self.instances)):
-            boxes.addWidget(box, i // 2, i % 2)
-        form.addRow(boxes)
-        layout = scrollable(self)
-        layout.addLayout(form)
         layout.addLayout(buttons)
         layout.addWidget(self.progress)
         layout.addWidget(self.message)
-        layout.addStretch(1)
 
+    def _connect(self) -> None:
         self.model_choice.availability_changed.connect(self._on_models)
         self.model_choice.currentIndexChanged.connect(self._on_model_chosen)
         self.image_choice.layer_changed.connect(self.pixel_size.set_layer)

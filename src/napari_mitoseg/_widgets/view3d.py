@@ -20,7 +20,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ._common import layer_array, message_label, scrollable
+from ._common import layer_array
+from ._controls import LayerChoice, message_label, scrollable
 from ._measure_table import Histogram, ObjectTable, VoxelSizeBox
 from ._view3d_edits import ObjectEdits
 
@@ -72,8 +73,6 @@ class View3DWidget(ObjectEdits, QWidget):
     table_updated = Signal()
 
     def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
-        from ._common import LayerChoice
-
         super().__init__(parent)
         self.viewer = napari_viewer
         self.rows: list = []
@@ -88,6 +87,18 @@ class View3DWidget(ObjectEdits, QWidget):
         self._sync_timer.setInterval(250)
         self._sync_timer.timeout.connect(self.sync_table)
 
+        layout = scrollable(self)
+        self._build_measure(layout)
+        self._build_table(layout)
+        self._build_files(layout)
+        self._enable()
+        self._on_layer_changed(self.labels_choice.layer())
+        self.viewer.layers.events.removed.connect(self._on_layer_removed)
+
+    # ------------------------------------------------------------------ sections
+
+    def _build_measure(self, layout) -> None:
+        """The labels layer, its voxel size, the minimum object size and the run button."""
         self.labels_choice = LayerChoice(self.viewer, Labels, prefer=_is_source, parent=self)
         self.labels_choice.layer_changed.connect(self._on_layer_changed)
         self.voxel = VoxelSizeBox()
@@ -98,6 +109,15 @@ class View3DWidget(ObjectEdits, QWidget):
         self.min_size.setToolTip("When splitting a mask: objects smaller than this are dropped as noise")
         self.run_button = QPushButton("Separate mitochondria && measure")
         self.run_button.clicked.connect(self.start)
+        form = QFormLayout()
+        form.addRow("Labels", self.labels_choice)
+        form.addRow("Voxel size (Z, Y, X)", self.voxel)
+        form.addRow("Minimum size", self.min_size)
+        layout.addLayout(form)
+        layout.addWidget(self.run_button)
+
+    def _build_table(self, layout) -> None:
+        """The summary, the table of objects, "show alone", the edit buttons, the histogram."""
         self.summary = QLabel("")
         self.summary.setWordWrap(True)
         self.table = ObjectTable()
@@ -115,35 +135,27 @@ class View3DWidget(ObjectEdits, QWidget):
         self.delete_button.clicked.connect(self.delete_selected)
         self.merge_button.clicked.connect(self.merge_selected)
         self.split_button.clicked.connect(self.split_selected)
-        self.save_button = QPushButton("Save CSV...")
-        self.save_button.clicked.connect(self._ask_save_csv)
-        self.mesh_button = QPushButton("Export meshes...")
-        self.mesh_button.clicked.connect(self._ask_export_meshes)
-        self.message = message_label()
-
-        form = QFormLayout()
-        form.addRow("Labels", self.labels_choice)
-        form.addRow("Voxel size (Z, Y, X)", self.voxel)
-        form.addRow("Minimum size", self.min_size)
         edit = QGridLayout()
         for i, b in enumerate((self.delete_button, self.merge_button, self.split_button)):
             edit.addWidget(b, 0, i)
-        files = QHBoxLayout()
-        files.addWidget(self.save_button)
-        files.addWidget(self.mesh_button)
-        layout = scrollable(self)
-        layout.addLayout(form)
-        layout.addWidget(self.run_button)
         layout.addWidget(self.summary)
         layout.addWidget(self.table, 1)
         layout.addWidget(self.alone)
         layout.addLayout(edit)
         layout.addWidget(self.histogram)
+
+    def _build_files(self, layout) -> None:
+        """Save CSV, export meshes, and the message line."""
+        self.save_button = QPushButton("Save CSV...")
+        self.save_button.clicked.connect(self._ask_save_csv)
+        self.mesh_button = QPushButton("Export meshes...")
+        self.mesh_button.clicked.connect(self._ask_export_meshes)
+        self.message = message_label()
+        files = QHBoxLayout()
+        files.addWidget(self.save_button)
+        files.addWidget(self.mesh_button)
         layout.addLayout(files)
         layout.addWidget(self.message)
-        self._enable()
-        self._on_layer_changed(self.labels_choice.layer())
-        self.viewer.layers.events.removed.connect(self._on_layer_removed)
 
     # ------------------------------------------------------------------ measuring
 

@@ -1,0 +1,326 @@
+"""The training loop: one engine for the shipped model and for the user's corrections.
+
+:func:`iter_train_volumes` reads as its steps: prepare the volumes, start the network (new or
+from a base), build the crop sampler, set up the optimiser (going on from a checkpoint when
+resuming), then step, validate and checkpoint until done or paused.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import math
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..inference import for_stack, predict_slice
+from ..metrics import Counts, counts, scores_from_counts
+from ..model import LoadedModel, ModelSpec, build_model, load_model, resolve_device, spare_cpu_threads
+from .checkpoints import CHECKPOINT, check_run_dir, read_checkpoint, save_run_model, write_checkpoint
+from .config import AUTO, IGNORE, TrainConfig, TrainingError, TrainProgress
+from .loss import DiceBCELoss
+from .sampling import CropSampler
+from .volumes import Volume, _as_slices, _check_has_mitochondria, _read_masks, prepare, volume_weights
+
+logger = logging.getLogger(__name__)
+
+#: steps between two looks at the machine's load (see :func:`_follow_load`)
+THREAD_CHECK_EVERY = 25
+
+
+def _lr_lambda(cfg: TrainConfig):
+    def f(step: int) -> float:
+        if step < cfg.warmup:
+            return (step + 1) / cfg.warmup
+        t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+        return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+    return f
+
+
+def validate(model: LoadedModel, images: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> float:
+    """Foreground IoU of ``model`` (threshold from its spec) over whole raw slices."""
+    total = Counts(0, 0, 0, 0)
+    for im, m in zip(images, masks, strict=True):
+        m = np.asarray(m)
+        pred = predict_slice(model, im) > model.spec.threshold
+        total = total + counts(pred, m == 1, ignore=(m == IGNORE))
+    return scores_from_counts(total).iou
+
+
+@dataclass
+class _Data:
+    """The training volumes' slices side by side: ``images`` / ``masks`` (as :func:`prepare`
+    gives them), each slice's pixel ``ratios``, the slices ``per_volume`` and the validation
+    sets ``vals`` as (name, pixel ratio, images, masks)."""
+
+    images: list = field(default_factory=list)
+    masks: list = field(default_factory=list)
+    ratios: list = field(default_factory=list)
+    per_volume: list = field(default_factory=list)
+    vals: list = field(default_factory=list)
+
+
+def _prepare_volumes(volumes: Sequence[Volume]) -> _Data:
+    data = _Data()
+    for k, vol in enumerate(volumes):
+        name = vol.name or f"volume {k + 1}"
+        if any(name == v[0] for v in data.vals):
+            name = f"{name} #{k + 1}"
+        v_ims, v_mks = prepare(vol.images, vol.masks)
+        data.images += v_ims
+        data.masks += v_mks
+        data.ratios += [float(vol.pixel_ratio)] * len(v_ims)
+        data.per_volume.append(len(v_ims))
+        if vol.val_images is not None:  # with its masks: _read_masks checked that
+            data.vals.append((name, vol.pixel_ratio, _as_slices(vol.val_images, f"{name} validation image"),
+                              _as_slices(vol.val_masks, f"{name} validation mask")))
+    return data
+
+
+def _start_network(base, spec: ModelSpec | None, cfg: TrainConfig):
+    """(net on the CPU, spec, provenance): ``base``'s network and spec, or a new network of
+    ``spec`` with weights seeded by ``cfg.seed``."""
+    import torch
+
+    if base is None:
+        spec = spec or ModelSpec()
+        torch.manual_seed(cfg.seed)  # reproducible initial weights
+        return build_model(spec), spec, {}
+    if isinstance(base, LoadedModel):  # e.g. a model set up for a stack (for_stack)
+        based = dataclasses.replace(base, net=copy.deepcopy(base.net).cpu())
+    else:
+        based = load_model(base, device="cpu")
+    # a spec passed with a base is ignored (see respec to change one)
+    return based.net.to(memory_format=torch.contiguous_format), based.spec, {"base_model": based.name}
+
+
+@dataclass
+class _Run:
+    """A training run in progress: what a checkpoint saves, and what a step needs."""
+
+    cfg: TrainConfig
+    spec: ModelSpec
+    net: object
+    opt: object
+    sched: object
+    sampler: CropSampler
+    dev: object
+    out: Path | None
+    meta: dict
+    step: int = 0
+    best: float = -1.0
+    history: list = field(default_factory=list)
+
+    @property
+    def model(self) -> LoadedModel:
+        return LoadedModel(net=self.net, spec=self.spec, name=self.out.name if self.out else "training")
+
+    def state(self) -> dict:
+        return {"model": self.net.state_dict(), "optimizer": self.opt.state_dict(),
+                "scheduler": self.sched.state_dict(), "step": self.step, "best": self.best,
+                "history": self.history, "config": dataclasses.asdict(self.cfg),
+                "spec": self.spec.to_dict(), "hard": [h.astype(np.int32) for h in self.sampler.hard]}
+
+    def restore(self, state: dict) -> None:
+        self.net.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        self.step, self.best, self.history = state["step"], state["best"], state["history"]
+        self.sampler.hard = [np.asarray(h, np.int64) for h in state.get("hard", self.sampler.hard)]
+
+
+def _set_up(net, spec: ModelSpec, cfg: TrainConfig, sampler: CropSampler, dev, out, resume: bool,
+            meta: dict) -> _Run:
+    """The network on ``dev`` with its optimiser and schedule, gone on from ``out``'s checkpoint
+    when ``resume``."""
+    import torch
+
+    net = net.to(dev)
+    if dev.type == "cpu":
+        net = net.to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
+    run = _Run(cfg, spec, net, opt, sched, sampler, dev, out, meta)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        state = read_checkpoint(out, cfg, spec, dev) if resume else None
+        if state is not None:
+            run.restore(state)
+            logger.info("resumed %s at step %d", out / CHECKPOINT, run.step)
+    return run
+
+
+def _snapshot(run: _Run, kind: str) -> None:
+    if run.out is not None:
+        info = {**run.meta, "step": run.step, "steps": run.cfg.steps, "best_val_iou": run.best}
+        save_run_model(run.out, kind, run.net, run.spec, info, run.cfg, run.history)
+
+
+def _checkpoint(run: _Run) -> None:
+    if run.out is not None:
+        write_checkpoint(run.out, run.state())
+
+
+def _follow_load(run: _Run, threads: int | None) -> int | None:
+    """Every :data:`THREAD_CHECK_EVERY` steps on a CPU, set torch's threads to the cores the
+    machine's other work leaves free (see :func:`~napari_mitoseg.model.spare_cpu_threads`)."""
+    import torch
+
+    if threads is not None and run.step % THREAD_CHECK_EVERY == 0:
+        threads = spare_cpu_threads(own=torch.get_num_threads()) or threads
+        torch.set_num_threads(threads)
+    return threads
+
+
+def _refresh_hard(run: _Run) -> None:
+    """Every ``hard_every`` steps, the sampler's hard-example pools from the model's errors."""
+    cfg = run.cfg
+    if cfg.hard_fraction > 0 and run.step > 0 and run.step % cfg.hard_every == 0:
+        # a checkpoint holds the pool in use after its step, so a resumed run refreshes
+        # exactly where an uninterrupted one does, from the same weights
+        run.net.eval()
+        n_hard = run.sampler.set_hard(run.model)
+        logger.info("step %d: %d hard pixels", run.step, n_hard)
+
+
+def _one_step(run: _Run, loss_fn) -> float:
+    """One optimiser step on a fresh batch of crops; returns the loss."""
+    import torch
+
+    net, dev = run.net, run.dev
+    net.train()
+    x, y = run.sampler.sample(run.step)
+    x, y = x.to(dev), y.to(dev)
+    if dev.type == "cpu":
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(dev.type, enabled=dev.type == "cuda", dtype=torch.bfloat16):
+        logits = net(x)
+    loss = loss_fn(logits.float(), y)
+    run.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    run.opt.step()
+    run.sched.step()
+    run.step += 1
+    return float(loss.detach())
+
+
+def _validate(run: _Run, vals: list, rec: dict) -> float:
+    """Validation IoU (the mean over the volumes), recorded in ``rec``; a new best is saved."""
+    run.net.eval()
+    model = run.model
+    by_volume = {name: validate(for_stack(model, ratio), v_i, v_m) for name, ratio, v_i, v_m in vals}
+    val_iou = float(np.mean(list(by_volume.values())))
+    rec["val_iou"] = val_iou
+    if len(by_volume) > 1:
+        rec["val_iou_by_volume"] = by_volume
+    if val_iou > run.best:
+        run.best = val_iou
+        _snapshot(run, "best")
+    return val_iou
+
+
+def iter_train(images, masks, *, val_images=None, val_masks=None, **kwargs) -> Iterator[TrainProgress]:
+    """Train (or fine-tune from ``base``) on raw (Z, Y, X) images and masks, yielding progress.
+
+    One volume; see :func:`iter_train_volumes` for the keywords and for several volumes.
+    The generator's final value (``StopIteration.value``) is the trained :class:`LoadedModel`.
+    """
+    vol = Volume(images, masks, val_images, val_masks)
+    return (yield from iter_train_volumes([vol], **kwargs))
+
+
+def iter_train_volumes(
+    volumes: Sequence[Volume],
+    *,
+    spec: ModelSpec | None = None,
+    config: TrainConfig | None = None,
+    base: str | os.PathLike | LoadedModel | None = None,
+    out_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    max_seconds: float | None = None,
+    device: str = "auto",
+    info: dict | None = None,
+    ignore_value: int | str | None = AUTO,
+) -> Iterator[TrainProgress]:
+    """Train (or fine-tune from ``base``) on one or more :class:`Volume`, yielding progress.
+
+    Each volume is drawn from equally often, whatever its size. Validation IoU is the mean
+    over the volumes that have validation slices (each volume's own IoU is in the history).
+    Writes ``out_dir/checkpoint.pt`` every ``checkpoint_every`` steps, ``out_dir/best`` (the
+    best model by validation IoU, or the last one without validation) and ``out_dir/last``.
+    ``max_seconds`` pauses the run (checkpoint saved) so it can go on with ``resume=True``.
+    The generator's final value (``StopIteration.value``) is the trained :class:`LoadedModel`.
+    ``out_dir`` holding a run is refused unless ``resume`` (see :func:`check_run_dir`).
+    Masks are read with ``ignore_value`` (see :func:`training_masks`); masks without any
+    mitochondrion are refused when training from scratch.
+    """
+    if not volumes:
+        raise TrainingError("no training volume given")
+    cfg = config or TrainConfig()
+    if out_dir is not None:
+        check_run_dir(out_dir, resume)
+    volumes = [_read_masks(vol, k, ignore_value) for k, vol in enumerate(volumes)]
+    _check_has_mitochondria([vol.masks for vol in volumes], base is None)
+    dev = resolve_device(device)
+    t_start = time.perf_counter()
+    net, spec, base_info = _start_network(base, spec, cfg)
+    data = _prepare_volumes(volumes)
+    sampler = CropSampler(data.images, data.masks, cfg, spec.input_scale, spec.invert, ratios=data.ratios,
+                          weights=None if len(volumes) == 1 else volume_weights(data.masks, data.per_volume))
+    out = Path(out_dir) if out_dir is not None else None
+    run = _set_up(net, spec, cfg, sampler, dev, out, resume, {**(info or {}), **base_info})
+    yield from _loop(run, data.vals, t_start, max_seconds)
+    run.net.eval()
+    if run.step == cfg.steps:
+        _snapshot(run, "last")
+        if not data.vals:
+            _snapshot(run, "best")
+    return run.model
+
+
+def _loop(run: _Run, vals: list, t_start: float, max_seconds: float | None) -> Iterator[TrainProgress]:
+    """Step, validate and checkpoint until the last step, or until ``max_seconds`` pass."""
+    import torch
+
+    cfg, loss_fn = run.cfg, DiceBCELoss()
+    threads_before = torch.get_num_threads()
+    threads = spare_cpu_threads() if run.dev.type == "cpu" else None
+    try:
+        t_chunk = time.perf_counter()
+        while run.step < cfg.steps:
+            _refresh_hard(run)
+            threads = _follow_load(run, threads)
+            loss = _one_step(run, loss_fn)
+            now = time.perf_counter()
+            rec = {"step": run.step, "loss": loss, "seconds": now - t_chunk, "threads": torch.get_num_threads()}
+            t_chunk = now
+            last = run.step == cfg.steps
+            val_iou = None
+            if vals and ((cfg.val_every and run.step % cfg.val_every == 0) or last):
+                val_iou = _validate(run, vals, rec)
+            run.history.append(rec)
+            if last or (cfg.checkpoint_every and run.step % cfg.checkpoint_every == 0):
+                _checkpoint(run)
+            paused = max_seconds is not None and now - t_start > max_seconds and not last
+            yield TrainProgress(run.step, cfg.steps, loss, now - t_start, val_iou,
+                                run.best if run.best >= 0 else None, done=last, history=run.history)
+            if paused:
+                _checkpoint(run)
+                logger.info("paused at step %d of %d; continue with resume", run.step, cfg.steps)
+                break
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def train(images, masks, **kwargs) -> LoadedModel:
+    """Run :func:`iter_train` to the end and return the trained model."""
+    from .._generators import result_of
+
+    return result_of(iter_train(images, masks, **kwargs))

@@ -1,0 +1,137 @@
+"""Training data: masks read as background / mitochondrion / unlabelled, image and mask pairs
+checked and normalised, validation slices held out, and :class:`Volume`, one training volume."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..inference import check_stack, normalise01
+from .config import AUTO, IGNORE, NOTE, TrainingError
+
+logger = logging.getLogger(__name__)
+
+
+def _as_slices(stack, name: str) -> list[np.ndarray]:
+    arr = np.asarray(stack)
+    try:
+        check_stack(arr)
+    except ValueError as exc:
+        raise TrainingError(f"{name}: {exc}") from exc
+    return list(arr[None] if arr.ndim == 2 else arr)
+
+
+def training_masks(masks, ignore_value: int | str | None = AUTO) -> np.ndarray:
+    """Masks of any integer values -> uint8 0 background, 1 mitochondrion, :data:`IGNORE` unlabelled.
+
+    ``ignore_value``: the value marking unlabelled pixels, None for none, or ``"auto"``: 255
+    when the masks also hold other non-zero values (0, 1 and 255: 255 is unlabelled), none when
+    255 is their only non-zero value (a binary 0/255 mask: 255 is mitochondrion; a note says so).
+    Every other value > 0 is mitochondrion.
+    """
+    m = np.asarray(masks)
+    if m.dtype.kind == "f":
+        if not np.isfinite(m).all() or (m != np.round(m)).any():
+            raise TrainingError("the mask holds non-integer values (NaN or fractions): a mask "
+                                "holds 0 for background and whole numbers > 0 for mitochondria")
+    elif m.dtype.kind not in "biu":
+        raise TrainingError(f"the mask has dtype {m.dtype}; use integers")
+    ignore = ignore_value
+    if ignore_value == AUTO:
+        nonzero = np.unique(m[m > 0]) if m.dtype != bool else np.array([1])
+        ignore = IGNORE if (IGNORE in nonzero and len(nonzero) > 1) else None
+        if len(nonzero) == 1 and nonzero[0] == IGNORE:
+            logger.info("the mask holds only 0 and 255: read as background (0) and mitochondrion "
+                        "(255); to mark unlabelled pixels with 255, give the ignore value 255 "
+                        "(--ignore-value 255) and label mitochondria 1", extra=NOTE)
+    elif ignore_value is not None and not isinstance(ignore_value, (int, np.integer)):
+        raise TrainingError(f"ignore value must be an integer, None or {AUTO!r}, got {ignore_value!r}")
+    out = (m > 0).astype(np.uint8)
+    if ignore is not None:
+        out[m == ignore] = IGNORE
+    return out
+
+
+def prepare(images, masks) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Validate and normalise training pairs: ([0,1] float32 slices, uint8 masks 0/1/255)."""
+    ims = _as_slices(images, "image")
+    mks = _as_slices(masks, "mask")
+    if len(ims) != len(mks) or any(i.shape != m.shape for i, m in zip(ims, mks, strict=False)):
+        raise TrainingError(
+            f"image and mask differ in shape: {np.shape(images)} vs {np.shape(masks)}"
+        )
+    out_m = []
+    for m in mks:
+        m = np.asarray(m)
+        mm = np.where(m == IGNORE, IGNORE, (m > 0).astype(np.uint8)).astype(np.uint8)
+        out_m.append(mm)
+    if all((m == IGNORE).all() for m in out_m):
+        raise TrainingError("every mask pixel is marked as ignored: nothing to learn from")
+    return [normalise01(i) for i in ims], out_m
+
+
+def _check_has_mitochondria(masks: Sequence[np.ndarray], from_scratch: bool) -> None:
+    """Training masks (0/1/IGNORE) without a single mitochondrion pixel: an error for a new model
+    (it would learn that nothing is a mitochondrion); a warning when fine-tuning (slices whose
+    false positives were erased are a valid correction)."""
+    if any((m == 1).any() for m in masks):
+        return
+    msg = "the training mask holds no mitochondrion (no pixel > 0 outside the unlabelled value)"
+    if from_scratch:
+        raise TrainingError(f"{msg}: a new model would learn that nothing is a mitochondrion; "
+                            "check the mask (is it the right file? a 0/255 mask with --ignore-value 255?)")
+    logger.warning("%s: the model learns background only", msg)
+
+
+def split_validation(images, masks, fraction: float):
+    """Hold out the last contiguous block of ``fraction`` of the slices for validation."""
+    ims, mks = _as_slices(images, "image"), _as_slices(masks, "mask")
+    n_val = int(round(len(ims) * fraction)) if fraction > 0 else 0
+    if n_val == 0:
+        return ims, mks, [], []
+    if n_val >= len(ims):
+        raise TrainingError(f"val fraction {fraction} leaves no training slice of {len(ims)}")
+    return ims[:-n_val], mks[:-n_val], ims[-n_val:], mks[-n_val:]
+
+
+@dataclass
+class Volume:
+    """One training volume: raw (Z, Y, X) ``images`` and ``masks`` (0 background, 1-254
+    mitochondrion, 255 unlabelled), optional held-out ``val_images`` / ``val_masks``, and
+    ``pixel_ratio``, the volume's pixel size over the model's (``ModelSpec.pixel_size_nm``):
+    its slices reach the network resized by it, as :func:`inference.for_stack` does at
+    inference, so volumes of different pixel sizes train one model."""
+
+    images: Any
+    masks: Any
+    val_images: Any = None
+    val_masks: Any = None
+    pixel_ratio: float = 1.0
+    name: str = ""
+
+
+def _read_masks(vol: Volume, k: int, ignore_value) -> Volume:
+    """``vol`` with its masks (and validation masks) read by :func:`training_masks`; validation
+    images and masks must come together."""
+    if (vol.val_images is None) != (vol.val_masks is None):
+        raise TrainingError(f"{vol.name or f'volume {k + 1}'}: give validation images and masks "
+                            "together, or neither")
+    val = None if vol.val_masks is None else training_masks(vol.val_masks, ignore_value)
+    return dataclasses.replace(vol, masks=training_masks(vol.masks, ignore_value), val_masks=val)
+
+
+def volume_weights(masks: Sequence[np.ndarray], per_volume: Sequence[int]) -> np.ndarray:
+    """How often to draw each slice: every volume (``per_volume`` consecutive slices of
+    ``masks``) equally often, and within a volume each slice by its labelled pixels."""
+    labelled = np.array([float((np.asarray(m) != IGNORE).sum()) for m in masks])
+    out, start = np.zeros(len(masks)), 0
+    for n in per_volume:
+        part = labelled[start : start + n]
+        out[start : start + n] = part / part.sum() / len(per_volume)
+        start += n
+    return out
