@@ -35,7 +35,8 @@ LAYERS: dict[str, int] = {
     "": 0, "_paths": 0, "_atomic": 0, "io": 0, "metadata": 0, "metrics": 0, "ngff": 0,
     "synthetic": 0, "_generators": 0, "_progress": 0,
     # 1: the network and what works on one volume's objects
-    "model": 1, "inference": 1, "morphology": 1, "proofread": 1,
+    "model": 1, "inference": 1, "morphology": 1, "proofread": 1, "tiling": 1, "neighbours": 1, "ortho": 1,
+    "uncertainty": 1,
     # 2: learning, and the pipeline's last step
     "training": 2, "postprocess": 2,
     # 3: the one public API the front ends share
