@@ -1,6 +1,6 @@
 """Inference time per slice in a process started as a dask nanny starts its workers
 (``MALLOC_TRIM_THRESHOLD_=65536``), without that setting, and with it undone at run time by
-:func:`napari_mitoseg.distributed._undo_malloc_trim` (what a worker does before its first block).
+:func:`napari_mitoseg.distributed.blocks._undo_malloc_trim` (what a worker does before its first block).
 
 Each case runs in a fresh subprocess, one thread, the shipped model, ``--slices`` slices of
 1024 x 1024 (the seeded sample, tiled) after one warm-up slice; prints wall and CPU seconds per
@@ -22,7 +22,7 @@ import json, sys, time
 import numpy as np, torch
 torch.set_num_threads(1)
 from napari_mitoseg import api
-from napari_mitoseg.distributed import _undo_malloc_trim
+from napari_mitoseg.distributed.blocks import _undo_malloc_trim
 from napari_mitoseg.inference import PredictOptions, iter_predict
 from napari_mitoseg.synthetic import make_sample
 if sys.argv[1] == "undo":

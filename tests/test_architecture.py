@@ -42,7 +42,7 @@ LAYERS: dict[str, int] = {
     # 3: the one public API the front ends share
     "api": 3,
     # 4: front ends: command line, cluster, napari
-    "cli": 4, "distributed": 4, "_widgets": 4, "_reader": 4, "_writer": 4, "_sample_data": 4,
+    "cli": 4, "_cli_train": 4, "distributed": 4, "_widgets": 4, "_reader": 4, "_writer": 4, "_sample_data": 4,
     "__main__": 4,
 }
 LAYER_NAMES = {0: "files, metadata, metrics", 1: "model, inference, objects", 2: "training, postprocess",

@@ -208,3 +208,75 @@ def test_importing_the_package_does_not_import_torch():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+def _all_options():
+    """(sub-command, argparse action) of every option of every sub-command."""
+    import argparse
+
+    from napari_mitoseg.cli import _parser
+
+    p = _parser()
+    subs = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
+    yield from (("mitoseg", a) for a in p._actions)
+    for name, sp in subs.choices.items():
+        yield from ((name, a) for a in sp._actions)
+
+
+def test_every_option_says_what_it_does_and_its_default():
+    import argparse
+
+    actions = list(_all_options())
+    assert len({c for c, _ in actions}) == 8  # the top level and its seven sub-commands
+    silent = [f"{c} {a.dest}" for c, a in actions if not (a.help or "").strip()]
+    assert silent == []
+    plain = (argparse._HelpAction, argparse._VersionAction, argparse._SubParsersAction)
+    no_default = [f"{c} {'/'.join(a.option_strings)}" for c, a in actions
+                  if a.option_strings and not a.required and not isinstance(a, plain)
+                  and "default" not in a.help]
+    assert no_default == []
+
+
+def test_help_shows_the_defaults_and_version_prints_the_version(capsys):
+    from napari_mitoseg import __version__
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out.strip() == f"mitoseg {__version__}"
+    with pytest.raises(SystemExit):
+        main(["measure", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "in voxels (default: 64)" in out and "voxel size in nm" in out
+    with pytest.raises(SystemExit):
+        main(["segment", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "(default: auto)" in out and "slices per task on a cluster (default: 16)" in out
+
+
+def test_the_training_defaults_in_the_help_are_the_training_defaults():
+    from napari_mitoseg.cli import _parser
+    from napari_mitoseg.training import FINETUNE, TrainConfig
+
+    new, tune = TrainConfig(), FINETUNE
+    helps = {a.dest: a.help for a in _parser()._subparsers._group_actions[0].choices["train"]._actions}
+    assert f"default: {new.steps} for a new model, {tune.steps} with --base" in helps["steps"]
+    assert f"default: {new.batch_size} for a new model, {tune.batch_size} with --base" in helps["batch_size"]
+    assert f"default: {new.lr:g} for a new model, {tune.lr:g} with --base" in helps["lr"]
+    assert (f"default: {new.hard_fraction:g} for a new model, {tune.hard_fraction:g} with --base"
+            in helps["hard_fraction"])
+    assert f"(default: {new.augment})" in helps["augment"] and tune.augment == new.augment
+
+
+def test_the_readme_command_lines_parse():
+    import re
+    import shlex
+    from pathlib import Path
+
+    from napari_mitoseg.cli import _parser
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    text = re.sub(r"\\\n\s*", " ", readme)  # join continued lines
+    lines = [ln.split("#")[0].strip() for ln in text.splitlines() if ln.strip().startswith("mitoseg ")]
+    assert len(lines) >= 15
+    for line in lines:
+        _parser().parse_args(shlex.split(line)[1:])  # SystemExit (and a usage line) if not

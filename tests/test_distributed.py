@@ -64,7 +64,7 @@ def reference(model_dir, image, opts=OPTS):
 def test_cluster_labels_are_the_single_process_labels_bit_for_bit(client, tiny_model_dir, stack_zarr, tmp_path):
     kw = dict(model=tiny_model_dir, device="cpu", threshold=OPTS.threshold, z_smooth=True)
     api.segment_file(stack_zarr, out=tmp_path / "one.zarr", **kw)  # one process, streamed
-    res = api.segment_file(stack_zarr, out=tmp_path / "many.zarr", client=client, **kw)
+    res = dist.segment_file(stack_zarr, out=tmp_path / "many.zarr", client=client, **kw)
     one, many = np.asarray(read_stack(tmp_path / "one.zarr")), np.asarray(read_stack(tmp_path / "many.zarr"))
     assert many.dtype == one.dtype == np.uint8 and res.shape == one.shape
     assert 0.05 < one.mean() < 0.95  # a mask with both classes, so equality means something
@@ -79,7 +79,7 @@ def test_cluster_labels_are_the_single_process_labels_bit_for_bit(client, tiny_m
 def test_cluster_runs_at_the_scale_one_process_chooses(client, tiny_model_dir, stack_zarr, tmp_path):
     kw = dict(model=tiny_model_dir, device="cpu", threshold=OPTS.threshold, pixel_ratio=2.0, invert=True)
     one = api.segment_file(stack_zarr, out=tmp_path / "one.zarr", **kw)
-    many = api.segment_file(stack_zarr, out=tmp_path / "many.zarr", client=client, **kw)
+    many = dist.segment_file(stack_zarr, out=tmp_path / "many.zarr", client=client, **kw)
     assert one.pixel_ratio == many.pixel_ratio == 2.0
     labels = np.asarray(read_stack(tmp_path / "many.zarr"))
     np.testing.assert_array_equal(labels, np.asarray(read_stack(tmp_path / "one.zarr")))
@@ -218,7 +218,7 @@ def test_ctrl_c_cancels_the_cluster_tasks_and_keeps_finished_blocks(client, tiny
         if progress.done >= 1:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(dist, "_print_progress", interrupt)
+    monkeypatch.setattr(dist.cli, "_print_progress", interrupt)
     out = tmp_path / "out.zarr"
     rc = main(["segment", str(stack_zarr), "-o", str(out), "--model", str(tiny_model_dir), "--device", "cpu",
                "--scheduler", client.scheduler.address, "--block-slices", "1"])
@@ -247,7 +247,7 @@ def test_cli_cluster_requests_fail_before_any_cluster_starts(argv, message, stac
     from napari_mitoseg.cli import main
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(dist, "local_client", lambda *a, **k: pytest.fail("a cluster was started"))
+    monkeypatch.setattr(dist.cli, "local_client", lambda *a, **k: pytest.fail("a cluster was started"))
     rc = main(["segment", str(stack_zarr), "--scheduler", "tcp://127.0.0.1:1", *argv])
     assert rc == 2 and message in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["em.ome.zarr"]
@@ -256,7 +256,7 @@ def test_cli_cluster_requests_fail_before_any_cluster_starts(argv, message, stac
 def test_cli_zero_workers_is_refused(stack_zarr, tmp_path, capsys, monkeypatch):
     from napari_mitoseg.cli import main
 
-    monkeypatch.setattr(dist, "local_client", lambda *a, **k: pytest.fail("a cluster was started"))
+    monkeypatch.setattr(dist.cli, "local_client", lambda *a, **k: pytest.fail("a cluster was started"))
     rc = main(["segment", str(stack_zarr), "-o", str(tmp_path / "out.zarr"), "--workers", "0"])
     assert rc == 2 and "--workers must be at least 1" in capsys.readouterr().err
     assert not (tmp_path / "out.zarr").exists()
@@ -321,8 +321,8 @@ def test_a_block_widens_to_the_batch_edges_of_a_single_pass(tiny_model_dir, stac
     batch edges (here batches of 4), and writes only its own slices."""
     import napari_mitoseg.inference as inference
 
-    assert dist._batch_size(api.get_model(tiny_model_dir, "cpu"), stack.shape, OPTS) == 1  # CPU: no batches
-    monkeypatch.setattr(dist, "_batch_size", lambda *a: 4)
+    assert dist.blocks._batch_size(api.get_model(tiny_model_dir, "cpu"), stack.shape, OPTS) == 1  # CPU: no batches
+    monkeypatch.setattr(dist.blocks, "_batch_size", lambda *a: 4)
     seen = []
     real = inference.iter_predict
 
@@ -345,3 +345,9 @@ def test_a_block_widens_to_the_batch_edges_of_a_single_pass(tiny_model_dir, stac
     np.testing.assert_array_equal(out[[1, 5, 6]], ref[[1, 5, 6]])
     assert (out[[0, 2, 3, 4, 7, 8, 9]] == 9).all()
     assert sorted(p.name for p in (tmp_path / "done").iterdir()) == ["1-2", "5-7"]
+
+
+def test_api_segment_file_points_to_the_cluster_path(stack_zarr, tmp_path):
+    with pytest.raises(TypeError, match=r"distributed\.segment_file"):
+        api.segment_file(stack_zarr, out=tmp_path / "out.zarr", client=object())
+    assert not (tmp_path / "out.zarr").exists()

@@ -122,39 +122,21 @@ def segment_file(
     ground truth need not fit in memory (``labels`` is then None). Instances need the whole
     volume at once (3D connected components), and TIFF output is written whole.
 
-    ``client`` (a ``distributed.Client``): segment in blocks on its cluster into the OME-Zarr
-    ``out`` instead (see :mod:`napari_mitoseg.distributed`; same labels, ``labels`` is None).
+    This runs in this process. To segment in blocks on a dask cluster, call
+    :func:`napari_mitoseg.distributed.segment_file` with the same arguments and ``client=``.
     """
-    from .io import check_label_path, read_stack, read_voxel_size, write_labels
+    from .io import check_label_path, write_labels
 
+    if client is not None:
+        raise TypeError("api.segment_file runs in this process; to segment on a cluster call "
+                        "napari_mitoseg.distributed.segment_file(..., client=client)")
     opts = PredictOptions(threshold=threshold, tta=tta, z_smooth=z_smooth, invert=invert)
-    if pixel_ratio is not None and pixel_size_nm is not None:
-        raise InputError("give the stack's pixel size or a pixel ratio, not both")
-    if pixel_size_nm is not None:
-        check_pixel_size(pixel_size_nm)
+    _check_scale_args(pixel_ratio, pixel_size_nm)
     if out:
         check_label_path(out, inputs=(image_path, gt))
-    if client is not None:
-        from .distributed import run_on_client
-
-        return run_on_client(client, image_path, out, gt=gt, model=model, device=device, instances=instances,
-                             options=opts, pixel_ratio=pixel_ratio, pixel_size_nm=pixel_size_nm)
-    image = read_stack(image_path)
-    gt_arr = None
-    if gt is not None:
-        gt_arr = read_stack(gt)
-        if tuple(gt_arr.shape) != tuple(image.shape):
-            from .metrics import ShapeMismatchError
-
-            raise ShapeMismatchError(
-                f"ground truth shape {tuple(gt_arr.shape)} does not match image shape "
-                f"{tuple(image.shape)}"
-            )
+    image, gt_arr = _read_with_gt(image_path, gt)
     m = get_model(model, device)
-    voxel = read_voxel_size(image_path) if pixel_ratio is None and pixel_size_nm is None else None
-    ratio, note = choose_pixel_ratio(m.spec, pixel_ratio, pixel_size_nm, voxel[2] if voxel else None)
-    if note:
-        logger.info(note, extra=NOTE)
+    ratio, note = _file_pixel_ratio(m, image_path, pixel_ratio, pixel_size_nm)
     opts = dataclasses.replace(opts, pixel_ratio=ratio)
     shape = tuple(image.shape)
     out = check_label_path(out) if out else None
@@ -166,6 +148,45 @@ def segment_file(
     if out:
         write_labels(out, labels)
     return SegmentResult(labels, m.name, report, shape, ratio, note)
+
+
+def _check_scale_args(pixel_ratio: float | None, pixel_size_nm: float | None) -> None:
+    """:class:`InputError` unless at most one of the two ways to give the scale is used, and a
+    given pixel size is one."""
+    if pixel_ratio is not None and pixel_size_nm is not None:
+        raise InputError("give the stack's pixel size or a pixel ratio, not both")
+    if pixel_size_nm is not None:
+        check_pixel_size(pixel_size_nm)
+
+
+def _read_with_gt(image_path, gt):
+    """The stack at ``image_path`` and the ground truth at ``gt`` (None without), of one shape."""
+    from .io import read_stack
+
+    image = read_stack(image_path)
+    if gt is None:
+        return image, None
+    gt_arr = read_stack(gt)
+    if tuple(gt_arr.shape) != tuple(image.shape):
+        from .metrics import ShapeMismatchError
+
+        raise ShapeMismatchError(
+            f"ground truth shape {tuple(gt_arr.shape)} does not match image shape "
+            f"{tuple(image.shape)}"
+        )
+    return image, gt_arr
+
+
+def _file_pixel_ratio(model: LoadedModel, image_path, pixel_ratio, pixel_size_nm) -> tuple[float, str | None]:
+    """The pixel ratio for ``model`` on the stack at ``image_path`` (given, from a given pixel
+    size, else from the file's voxel size) and the note saying where it came from."""
+    from .io import read_voxel_size
+
+    voxel = read_voxel_size(image_path) if pixel_ratio is None and pixel_size_nm is None else None
+    ratio, note = choose_pixel_ratio(model.spec, pixel_ratio, pixel_size_nm, voxel[2] if voxel else None)
+    if note:
+        logger.info(note, extra=NOTE)
+    return ratio, note
 
 
 def _segment_to_zarr(image, model: LoadedModel, options: PredictOptions, out: Path, gt,
