@@ -21,6 +21,7 @@ import numpy as np
 from .inference import (
     InputError,
     PredictOptions,
+    SliceResult,
     as_stack,
     check_pixel_size,
     check_stack,
@@ -38,6 +39,7 @@ from .model import (
     save_model,
     user_model_dir,
 )
+from .uncertainty import UncertaintyRecorder
 
 logger = logging.getLogger(__name__)
 
@@ -62,9 +64,13 @@ def get_model(source: str | os.PathLike | None = None, device: str = "auto") -> 
 def segment(
     image, model: LoadedModel, options: PredictOptions | None = None, instances: bool = False,
     min_size: int = 64, progress: ProgressFn | None = None, pixel_size_nm: float | None = None,
+    on_slice: Callable[[SliceResult], None] | None = None,
 ) -> np.ndarray:
     """(Z, Y, X) image (an array, or a nested list of numbers) -> (Z, Y, X) uint8 mask (0/1)
-    or int32 instance labels. ``progress(done, total)`` is called after each slice.
+    or int32 instance labels. ``progress(done, total)`` is called after each slice (with
+    ``options.ortho``, after each plane of the three passes). ``on_slice(result)`` gets each
+    :class:`~napari_mitoseg.inference.SliceResult` (e.g. an
+    :class:`~napari_mitoseg.uncertainty.UncertaintyRecorder`).
 
     ``pixel_size_nm``: the stack's Y/X pixel size, turned into ``options.pixel_ratio`` with the
     model's own pixel size (then ``options`` may not set a pixel ratio too)."""
@@ -77,15 +83,25 @@ def segment(
         logger.info(note, extra=NOTE)
         options = dataclasses.replace(options, pixel_ratio=ratio)
     mask = np.zeros(image.shape if image.ndim == 3 else (1, *image.shape), np.uint8)
-    for r in iter_predict(model, image, options):
+    for r in _iter_slices(model, image, options, progress):
         mask[r.index] = r.mask
-        if progress is not None:
-            progress(r.index + 1, r.total)
+        if on_slice is not None:
+            on_slice(r)
     if instances:
         from .postprocess import instances as to_instances
 
         return to_instances(mask, min_size=min_size)
     return mask
+
+
+def _iter_slices(model: LoadedModel, image, options: PredictOptions | None, progress: ProgressFn | None):
+    """:func:`iter_predict`, reporting progress per slice, or per plane with ortho (its slices come
+    a window at a time)."""
+    ortho = bool(options and options.ortho)
+    for r in iter_predict(model, image, options, on_work=progress if ortho else None):
+        if progress is not None and not ortho:
+            progress(r.index + 1, r.total)
+        yield r
 
 
 @dataclass
@@ -97,12 +113,15 @@ class SegmentResult:
     pixel_ratio: float = 1.0
     #: where the pixel ratio came from (a given pixel size, the file's metadata), if anywhere
     note: str | None = None
+    #: each slice's uncertainty (higher: more likely wrong), None where not measured (a cluster)
+    uncertainty: list[float] | None = None
+    ortho: bool = False
 
 
 def segment_file(
     image_path, *, model=None, device="auto", threshold=None, tta=False, z_smooth=None,
     instances=False, out=None, gt=None, pixel_ratio=None, invert=False, pixel_size_nm=None,
-    progress: ProgressFn | None = None, client=None,
+    progress: ProgressFn | None = None, client=None, ortho: bool | None = None, uncertainty_out=None,
 ) -> SegmentResult:
     """Read, segment, optionally score against ``gt`` and write ``out`` (atomically).
 
@@ -111,7 +130,11 @@ def segment_file(
     ``pixel_size_nm`` (the stack's Y/X pixel size) is the other way to give the scale; it
     excludes ``pixel_ratio``. With neither, the file's own voxel size (TIFF / OME metadata,
     :func:`~napari_mitoseg.io.read_voxel_size`) is used when the model records its pixel size;
-    :attr:`SegmentResult.note` says so.
+    :attr:`SegmentResult.note` says so. ``ortho``: average the XY, XZ and YZ planes (None: on
+    where the file's voxel size is near-isotropic, with a note; see
+    :func:`~napari_mitoseg.ortho.choose_ortho`). ``uncertainty_out``: write the per-pixel
+    uncertainty map there (uint8 TIFF or zarr, 255 = most unsure); each slice's uncertainty is in
+    :attr:`SegmentResult.uncertainty` either way.
 
     Options, the output (a label suffix, a writable folder, never one of the inputs) and the
     inputs are checked before the model is loaded. ``progress(done, total)`` is called after
@@ -130,24 +153,41 @@ def segment_file(
     if client is not None:
         raise TypeError("api.segment_file runs in this process; to segment on a cluster call "
                         "napari_mitoseg.distributed.segment_file(..., client=client)")
-    opts = PredictOptions(threshold=threshold, tta=tta, z_smooth=z_smooth, invert=invert)
+    opts = PredictOptions(threshold=threshold, tta=tta, z_smooth=z_smooth, invert=invert, ortho=bool(ortho))
     _check_scale_args(pixel_ratio, pixel_size_nm)
-    if out:
-        check_label_path(out, inputs=(image_path, gt))
+    for path in (out, uncertainty_out):
+        if path:
+            check_label_path(path, inputs=(image_path, gt))
     image, gt_arr = _read_with_gt(image_path, gt)
     m = get_model(model, device)
     ratio, note = _file_pixel_ratio(m, image_path, pixel_ratio, pixel_size_nm)
-    opts = dataclasses.replace(opts, pixel_ratio=ratio)
+    opts = dataclasses.replace(opts, pixel_ratio=ratio, ortho=_file_ortho(image_path, ortho, image))
     shape = tuple(image.shape)
     out = check_label_path(out) if out else None
+    record = UncertaintyRecorder(shape if uncertainty_out else None)
     if out and out.suffix.lower() == ".zarr" and not instances and image.ndim == 3:
-        report = _segment_to_zarr(image, m, opts, out, gt_arr, progress)
-        return SegmentResult(None, m.name, report, shape, ratio, note)
-    labels = segment(image, m, opts, instances=instances, progress=progress)
-    report = evaluate(labels > 0, np.asarray(gt_arr) > 0) if gt_arr is not None else None
-    if out:
-        write_labels(out, labels)
-    return SegmentResult(labels, m.name, report, shape, ratio, note)
+        report = _segment_to_zarr(image, m, opts, out, gt_arr, progress, record)
+        labels = None
+    else:
+        labels = segment(image, m, opts, instances=instances, progress=progress, on_slice=record)
+        report = evaluate(labels > 0, np.asarray(gt_arr) > 0) if gt_arr is not None else None
+        if out:
+            write_labels(out, labels)
+    if uncertainty_out:
+        write_labels(uncertainty_out, record.map)
+    return SegmentResult(labels, m.name, report, shape, ratio, note, record.values, opts.ortho)
+
+
+def _file_ortho(image_path, ortho: bool | None, image) -> bool:
+    """Ortho as given, or (None) as the file's voxel size suggests; a note when chosen so."""
+    from .io import read_voxel_size
+    from .ortho import choose_ortho
+
+    voxel = read_voxel_size(image_path) if ortho is None and image.ndim == 3 else None
+    on, note = choose_ortho(ortho, voxel, image.shape[0] if image.ndim == 3 else 1)
+    if note:
+        logger.info(note, extra=NOTE)
+    return on
 
 
 def _check_scale_args(pixel_ratio: float | None, pixel_size_nm: float | None) -> None:
@@ -190,7 +230,7 @@ def _file_pixel_ratio(model: LoadedModel, image_path, pixel_ratio, pixel_size_nm
 
 
 def _segment_to_zarr(image, model: LoadedModel, options: PredictOptions, out: Path, gt,
-                     progress: ProgressFn | None = None) -> Report | None:
+                     progress: ProgressFn | None = None, on_slice=None) -> Report | None:
     """Stream (Z, Y, X) ``image`` slice by slice into a new zarr at ``out`` (swapped in whole
     when complete); score each slice against ``gt`` on the way."""
     from .io import atomic_dir, open_labels_zarr
@@ -201,12 +241,12 @@ def _segment_to_zarr(image, model: LoadedModel, options: PredictOptions, out: Pa
 
     def write(tmp: Path) -> None:
         arr = open_labels_zarr(tmp, tuple(image.shape), np.uint8)
-        for r in iter_predict(model, image, options):
+        for r in _iter_slices(model, image, options, progress):
             arr[r.index] = r.mask.astype(np.uint8)
             if gt is not None:
                 per.append(confusion(r.mask, np.asarray(gt[r.index]) > 0))
-            if progress is not None:
-                progress(r.index + 1, r.total)
+            if on_slice is not None:
+                on_slice(r)
 
     atomic_dir(out, write)
     return report_from_counts(per) if gt is not None else None

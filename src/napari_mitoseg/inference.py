@@ -53,7 +53,9 @@ class PredictOptions:
     invert : the stack's contrast is the reverse of the model's training data (bright
         membranes and mitochondria on a dark background); slices are inverted for the network.
     ortho : run the model over the XY, XZ and YZ planes and average the three probabilities
-        (for near-isotropic stacks; about 3x slower; see :mod:`napari_mitoseg.ortho`).
+        (for near-isotropic stacks; about 3x slower; see :mod:`napari_mitoseg.ortho`). None: the
+        caller that knows the voxel size decides (:func:`~napari_mitoseg.ortho.choose_ortho`;
+        api and cluster runs do); here it counts as off.
     """
 
     threshold: float | None = None
@@ -63,7 +65,7 @@ class PredictOptions:
     batch_size: int = 4
     pixel_ratio: float = 1.0
     invert: bool = False
-    ortho: bool = False
+    ortho: bool | None = False
 
     def __post_init__(self) -> None:
         problem = None if self.threshold is None else threshold_problem(self.threshold)
@@ -383,6 +385,8 @@ def iter_predict(
     a, b = zrange or (0, z)
     if not 0 <= a < b <= z:
         raise InputError(f"slice range {a}..{b} lies outside the stack's {z} slices")
+    if options.ortho and min(image.shape) < 8:
+        raise InputError(f"ortho planes need at least 8 slices along each axis; the stack is {image.shape}")
     z_smooth = _or_model_default(options.z_smooth, model, "default_z_smooth")
     fill = _or_model_default(options.fill_holes, model, "default_fill_holes")
     bad: dict[int, np.ndarray | None] = {}  # non-finite pixels of the slices read so far

@@ -62,3 +62,23 @@ def suggest_slices(uncertainty: Sequence[float], n: int = 2, min_gap: int | None
             if len(chosen) == n:
                 break
     return chosen
+
+
+class UncertaintyRecorder:
+    """Collects each slice's uncertainty from the slice results of a segmentation (call it with
+    each :class:`~napari_mitoseg.inference.SliceResult`); with ``shape`` (Z, Y, X) it also keeps
+    the uint8 :func:`uncertainty_map` of every slice in :attr:`map` (1 byte per voxel)."""
+
+    def __init__(self, shape: tuple[int, ...] | None = None) -> None:
+        self._values: dict[int, float] = {}
+        self.map = None if shape is None else np.zeros(shape if len(shape) == 3 else (1, *shape), np.uint8)
+
+    def __call__(self, result) -> None:
+        self._values[result.index] = round(result.uncertainty, 4)
+        if self.map is not None:
+            self.map[result.index] = to_uint8(result.uncertainty_map())
+
+    @property
+    def values(self) -> list[float]:
+        """The uncertainty of each slice recorded, in slice order."""
+        return [self._values[i] for i in sorted(self._values)]
