@@ -41,28 +41,42 @@ def _entropy(p: np.ndarray) -> np.ndarray:
     return -(q * np.log2(q) + (1 - q) * np.log2(1 - q))
 
 
+def _objects_weakness(p: np.ndarray, thr: float, prior: float) -> float:
+    """Area-weighted (1 - mean probability) of the predicted objects, over foreground."""
+    from scipy import ndimage as ndi
+
+    m = p > thr
+    lab, n = ndi.label(m)
+    if n == 0:
+        return 0.0
+    idx = np.arange(1, n + 1)
+    mean, area = ndi.mean(p, lab, idx), ndi.sum(m, lab, idx)
+    return float(((1 - mean) * area).sum() / (area.sum() + prior))
+
+
 def candidates(raw: np.ndarray, smooth: np.ndarray, links: np.ndarray, thr: float) -> dict[str, np.ndarray]:
     """Per-slice values of each candidate measure; ``raw`` / ``smooth``: (Z, Y, X) probabilities."""
     prior = PRIOR_PIXELS * raw[0].size
-    out: dict[str, list[float]] = {k: [] for k in (
-        "unsure / (foreground + unsure) [chosen]", "share of unsure pixels", "mean entropy",
-        "entropy / (foreground + entropy)", "z-neighbour disagreement / foreground",
-        "smoothing change / foreground")}
+    names = (f"unsure (within {BAND}) / (foreground + unsure) [chosen]",
+             "unsure (within 0.3) / (foreground + unsure)",
+             "share of unsure pixels (within 0.2)", "mean entropy", "entropy / (foreground + entropy)",
+             "objects' 1 - mean probability, by area", "z-neighbour disagreement / foreground",
+             "smoothing change / foreground")
+    out: dict[str, list[float]] = {k: [] for k in names}
     masks = raw > thr
     for i in range(len(raw)):
         p, m = smooth[i], smooth[i] > thr
         fg = float(np.count_nonzero(m))
-        unsure = float(np.count_nonzero(np.abs(p - thr) < BAND))
         h = float(_entropy(p).sum())
-        keys = list(out)
-        out[keys[0]].append(slice_uncertainty(p, thr))
-        out[keys[1]].append(unsure / p.size)
-        out[keys[2]].append(h / p.size)
-        out[keys[3]].append(h / (fg + h + prior))
+        u3 = float(np.count_nonzero(np.abs(p - thr) < 0.3))
         nb = [j for j, ok in ((i - 1, i > 0 and links[i - 1]), (i + 1, i < len(raw) - 1 and links[i])) if ok]
         dis = np.mean([np.count_nonzero(masks[i] ^ masks[j]) for j in nb]) if nb else 0.0
-        out[keys[4]].append(float(dis) / (fg + prior))
-        out[keys[5]].append(float(np.count_nonzero(masks[i] ^ m)) / (fg + prior))
+        values = (slice_uncertainty(p, thr), u3 / (fg + u3 + prior),
+                  np.count_nonzero(np.abs(p - thr) < 0.2) / p.size, h / p.size, h / (fg + h + prior),
+                  _objects_weakness(p, thr, prior), float(dis) / (fg + prior),
+                  float(np.count_nonzero(masks[i] ^ m)) / (fg + prior))
+        for k, v in zip(names, values, strict=True):
+            out[k].append(float(v))
     return {k: np.asarray(v) for k, v in out.items()}
 
 

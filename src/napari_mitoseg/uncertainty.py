@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 
 #: pixels within this distance of the threshold count as unsure in :func:`slice_uncertainty`
-BAND = 0.3
+BAND = 0.2
 #: foreground pixels added to the denominator, so that nearly empty slices do not dominate
 PRIOR_PIXELS = 0.002
 
