@@ -1,4 +1,4 @@
-"""The ``mitoseg`` command line: segment, evaluate, train, measure, models, info, demo.
+"""The ``mitoseg`` command line: segment, suggest, evaluate, train, measure, models, info, demo.
 
 ``main(argv) -> int`` parses and delegates to the public API; every expected error prints one
 line (``mitoseg: error: ...``) and returns a non-zero code, with no traceback.
