@@ -100,14 +100,14 @@ def test_segment_file_streams_a_stack_into_zarr_slice_by_slice(tiny_model_dir, s
     assert res.report == evaluate(expected, gt)
 
     # a run that fails half-way leaves the earlier result as it was, and no temporary folder
-    from napari_mitoseg import inference
+    from napari_mitoseg import inference, pipeline
 
     def fail_after_one(*args, **kwargs):
         gen = inference.iter_predict(*args, **kwargs)
         yield next(gen)
         raise MemoryError("out of memory")
 
-    monkeypatch.setattr(api, "iter_predict", fail_after_one)
+    monkeypatch.setattr(pipeline, "iter_predict", fail_after_one)
     with pytest.raises(MemoryError):
         api.segment_file(tmp_path / "im.zarr", model=tiny_model_dir, device="cpu", out=tmp_path / "out.zarr")
     np.testing.assert_array_equal(np.asarray(read_stack(tmp_path / "out.zarr")), expected)

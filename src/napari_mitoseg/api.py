@@ -12,119 +12,35 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .inference import (
-    InputError,
-    PredictOptions,
-    as_stack,
-    check_pixel_size,
-    check_stack,
-    choose_pixel_ratio,
-    for_stack,
-    iter_predict,
+from .finetune import FinetuneResult, _slice_indices, iter_finetune
+from .inference import InputError, PredictOptions, check_pixel_size, choose_pixel_ratio
+from .metrics import Report, evaluate
+from .model import LoadedModel
+from .pipeline import (
+    NOTE,
+    ProgressCallbackError,
+    ProgressFn,
+    _iter_slices,
+    as_options,
+    get_model,
+    report_progress,
+    segment,
 )
-from .metrics import Report, evaluate, score
-from .model import (
-    DEFAULT_MODEL,
-    LoadedModel,
-    load_model,
-    next_version_name,
-    resolve_model_path,
-    save_model,
-    user_model_dir,
-)
+from .uncertainty import UncertaintyRecorder
+
+__all__ = [
+    "NOTE", "FinetuneResult", "ProgressCallbackError", "ProgressFn", "SegmentResult", "as_options",
+    "changed_slices", "data_dir", "demo", "get_model", "iter_finetune", "merge_unpainted",
+    "report_progress", "sbem_dir", "segment", "segment_file",
+]
 
 logger = logging.getLogger(__name__)
-
-#: ``progress(done, total)``: called after each slice (segmenting) or step (training)
-ProgressFn = Callable[[int, int], None]
-#: ``extra`` of a log record that states a decision the user should see (the CLI prints it)
-NOTE = {"note": True}
-
-_CACHE: dict[tuple[str, str, float], LoadedModel] = {}
-
-
-def get_model(source: str | os.PathLike | None = None, device: str = "auto") -> LoadedModel:
-    """Load ``source`` (name or folder; default the shipped model) once per (folder, device)."""
-    path = resolve_model_path(source or DEFAULT_MODEL).resolve()
-    weights = path / "model.safetensors"
-    key = (str(path), device, weights.stat().st_mtime if weights.exists() else 0.0)
-    if key not in _CACHE:
-        _CACHE[key] = load_model(path, device)
-    return _CACHE[key]
-
-
-def segment(
-    image, model: LoadedModel | str | os.PathLike | None = None,
-    options: PredictOptions | dict | None = None, instances: bool = False,
-    min_size: int = 64, progress: ProgressFn | None = None, pixel_size_nm: float | None = None,
-) -> np.ndarray:
-    """(Z, Y, X) image (an array, or a nested list of numbers) -> (Z, Y, X) uint8 mask (0/1)
-    or int32 instance labels. ``progress(done, total)`` is called after each slice.
-
-    ``model``: a loaded model, or a model name or folder (loaded with :func:`get_model`), or
-    None for the default model. ``options``: :class:`PredictOptions`, or a dict of its fields.
-    ``pixel_size_nm``: the stack's Y/X pixel size, turned into ``options.pixel_ratio`` with the
-    model's own pixel size (then ``options`` may not set a pixel ratio too)."""
-    image = as_stack(image)
-    check_stack(image)
-    options = as_options(options)
-    if not isinstance(model, LoadedModel):
-        model = get_model(model)
-    if pixel_size_nm is not None:
-        options = options or PredictOptions()
-        given = options.pixel_ratio if options.pixel_ratio != 1.0 else None
-        ratio, note = choose_pixel_ratio(model.spec, given, pixel_size_nm)
-        logger.info(note, extra=NOTE)
-        options = dataclasses.replace(options, pixel_ratio=ratio)
-    mask = np.zeros(image.shape if image.ndim == 3 else (1, *image.shape), np.uint8)
-    for r in iter_predict(model, image, options):
-        mask[r.index] = r.mask
-        report_progress(progress, r.index + 1, r.total)
-    if instances:
-        from .postprocess import instances as to_instances
-
-        return to_instances(mask, min_size=min_size)
-    return mask
-
-
-class ProgressCallbackError(RuntimeError):
-    """The caller's ``progress`` callback raised; the work stopped there (the callback's own
-    error is the cause)."""
-
-
-def report_progress(progress: ProgressFn | None, done: int, total: int) -> None:
-    """Call ``progress(done, total)``; an error in it stops the work as a
-    :class:`ProgressCallbackError` that names the callback, so it is not taken for ours."""
-    if progress is None:
-        return
-    try:
-        progress(done, total)
-    except Exception as exc:
-        raise ProgressCallbackError(f"the progress callback {getattr(progress, '__name__', progress)!s} "
-                                    f"raised {type(exc).__name__}: {exc} (at {done} of {total}); "
-                                    "the work stopped there") from exc
-
-
-def as_options(options: PredictOptions | dict | None) -> PredictOptions | None:
-    """``options`` as :class:`PredictOptions`: a dict of its fields is accepted; anything else
-    raises :class:`InputError` naming the valid fields."""
-    if options is None or isinstance(options, PredictOptions):
-        return options
-    valid = [f.name for f in dataclasses.fields(PredictOptions)]
-    if not isinstance(options, dict):
-        raise InputError(f"options must be PredictOptions or a dict of its fields ({', '.join(valid)}), "
-                         f"got {type(options).__name__}")
-    unknown = sorted(str(k) for k in options if k not in valid)
-    if unknown:
-        raise InputError(f"unknown option(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
-    return PredictOptions(**options)
-
 
 @dataclass
 class SegmentResult:
@@ -135,12 +51,16 @@ class SegmentResult:
     pixel_ratio: float = 1.0
     #: where the pixel ratio came from (a given pixel size, the file's metadata), if anywhere
     note: str | None = None
+    #: each slice's uncertainty (higher: more likely wrong), None where not measured (a cluster)
+    uncertainty: list[float] | None = None
+    ortho: bool = False
 
 
 def segment_file(
     image_path, *, model=None, device="auto", threshold=None, tta=False, z_smooth=None,
     instances=False, out=None, gt=None, pixel_ratio=None, invert=False, pixel_size_nm=None,
     progress: ProgressFn | None = None, client=None, keep_nothing: bool = True,
+    ortho: bool | None = None, uncertainty_out=None,
 ) -> SegmentResult:
     """Read, segment, optionally score against ``gt`` and write ``out`` (atomically).
 
@@ -149,7 +69,11 @@ def segment_file(
     ``pixel_size_nm`` (the stack's Y/X pixel size) is the other way to give the scale; it
     excludes ``pixel_ratio``. With neither, the file's own voxel size (TIFF / OME metadata,
     :func:`~napari_mitoseg.io.read_voxel_size`) is used when the model records its pixel size;
-    :attr:`SegmentResult.note` says so.
+    :attr:`SegmentResult.note` says so. ``ortho``: average the XY, XZ and YZ planes (None: on
+    where the file's voxel size is near-isotropic, with a note; see
+    :func:`~napari_mitoseg.ortho.choose_ortho`). ``uncertainty_out``: write the per-pixel
+    uncertainty map there (uint8 TIFF or zarr, 255 = most unsure); each slice's uncertainty is in
+    :attr:`SegmentResult.uncertainty` either way.
 
     Options, the output (a label suffix, a writable folder, never one of the inputs) and the
     inputs are checked before the model is loaded. ``progress(done, total)`` is called after
@@ -172,27 +96,44 @@ def segment_file(
     if client is not None:
         raise TypeError("api.segment_file runs in this process; to segment on a cluster call "
                         "napari_mitoseg.distributed.segment_file(..., client=client)")
-    opts = PredictOptions(threshold=threshold, tta=tta, z_smooth=z_smooth, invert=invert)
+    opts = PredictOptions(threshold=threshold, tta=tta, z_smooth=z_smooth, invert=invert, ortho=bool(ortho))
     _check_scale_args(pixel_ratio, pixel_size_nm)
-    if out:
-        check_label_path(out, inputs=(image_path, gt))
+    for path in (out, uncertainty_out):
+        if path:
+            check_label_path(path, inputs=(image_path, gt))
     image, gt_arr = _read_with_gt(image_path, gt)
     m = get_model(model, device)
-    if not (keep_nothing or out or gt is not None):
+    if not (keep_nothing or out or gt is not None or uncertainty_out):
         raise InputError("nothing would be kept: give an output (-o OUT, .tif or .zarr) to write "
                          "the labels, or ground truth (--gt TRUTH) or --json for scores")
     ratio, note, voxel = _file_pixel_ratio(m, image_path, pixel_ratio, pixel_size_nm)
-    opts = dataclasses.replace(opts, pixel_ratio=ratio)
+    opts = dataclasses.replace(opts, pixel_ratio=ratio, ortho=_file_ortho(voxel, ortho, image))
     shape = tuple(image.shape)
     out = check_label_path(out) if out else None
+    record = UncertaintyRecorder(shape if uncertainty_out else None)
     if out and out.suffix.lower() == ".zarr" and not instances and image.ndim == 3:
-        report = _segment_to_zarr(image, m, opts, out, gt_arr, progress, voxel)
-        return SegmentResult(None, m.name, report, shape, ratio, note)
-    labels = segment(image, m, opts, instances=instances, progress=progress)
-    report = evaluate(labels > 0, np.asarray(gt_arr) > 0) if gt_arr is not None else None
-    if out:
-        write_labels(out, labels, voxel_size=voxel)
-    return SegmentResult(labels, m.name, report, shape, ratio, note)
+        report = _segment_to_zarr(image, m, opts, out, gt_arr, progress, voxel, record)
+        labels = None
+    else:
+        labels = segment(image, m, opts, instances=instances, progress=progress, on_slice=record)
+        report = evaluate(labels > 0, np.asarray(gt_arr) > 0) if gt_arr is not None else None
+        if out:
+            write_labels(out, labels, voxel_size=voxel)
+    if uncertainty_out:
+        write_labels(uncertainty_out, record.map)
+    return SegmentResult(labels, m.name, report, shape, ratio, note, record.values, opts.ortho)
+
+
+def _file_ortho(voxel, ortho: bool | None, image) -> bool:
+    """Ortho as given, or (None) as the file's (Z, Y, X) voxel size ``voxel`` suggests; a note
+    when chosen so."""
+    from .ortho import choose_ortho
+
+    voxel = voxel if ortho is None and image.ndim == 3 else None
+    on, note = choose_ortho(ortho, voxel, image.shape[0] if image.ndim == 3 else 1)
+    if note:
+        logger.info(note, extra=NOTE)
+    return on
 
 
 def _check_scale_args(pixel_ratio: float | None, pixel_size_nm: float | None) -> None:
@@ -248,7 +189,7 @@ def _check_ground_truth(gt_arr, gt_path) -> None:
 
 
 def _segment_to_zarr(image, model: LoadedModel, options: PredictOptions, out: Path, gt,
-                     progress: ProgressFn | None = None, voxel=None) -> Report | None:
+                     progress: ProgressFn | None = None, voxel=None, on_slice=None) -> Report | None:
     """Stream (Z, Y, X) ``image`` slice by slice into a new OME-Zarr label image at ``out``
     (``voxel``: (Z, Y, X) nm or None; swapped in whole when complete); score each slice against
     ``gt`` on the way."""
@@ -258,11 +199,12 @@ def _segment_to_zarr(image, model: LoadedModel, options: PredictOptions, out: Pa
 
     per: list[Counts] = []
     with labels_zarr(out, tuple(image.shape), np.uint8, voxel) as arr:
-        for r in iter_predict(model, image, options):
+        for r in _iter_slices(model, image, options, progress):
             arr[r.index] = r.mask.astype(np.uint8)
             if gt is not None:
                 per.append(confusion(r.mask, np.asarray(gt[r.index]) > 0))
-            report_progress(progress, r.index + 1, r.total)
+            if on_slice is not None:
+                on_slice(r)
     return report_from_counts(per) if gt is not None else None
 
 
@@ -291,174 +233,6 @@ def merge_unpainted(new, painted, keep_slices: Sequence[int]) -> np.ndarray:
     for z in _slice_indices(keep_slices, view.shape[0]):
         view[z] = src[z]
     return out
-
-
-@dataclass
-class FinetuneResult:
-    name: str
-    path: Path
-    slices: list[int]
-    iou_before: float
-    iou_after: float
-    seconds: float
-    steps: int
-
-
-def iter_finetune(
-    image,
-    labels,
-    slices: Sequence[int],
-    *,
-    base: str | os.PathLike | None = None,
-    config=None,
-    device: str = "auto",
-    name: str | None = None,
-    out_root: str | os.PathLike | None = None,
-    pixel_ratio: float = 1.0,
-    invert: bool = False,
-    pixel_size_nm: float | None = None,
-    ignore_value: int | str | None = "auto",
-) -> Iterator:
-    """Fine-tune ``base`` on the corrected ``slices`` of (Z, Y, X) ``image`` / ``labels``.
-
-    ``pixel_ratio`` (the stack's pixel size over the base model's training pixel size) and
-    ``invert`` (the stack's contrast is reversed) are kept in the new model's spec
-    (:func:`~napari_mitoseg.inference.for_stack`): the new model segments this stack as it is.
-
-    Yields :class:`~napari_mitoseg.training.TrainProgress` per step; returns (as the
-    generator's value) a :class:`FinetuneResult`. The new model is saved as a new version in
-    the user's model folder (``<base>-ftN``), never over an existing model; its card records
-    the base, the slices, the steps, the time and the IoU on those slices before and after.
-
-    ``pixel_size_nm`` (the stack's Y/X pixel size) is the other way to give ``pixel_ratio``
-    (not both). ``labels`` are read as :func:`~napari_mitoseg.training.training_masks` reads
-    masks (``ignore_value``: 0/255-only labels are background / mitochondrion). ``name`` is a
-    plain name (no folder: ``out_root`` chooses another folder), never a shipped model's.
-    """
-    from .training import FINETUNE, IGNORE, iter_train, training_masks
-
-    if name is not None:
-        _check_model_name(name)
-    image, labels, sl = _finetune_inputs(image, labels, slices)
-    if pixel_size_nm is not None and pixel_ratio != 1.0:
-        raise InputError("give the stack's pixel size or a pixel ratio, not both")
-    cfg = config or FINETUNE
-    model = get_model(base, device)
-    if pixel_size_nm is not None:
-        pixel_ratio, note = choose_pixel_ratio(model.spec, pixel_size_nm=pixel_size_nm)
-        logger.info(note, extra=NOTE)
-    base_model = for_stack(model, pixel_ratio, invert)
-    root, name = _new_model_place(name, base_model.name, out_root)
-    ims, mks = image[sl], training_masks(labels, ignore_value)[sl]
-    before = score(segment(ims, base_model) > 0, mks == 1, ignore=mks == 255).iou
-    t0 = time.perf_counter()
-    tuned: LoadedModel = yield from iter_train(ims, mks, config=cfg, base=base_model, device=device,
-                                               ignore_value=IGNORE)
-    seconds = time.perf_counter() - t0
-    after = score(segment(ims, tuned) > 0, mks == 1, ignore=mks == 255).iou
-    result = FinetuneResult(name, root / name, sl, before, after, seconds, cfg.steps)
-    info, card = _finetune_card(result, base_model, cfg, pixel_ratio, invert)
-    path = save_model(tuned.net, tuned.spec, root / name, info=info, card=card)
-    return dataclasses.replace(result, path=path)
-
-
-def _finetune_inputs(image, labels, slices: Sequence[int]) -> tuple[np.ndarray, np.ndarray, list[int]]:
-    """(image, labels) as (Z, Y, X) arrays of one shape and the sorted corrected slices; raises
-    for no slices, a mask given as the image, or shapes that differ."""
-    if not slices:
-        raise ValueError("no corrected slices: paint corrections on at least one slice first")
-    image = np.asarray(as_stack(image))
-    labels = np.asarray(as_stack(labels))
-    check_stack(image)
-    if image.ndim == 2:
-        image, labels = image[None], labels[None]
-    if labels.shape != image.shape:
-        raise ValueError(f"labels {labels.shape} and image {image.shape} differ in shape")
-    sl = _slice_indices(slices, image.shape[0])
-    _check_not_a_mask(image)
-    return image, labels, sl
-
-
-def _check_model_name(name) -> None:
-    """:class:`InputError` for a name a fine-tuned model cannot take: not a plain name (a path
-    would write outside the model folder; use ``out_root`` for another folder), or a shipped
-    model's (loading by that name finds the shipped model, never this one)."""
-    from .model import list_models
-
-    plain = isinstance(name, str) and name.strip() == name and name not in ("", ".", "..") \
-        and not name.startswith(".") and not any(c in name for c in "/\\:\0")
-    if not plain:
-        raise InputError(f"model name {name!r} must be a plain name such as 'my-mito-v1' (no folder "
-                         "and no leading dot): the model is saved in the user model folder, or in "
-                         "out_root when given")
-    shipped = sorted(m.name for m in list_models(include_broken=True) if m.shipped)
-    if name in shipped:
-        raise InputError(f"model name {name!r} is a shipped model's, which would always be loaded "
-                         f"instead of yours; choose another name (shipped: {', '.join(shipped)})")
-
-
-def _new_model_place(name: str | None, base_name: str, out_root) -> tuple[Path, str]:
-    """(folder, name) of a fine-tuned model: ``name`` or the next version of ``base_name`` in
-    ``out_root`` (default the user's model folder), never an existing model."""
-    root = Path(out_root) if out_root else user_model_dir()
-    name = name or next_version_name(base_name, root)
-    if (root / name).exists():
-        raise FileExistsError(f"model {name!r} already exists in {root}; choose another name")
-    return root, name
-
-
-def _finetune_card(res: FinetuneResult, base_model: LoadedModel, cfg, pixel_ratio: float,
-                   invert: bool) -> tuple[dict, str]:
-    """(info, card) of a fine-tuned model: its base, slices, steps, time and IoU before and after."""
-    before, after, sl, seconds = res.iou_before, res.iou_after, res.slices, res.seconds
-    info = {
-        "summary": f"fine-tuned from {base_model.name} on {len(sl)} slice(s), IoU on them "
-                   f"{before:.3f} -> {after:.3f}",
-        "base_model": base_model.name, "slices": sl, "pixel_ratio": float(pixel_ratio),
-        "invert": bool(invert),
-        # the base model's recommended post-processing carries over
-        **{k: bool(base_model.info.get(k, False)) for k in ("default_z_smooth", "default_fill_holes")},
-        "steps": cfg.steps,
-        "train_seconds": round(seconds, 1), "iou_before": before, "iou_after": after,
-        "train_config": dataclasses.asdict(cfg),
-    }
-    scale_note = "".join([
-        f", for pixels {pixel_ratio:g}x the size of its base model's training data" if pixel_ratio != 1 else "",
-        ", for contrast the reverse of its base model's training data" if invert else "",
-    ])
-    card = (
-        f"# {res.name}\n\nFine-tuned from `{base_model.name}` on slices {sl} "
-        f"({cfg.steps} steps, {seconds:.0f} s){scale_note}.\n\n"
-        "| | IoU on the corrected slices |\n|---|---|\n"
-        f"| before | {before:.4f} |\n| after | {after:.4f} |\n"
-    )
-    return info, card
-
-
-def _check_not_a_mask(image: np.ndarray) -> None:
-    """:class:`InputError` when the image to learn from is itself a mask or label volume (the
-    ground truth chosen as the image): integer, at least two values, label-like."""
-    from .metrics import label_sample, looks_like_labels
-
-    if image.dtype.kind not in "iu":
-        return
-    sample = label_sample(image)
-    if len(np.unique(sample)) >= 2 and looks_like_labels(sample):
-        raise InputError("the image looks like a mask or label volume, not an EM stack: choose the "
-                         "EM image as the image and the labels as the labels")
-
-
-def _slice_indices(slices: Sequence[int], depth: int) -> list[int]:
-    """Sorted unique slice indices; :class:`InputError` for one outside 0..depth-1."""
-    try:
-        sl = sorted({int(s) for s in slices})
-    except (TypeError, ValueError):
-        raise InputError(f"slice indices must be whole numbers, got {list(slices)!r}") from None
-    outside = [s for s in sl if not 0 <= s < depth]
-    if outside:
-        raise InputError(f"slice index {outside} out of range: the stack has {depth} slice(s), "
-                         f"numbered 0 to {depth - 1}")
-    return sl
 
 
 def data_dir(volume: str = "sbem") -> Path | None:

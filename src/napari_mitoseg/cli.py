@@ -1,4 +1,4 @@
-"""The ``mitoseg`` command line: segment, evaluate, train, measure, models, info, demo.
+"""The ``mitoseg`` command line: segment, suggest, evaluate, train, measure, models, info, demo.
 
 ``main(argv) -> int`` parses and delegates to the public API; every expected error prints one
 line (``mitoseg: error: ...``) and returns a non-zero code, with no traceback.
@@ -73,9 +73,25 @@ def _segment_parser(sub) -> argparse.ArgumentParser:
     s.add_argument("--instances", action="store_true",
                    help="one id per mitochondrion, 3D-connected (int32 labels; default: a 0/1 mask)")
     s.add_argument("--gt", help="ground truth mask of the same shape to score against (default: no scores)")
+    s.add_argument("--ortho", action=argparse.BooleanOptionalAction, default=None,
+                   help="average the model over the XY, XZ and YZ planes (about 3x slower; default: on "
+                        "where the file's voxel size is near-isotropic, with a note)")
+    s.add_argument("--uncertainty-out", metavar="FILE",
+                   help="write the per-pixel uncertainty map (.tif or .zarr, uint8, 255 = most unsure; "
+                        "default: none); --json lists each slice's uncertainty either way")
     s.add_argument("--json", action="store_true", help="print one JSON object (default: plain lines)")
     add_cluster_flags(s)
     return s
+
+
+def _suggest_parser(sub) -> argparse.ArgumentParser:
+    g = sub.add_parser("suggest", help="which slices to correct first (the most uncertain, spread along z)")
+    g.add_argument("image", help="the EM stack: TIFF, zarr/OME-Zarr or a folder of slices")
+    g.add_argument("--n", type=int, default=2, help="how many slices to suggest (default: %(default)s)")
+    g.add_argument("--model", default=None, help="model name or folder (default: the shipped model)")
+    g.add_argument("--device", default="auto", choices=DEVICES, help=DEVICE_HELP)
+    g.add_argument("--json", action="store_true", help="print one JSON object (default: plain lines)")
+    return g
 
 
 def _evaluate_parser(sub) -> argparse.ArgumentParser:
@@ -173,7 +189,8 @@ def _small_parsers(sub) -> None:
 
 
 #: one builder per sub-command (or group of small ones), in the order ``--help`` lists them
-SUBCOMMANDS = [_segment_parser, _evaluate_parser, _train_parser, _measure_parser, _small_parsers]
+SUBCOMMANDS = [_segment_parser, _suggest_parser, _evaluate_parser, _train_parser, _measure_parser,
+               _small_parsers]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -311,18 +328,41 @@ def cmd_segment(args) -> int:
             tta=args.tta, z_smooth=args.z_smooth, instances=args.instances, out=args.out,
             gt=args.gt, pixel_ratio=args.pixel_ratio, invert=args.invert,
             pixel_size_nm=args.pixel_size, progress=progress, keep_nothing=args.json,
+            ortho=args.ortho, uncertainty_out=args.uncertainty_out,
         )
     finally:
         progress.close()
     extra = {"seconds": round(time.perf_counter() - t0, 3), "model": result.model_name,
              "shape": list(result.shape), "tta": args.tta, "pixel_ratio": result.pixel_ratio,
-             "invert": args.invert}
+             "invert": args.invert, "ortho": result.ortho, "uncertainty": result.uncertainty}
     if result.report is not None:
         _report(result.report.as_dict(), args, extra)
     elif args.json:
         print(json.dumps(extra))
     elif args.out:
         print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_suggest(args) -> int:
+    from . import api
+    from ._progress import Progress
+    from .uncertainty import suggest_slices
+
+    if args.n < 1:
+        raise api.InputError(f"--n must be at least 1, got {args.n}")
+    progress = Progress("slices", "segment")
+    try:
+        result = api.segment_file(args.image, model=args.model, device=args.device, progress=progress)
+    finally:
+        progress.close()
+    chosen = suggest_slices(result.uncertainty, args.n)
+    if args.json:
+        print(json.dumps({"slices": chosen, "uncertainty": [result.uncertainty[i] for i in chosen],
+                          "model": result.model_name}))
+    else:
+        for i in chosen:
+            print(f"slice {i}: uncertainty {result.uncertainty[i]:.3f}")
     return 0
 
 
@@ -394,8 +434,8 @@ def cmd_demo(args) -> int:
     return 0
 
 
-_COMMANDS = {"segment": cmd_segment, "evaluate": cmd_evaluate, "train": cmd_train, "measure": cmd_measure,
-             "models": cmd_models, "info": cmd_info, "demo": cmd_demo}
+_COMMANDS = {"segment": cmd_segment, "suggest": cmd_suggest, "evaluate": cmd_evaluate, "train": cmd_train,
+             "measure": cmd_measure, "models": cmd_models, "info": cmd_info, "demo": cmd_demo}
 
 
 def run() -> None:  # console-script entry point

@@ -8,14 +8,27 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
 from .model import LoadedModel, ModelError, ModelSpec, threshold_problem
+from .neighbours import are_neighbours, breaks_note, signature
+from .neighbours import smooth_z as smooth_z  # re-exported: smoothing lives with the neighbour decision
+from .normalisation import check_slice, non_finite, normalise, normalise01  # noqa: F401 - kept importable
+from .tiling import (  # noqa: F401 - re-exported: part of inference's public face
+    blend_window,
+    network_shape,
+    pad_to_stride,
+    resize,
+    tile_starts,
+    tiled_apply,
+)
 
 logger = logging.getLogger(__name__)
+#: ``extra`` of a log record that states a decision the user should see (the CLI prints it)
+NOTE = {"note": True}
 
 
 class InputError(ValueError):
@@ -40,6 +53,10 @@ class PredictOptions:
         it learned; 1 leaves them as they are. See :func:`for_stack`.
     invert : the stack's contrast is the reverse of the model's training data (bright
         membranes and mitochondria on a dark background); slices are inverted for the network.
+    ortho : run the model over the XY, XZ and YZ planes and average the three probabilities
+        (for near-isotropic stacks; about 3x slower; see :mod:`napari_mitoseg.ortho`). None: the
+        caller that knows the voxel size decides (:func:`~napari_mitoseg.ortho.choose_ortho`;
+        api and cluster runs do); here it counts as off.
     """
 
     threshold: float | None = None
@@ -49,6 +66,7 @@ class PredictOptions:
     batch_size: int = 4
     pixel_ratio: float = 1.0
     invert: bool = False
+    ortho: bool | None = False
 
     def __post_init__(self) -> None:
         problem = None if self.threshold is None else threshold_problem(self.threshold)
@@ -156,12 +174,32 @@ def _model_scale(spec: ModelSpec, ratio: float) -> str:
 
 @dataclass
 class SliceResult:
-    """One finished slice: its index, probability map (Y, X) float32 and binary mask (Y, X) bool."""
+    """One finished slice: its index, probability map (Y, X) float32 and binary mask (Y, X) bool.
+
+    ``threshold``: the one the mask was made with. ``linked``: whether the slice was smoothed
+    together with the previous one (they are neighbours in space); None without z-smoothing.
+    ``uncertainty`` and :meth:`uncertainty_map` come from ``prob`` (no extra pass).
+    """
 
     index: int
     total: int
     prob: np.ndarray
     mask: np.ndarray
+    threshold: float = 0.5
+    linked: bool | None = None
+
+    @property
+    def uncertainty(self) -> float:
+        """How likely the slice is wrong (see :func:`~napari_mitoseg.uncertainty.slice_uncertainty`)."""
+        from .uncertainty import slice_uncertainty
+
+        return slice_uncertainty(self.prob, self.threshold)
+
+    def uncertainty_map(self) -> np.ndarray:
+        """(Y, X) float32 in [0, 1]: how unsure each pixel is (1 at the threshold)."""
+        from .uncertainty import uncertainty_map
+
+        return uncertainty_map(self.prob, self.threshold)
 
 
 def as_stack(image):
@@ -203,142 +241,10 @@ def check_stack(image) -> None:
         raise InputError("the image holds no finite pixel: every value is NaN or inf")
 
 
-def non_finite(slice_: np.ndarray) -> np.ndarray | None:
-    """(Y, X) bool mask of the NaN / inf pixels of a float slice; None when there are none."""
-    if slice_.dtype.kind != "f":
-        return None
-    bad = ~np.isfinite(slice_)
-    return bad if bad.any() else None
-
-
-def check_slice(slice_: np.ndarray, index: int) -> np.ndarray | None:
-    """Warn about a slice the model cannot read as it is: NaN / inf pixels (with their count;
-    they are left out of the normalisation and read as background) and slices without contrast
-    (every pixel the same). Returns the non-finite mask (or None)."""
-    bad = non_finite(slice_)
-    if bad is not None:
-        n = int(bad.sum())
-        if n == bad.size:
-            logger.warning("slice %d holds no finite pixel (all NaN or inf): read as background", index)
-            return bad
-        logger.warning("slice %d: %d pixel(s) are NaN or inf; left out of the normalisation and "
-                       "read as background", index, n)
-    finite = slice_ if bad is None else slice_[~bad]
-    lo, hi = finite.min(), finite.max()
-    if lo == hi:
-        logger.warning("slice %d has no contrast (every pixel is %g): nothing can be found in it",
-                       index, float(lo))
-    return bad
-
-
-def normalise01(slice_: np.ndarray, mode: str = "percentile") -> np.ndarray:
-    """Map one (Y, X) slice of any numeric dtype to float32 in [0, 1].
-
-    ``percentile``: the slice's 0.5th..99.5th percentile -> [0, 1], clipped (robust to dtype,
-    brightness and contrast, so stacks from other microscopes land in the same range);
-    ``none``: integer images divided by their dtype maximum, floats clipped to [0, 1].
-    NaN / inf pixels are left out of the percentiles and map to 0 (the low end). Float64
-    slices are first mapped to [0, 1] in float64 (the percentile mapping ignores such an affine
-    step), so values beyond float32's range (1e302, 1e-298) keep their contrast.
-    """
-    x = np.asarray(slice_ if mode == "none" else _float64_to_unit(slice_), dtype=np.float32)
-    bad = non_finite(x)
-    if mode == "none":
-        dt = np.asarray(slice_).dtype
-        scale = float(np.iinfo(dt).max) if np.issubdtype(dt, np.integer) else 1.0
-        out = np.clip(x / scale, 0.0, 1.0)
-        if bad is not None:
-            out[bad] = 0.0
-        return out
-    if bad is not None:  # NaN / inf: left out of the percentiles, then set to the low end
-        if bad.all():
-            return np.zeros_like(x)
-        x = np.where(bad, np.float32(0), x)
-    sub_slice = (slice(None, None, max(1, x.shape[0] // 512)), slice(None, None, max(1, x.shape[1] // 512)))
-    sub = x[sub_slice] if bad is None else x[sub_slice][~bad[sub_slice]]
-    if sub.size == 0:
-        sub = x[~bad]
-    lo, hi = np.percentile(sub, (0.5, 99.5))
-    if bad is not None:
-        x[bad] = lo
-    if hi - lo < 1e-6:
-        return np.zeros_like(x)
-    return np.clip((x - np.float32(lo)) / np.float32(hi - lo), 0.0, 1.0, dtype=np.float32)
-
-
-def _float64_to_unit(slice_):
-    """A float64 slice mapped to [0, 1] by its finite min and max without overflow (divided by
-    its largest magnitude first); NaN / inf stay non-finite. Other dtypes pass unchanged."""
-    a = np.asarray(slice_)
-    finite = a[np.isfinite(a)] if a.dtype.kind == "f" and a.dtype.itemsize > 4 else a[:0]
-    m = float(np.abs(finite).max()) if finite.size else 0.0
-    if m == 0.0:
-        return a
-    lo, hi = float(finite.min()) / m, float(finite.max()) / m
-    return (a / m - lo) / (hi - lo) if hi > lo else a / m - lo
-
-
-def normalise(slice_: np.ndarray, mode: str = "percentile") -> np.ndarray:
-    """(Y, X) slice -> float32 network input in [-1, 1] (see :func:`normalise01`)."""
-    return normalise01(slice_, mode) * np.float32(2.0) - np.float32(1.0)
-
-
 def _network_input(slice_: np.ndarray, spec: ModelSpec) -> np.ndarray:
     """Normalise as ``spec`` says; contrast-inverted when ``spec.invert``."""
     x = normalise(slice_, spec.normalisation)
     return np.negative(x, out=x) if spec.invert else x
-
-
-def pad_to_stride(x: np.ndarray, stride: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """Reflect-pad the last two axes up to multiples of ``stride``; return padded and (Y, X)."""
-    h, w = x.shape[-2:]
-    ph, pw = (-h) % stride, (-w) % stride
-    if ph or pw:
-        pad = [(0, 0)] * (x.ndim - 2) + [(0, ph), (0, pw)]
-        mode = "reflect" if ph < h and pw < w else "edge"
-        x = np.pad(x, pad, mode=mode)
-    return x, (h, w)
-
-
-def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
-    """Start offsets of tiles of size ``tile`` covering ``length`` with at least ``overlap``."""
-    if length <= tile:
-        return [0]
-    step = tile - overlap
-    starts = list(range(0, length - tile, step))
-    starts.append(length - tile)
-    return starts
-
-
-def blend_window(tile: int, overlap: int) -> np.ndarray:
-    """(tile, tile) float32 weights: 1 inside, a cosine ramp over ``overlap`` at the edges."""
-    ramp = np.ones(tile, np.float32)
-    if overlap > 0:
-        t = (np.arange(overlap, dtype=np.float32) + 0.5) / overlap
-        ramp[:overlap] = 0.5 - 0.5 * np.cos(np.pi * t)
-        ramp[-overlap:] = ramp[:overlap][::-1]
-    return np.outer(ramp, ramp)
-
-
-def tiled_apply(x: np.ndarray, fn, tile: int, overlap: int) -> np.ndarray:
-    """Apply ``fn`` ((tile, tile) -> (tile, tile)) over overlapping tiles of (Y, X) ``x``, blended.
-
-    Memory stays bounded by the tile size whatever the slice size. With an identity ``fn``
-    the result equals ``x`` (the weights are normalised).
-    """
-    h, w = x.shape
-    if h <= tile and w <= tile:
-        return fn(x)
-    th, tw = min(tile, h), min(tile, w)
-    out = np.zeros((h, w), np.float32)
-    weight = np.zeros((h, w), np.float32)
-    win_full = blend_window(tile, overlap)
-    for y in tile_starts(h, th, overlap):
-        for xs in tile_starts(w, tw, overlap):
-            win = win_full[:th, :tw] if (th, tw) != (tile, tile) else win_full
-            out[y : y + th, xs : xs + tw] += fn(x[y : y + th, xs : xs + tw]) * win
-            weight[y : y + th, xs : xs + tw] += win
-    return out / np.maximum(weight, 1e-8)
 
 
 def _forward(model: LoadedModel, batch: np.ndarray, tta: bool) -> np.ndarray:
@@ -366,27 +272,6 @@ def _forward(model: LoadedModel, batch: np.ndarray, tta: bool) -> np.ndarray:
     return prob.cpu().numpy().astype(np.float32)
 
 
-def resize(x: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Resize the last two axes of float32 ``x`` to ``shape`` (bilinear, antialiased when shrinking)."""
-    import torch
-    import torch.nn.functional as F
-
-    if tuple(x.shape[-2:]) == tuple(shape):
-        return x
-    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-    lead = t.shape[:-2]
-    t = t.reshape(-1, 1, *t.shape[-2:])
-    shrink = shape[0] < x.shape[-2] or shape[1] < x.shape[-1]
-    y = F.interpolate(t, size=tuple(shape), mode="bilinear", align_corners=False, antialias=shrink)
-    return y.reshape(*lead, *shape).numpy()
-
-
-def network_shape(spec: ModelSpec, shape: tuple[int, int]) -> tuple[int, int]:
-    """(Y, X) of a slice of ``shape`` as the network sees it (after ``spec.input_scale``)."""
-    s = spec.input_scale
-    return (max(8, round(shape[0] * s)), max(8, round(shape[1] * s)))
-
-
 def _to_network(raw: list[np.ndarray], spec: ModelSpec) -> np.ndarray:
     """Equal-shaped raw (Y, X) slices -> (B, Y', X') network input: normalised, inverted when
     the spec says so, resized by ``input_scale``."""
@@ -408,12 +293,21 @@ def predict_slice(model: LoadedModel, slice_: np.ndarray, tta: bool = False) -> 
 
 
 def iter_predict(
-    model: LoadedModel, image, options: PredictOptions | None = None
+    model: LoadedModel, image, options: PredictOptions | None = None, *,
+    zrange: tuple[int, int] | None = None, on_work: Callable[[int, int], None] | None = None,
 ) -> Iterator[SliceResult]:
     """Yield a :class:`SliceResult` per slice of a (Z, Y, X) or (Y, X) ``image``.
 
-    ``image`` may be a numpy, dask or zarr array: slices are read one at a time, so a stack
+    ``image`` may be a numpy, dask or zarr array: slices are read one at a time (with
+    ``options.ortho``, in windows of slices, see :mod:`napari_mitoseg.ortho`), so a stack
     larger than memory streams through. Cancel by closing the generator (or stop iterating).
+    Smoothing along z joins only slices that are neighbours in space
+    (:func:`~napari_mitoseg.neighbours.are_neighbours`); a note names the pairs that are not.
+
+    ``zrange`` = (a, b): only slices a..b-1 (indices stay the stack's), made as a pass over the
+    whole stack makes them, except that z-smoothing sees no slice outside the range (read one
+    more on each side for that). ``on_work(done, total)``: called as each plane is predicted
+    (one per slice; with ortho, the XY, XZ and YZ planes of all three passes), for progress.
     """
     options = options or PredictOptions()
     image = as_stack(image)
@@ -423,32 +317,97 @@ def iter_predict(
         image = image[None]
     thr = model.spec.threshold if options.threshold is None else options.threshold
     z = image.shape[0]
-    spec = model.spec
-    small = max(network_shape(spec, image.shape[1:])) <= spec.tile_size
-    bs = options.batch_size if (model.device.type != "cpu" and small) else 1
-    bad: dict[int, np.ndarray | None] = {}  # non-finite pixels of the slices read so far
-
-    def raw_probs() -> Iterator[np.ndarray]:
-        for start in range(0, z, bs):
-            raw = [np.asarray(image[i]) for i in range(start, min(z, start + bs))]
-            bad.update((start + k, check_slice(r, start + k)) for k, r in enumerate(raw))
-            if bs > 1:
-                probs = _to_slices(_forward(model, _to_network(raw, spec), options.tta), raw[0].shape)
-            else:
-                probs = [predict_slice(model, raw[0], options.tta)]
-            for k, p in enumerate(probs):
-                if bad[start + k] is not None:  # 0: spreads nothing to neighbours along z
-                    p[bad[start + k]] = 0.0
-                yield p
-
+    a, b = zrange or (0, z)
+    if not 0 <= a < b <= z:
+        raise InputError(f"slice range {a}..{b} lies outside the stack's {z} slices")
+    if options.ortho and min(image.shape) < 8:
+        raise InputError(f"ortho planes need at least 8 slices along each axis; the stack is {image.shape}")
     z_smooth = _or_model_default(options.z_smooth, model, "default_z_smooth")
     fill = _or_model_default(options.fill_holes, model, "default_fill_holes")
-    probs = smooth_z(raw_probs()) if z_smooth else raw_probs()
-    for i, p in enumerate(probs):
+    bad: dict[int, np.ndarray | None] = {}  # non-finite pixels of the slices read so far
+    sigs: dict[int, np.ndarray] = {}  # neighbour signatures of the slices read, until paired
+    links: list[bool] = []
+
+    def seen(i: int, raw: np.ndarray) -> None:
+        bad[i] = check_slice(raw, i)
+        if z_smooth:
+            sigs[i] = signature(raw)
+
+    def link_stream() -> Iterator[bool]:
+        for i in range(a + 1, b):
+            links.append(are_neighbours(sigs.pop(i - 1), sigs[i]))
+            yield links[-1]
+
+    if options.ortho:
+        from .ortho import iter_ortho
+
+        raw = iter_ortho(model, image, options, seen, (a, b), on_work, predict=predict_planes)
+    else:
+        raw = _xy_probs(model, image, options, seen, (a, b), on_work)
+    probs = smooth_z(_zero_bad(raw, bad, a), link_stream()) if z_smooth else raw
+    for i, p in enumerate(probs, start=a):
         b = bad.pop(i)
         if b is not None:  # non-finite pixels are background, whatever their neighbours say
             p[b] = 0.0
-        yield SliceResult(i, z, p, binarise(p, thr, fill) & (True if b is None else ~b))
+        yield SliceResult(i, z, p, binarise(p, thr, fill) & (True if b is None else ~b), threshold=thr,
+                          linked=(links[i - a - 1] if i > a else False) if z_smooth else None)
+    note = breaks_note(links, a) if z_smooth else None
+    if note:
+        logger.info(note, extra=NOTE)
+
+
+def _zero_bad(probs: Iterator[np.ndarray], bad: dict[int, np.ndarray | None], start: int) -> Iterator[np.ndarray]:
+    """Non-finite pixels at 0 before smoothing: they spread nothing to neighbours along z."""
+    for i, p in enumerate(probs, start=start):
+        if bad.get(i) is not None:
+            p[bad[i]] = 0.0
+        yield p
+
+
+def _xy_probs(model: LoadedModel, image, options: PredictOptions, seen, zrange: tuple[int, int],
+              on_work=None) -> Iterator[np.ndarray]:
+    """(Y, X) probabilities of each XY slice of ``zrange`` in turn; ``seen(i, raw)`` as slice i is read."""
+    spec = model.spec
+    a, b = zrange
+    small = max(network_shape(spec, image.shape[1:])) <= spec.tile_size
+    bs = options.batch_size if (model.device.type != "cpu" and small) else 1
+    for start in range(a, b, bs):
+        raw = [np.asarray(image[i]) for i in range(start, min(b, start + bs))]
+        for k, r in enumerate(raw):
+            seen(start + k, r)
+        if bs > 1:
+            probs = _to_slices(_forward(model, _to_network(raw, spec), options.tta), raw[0].shape)
+        else:
+            probs = [predict_slice(model, raw[0], options.tta)]
+        for k, p in enumerate(probs):
+            if on_work is not None:
+                on_work(start + k - a + 1, b - a)
+            yield p
+
+
+def predict_planes(model: LoadedModel, planes: Iterable[np.ndarray], tta: bool = False,
+                   batch_size: int = 4) -> Iterator[np.ndarray]:
+    """(H, W) float32 probabilities of each raw (H, W) plane of ``planes`` (all of one shape) in
+    turn; batched on a GPU when a plane fits one tile."""
+    spec = model.spec
+    batch: list[np.ndarray] = []
+    bs = 1
+    for k, plane in enumerate(planes):
+        if k == 0:
+            small = max(network_shape(spec, plane.shape)) <= spec.tile_size
+            bs = batch_size if (model.device.type != "cpu" and small) else 1
+        batch.append(np.asarray(plane))
+        if len(batch) == bs:
+            yield from _predict_batch(model, batch, tta)
+            batch = []
+    if batch:
+        yield from _predict_batch(model, batch, tta)
+
+
+def _predict_batch(model: LoadedModel, raw: list[np.ndarray], tta: bool) -> list[np.ndarray]:
+    if len(raw) == 1:
+        return [predict_slice(model, raw[0], tta)]
+    return list(_to_slices(_forward(model, _to_network(raw, model.spec), tta), raw[0].shape))
 
 
 def _or_model_default(value: bool | None, model: LoadedModel, key: str) -> bool:
@@ -464,24 +423,6 @@ def binarise(prob: np.ndarray, threshold: float, fill_holes: bool = False) -> np
 
         mask = binary_fill_holes(mask)
     return mask
-
-
-def smooth_z(probs: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
-    """Stream (Y, X) probability slices through a [1/4, 1/2, 1/4] filter along z.
-
-    Mitochondria are continuous across thin EM sections, so a pixel that is foreground in
-    its neighbours is more likely foreground itself. One slice of lag, bounded memory; the
-    first and last slices use their single neighbour ([2/3, 1/3]).
-    """
-    prev2 = prev = None
-    for i, p in enumerate(probs):
-        if i == 1:
-            yield (2 * prev + p) / 3
-        elif i >= 2:
-            yield 0.25 * prev2 + 0.5 * prev + 0.25 * p
-        prev2, prev = prev, p
-    if prev is not None:
-        yield prev if prev2 is None else (prev2 + 2 * prev) / 3
 
 
 def predict(model: LoadedModel, image, options: PredictOptions | None = None):

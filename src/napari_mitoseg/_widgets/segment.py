@@ -94,6 +94,9 @@ class SegmentWidget(QWidget):
         self.pixel_size = PixelSizeControls(self)
         self.pixel_ratio = self.pixel_size.ratio
         self.invert = invert_box(self)
+        self.ortho = QCheckBox("Ortho planes (3x slower)")
+        self.ortho.setToolTip("Average the model over the XY, XZ and YZ planes; for near-isotropic stacks "
+                              "(FIB-SEM). Ticked when the image's voxel size says so")
         self.instances = QCheckBox("3D objects")
         self.instances.setToolTip("One id per mitochondrion: split the mask into 3D-connected objects, "
                                   "each with its own id")
@@ -102,7 +105,7 @@ class SegmentWidget(QWidget):
         boxes = QGridLayout()
         boxes.setContentsMargins(0, 0, 0, 0)
         boxes.setVerticalSpacing(2)
-        for i, box in enumerate((self.invert, self.tta, self.z_smooth, self.instances)):
+        for i, box in enumerate((self.invert, self.tta, self.z_smooth, self.instances, self.ortho)):
             boxes.addWidget(box, i // 2, i % 2)
         form.addRow(boxes)
 
@@ -126,9 +129,19 @@ class SegmentWidget(QWidget):
         self.model_choice.availability_changed.connect(self._on_models)
         self.model_choice.currentIndexChanged.connect(self._on_model_chosen)
         self.image_choice.layer_changed.connect(self.pixel_size.set_layer)
+        self.image_choice.layer_changed.connect(self._on_image)
         self.pixel_size.set_layer(self.image_choice.layer())
+        self._on_image(self.image_choice.layer())
         self._on_models(self.model_choice.source() is not None)
         self._on_model_chosen()
+
+    def _on_image(self, layer) -> None:
+        """Tick Ortho planes for a stack whose recorded voxel size is near-isotropic."""
+        from ..ortho import choose_ortho
+
+        voxel = layer.metadata.get("voxel_size_nm") if layer is not None else None
+        z = layer.data.shape[0] if layer is not None and layer.ndim == 3 else 1
+        self.ortho.setChecked(choose_ortho(None, voxel if voxel is not None and len(voxel) == 3 else None, z)[0])
 
     def _on_model_chosen(self, index: int = -1) -> None:
         source = self.model_choice.source()
@@ -153,7 +166,8 @@ class SegmentWidget(QWidget):
         thr = self.threshold.value()
         return PredictOptions(threshold=thr if thr > 0 else None, tta=self.tta.isChecked(),
                               z_smooth=self.z_smooth.isChecked(),
-                              pixel_ratio=self.pixel_size.pixel_ratio(), invert=self.invert.isChecked())
+                              pixel_ratio=self.pixel_size.pixel_ratio(), invert=self.invert.isChecked(),
+                              ortho=self.ortho.isChecked())
 
     def start(self) -> SegmentationRun | None:
         """Start segmenting the chosen image with the chosen model (returns the run)."""

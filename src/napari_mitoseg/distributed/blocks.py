@@ -101,10 +101,10 @@ def segment_block(image: str, model: str, device: str, options: PredictOptions, 
     lo, hi = max(0, start - halo) // bs * bs, min(z, -(-(stop + halo) // bs) * bs)
     out = zarr.open_array(target, mode="r+")
     with dask.config.set(scheduler="sync"):  # slice reads inside a task stay in this thread
-        for r in iter_predict(net, stack[lo:hi], options):
-            i = lo + r.index
-            if start <= i < stop:
-                out[i] = r.mask.astype(out.dtype)
+        # the whole stack with a slice range: ortho windows and neighbour decisions as in one pass
+        for r in iter_predict(net, stack, options, zrange=(lo, hi)):
+            if start <= r.index < stop:
+                out[r.index] = r.mask.astype(out.dtype)
     (Path(done_dir) / f"{start}-{stop}").touch()
     return start, stop
 

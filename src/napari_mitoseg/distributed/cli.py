@@ -63,6 +63,8 @@ def _flag_problem(args) -> str | None:
         return "a cluster run needs -o OUT.zarr"
     if args.gt:
         return "--gt is not available on a cluster; score the result with `mitoseg evaluate`"
+    if getattr(args, "uncertainty_out", None):
+        return "--uncertainty-out is not available on a cluster yet; run it in one process"
     if args.measurements and not args.instances:
         return "--measurements needs --instances"
     if args.measurements and not str(args.measurements).lower().endswith(".csv"):
@@ -144,7 +146,8 @@ def run_cli(args) -> int:
     problem = _flag_problem(args) or (_measurements_problem(args) if args.measurements else None)
     if problem:
         return _fail(problem)
-    options = PredictOptions(threshold=args.threshold, tta=args.tta, z_smooth=args.z_smooth, invert=args.invert)
+    options = PredictOptions(threshold=args.threshold, tta=args.tta, z_smooth=args.z_smooth, invert=args.invert,
+                             ortho=getattr(args, "ortho", False))
     t0 = time.perf_counter()
     try:
         _, out, _ = check_request(args.image, args.out, args.block_slices)  # before a cluster starts

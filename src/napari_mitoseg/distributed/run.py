@@ -98,6 +98,16 @@ def _options_for(model_path: str, options: PredictOptions, pixel_ratio, pixel_si
     return options, net.name, note
 
 
+def _choose_ortho(ortho: bool | None, nm, z: int) -> bool:
+    """Ortho as one process chooses it (None: from the file's voxel size, with a note)."""
+    from ..ortho import choose_ortho
+
+    on, note = choose_ortho(ortho, nm, z)
+    if note:
+        logger.info(note)
+    return on
+
+
 def prepare(image, out, *, model=None, device: str = "auto", options: PredictOptions | None = None,
             block_slices: int = DEFAULT_BLOCK_SLICES, instances: bool = False, min_size: int = 64,
             pixel_ratio: float | None = None, pixel_size_nm: float | None = None) -> Job:
@@ -111,6 +121,7 @@ def prepare(image, out, *, model=None, device: str = "auto", options: PredictOpt
     model_path = str(resolve_model_path(model or DEFAULT_MODEL).resolve())
     nm = read_voxel_size(image)
     options, name, note = _options_for(model_path, options or PredictOptions(), pixel_ratio, pixel_size_nm, nm)
+    options = dataclasses.replace(options, ortho=_choose_ortho(options.ortho, nm, shape[0]))
     voxel = ngff.VoxelSize(*nm, unit="nanometer") if nm else ngff.VoxelSize()
     sig = signature(image=image, shape=shape, dtype=str(stack.dtype), model=model_path,
                     model_mtime=os.stat(Path(model_path) / "model.safetensors").st_mtime_ns,
@@ -236,7 +247,7 @@ def segment(image, out, **kw) -> DistributedResult:
 
 def segment_file(
     image_path, *, client, out, model=None, device="auto", threshold=None, tta=False, z_smooth=None,
-    instances=False, gt=None, pixel_ratio=None, invert=False, pixel_size_nm=None,
+    instances=False, gt=None, pixel_ratio=None, invert=False, pixel_size_nm=None, ortho=None,
 ):
     """:func:`napari_mitoseg.api.segment_file` on ``client``'s cluster (a ``distributed.Client``):
     the same arguments, the labels written in blocks into the OME-Zarr ``out`` (the same labels as
@@ -249,7 +260,7 @@ def segment_file(
                                "written labels with metrics.evaluate (or `mitoseg evaluate`)")
     if not out:
         raise DistributedError("a cluster run writes its labels to a .zarr: give out=")
-    opts = PredictOptions(threshold=threshold, tta=tta, z_smooth=z_smooth, invert=invert)
+    opts = PredictOptions(threshold=threshold, tta=tta, z_smooth=z_smooth, invert=invert, ortho=ortho)
     r = segment(image_path, out, client=client, model=model, device=device, instances=instances, options=opts,
                 pixel_ratio=pixel_ratio, pixel_size_nm=pixel_size_nm)
     return SegmentResult(None, r.model_name, None, r.shape, r.pixel_ratio, r.note)

@@ -1,0 +1,68 @@
+"""Ortho-plane inference on the Lucchi++ testing stack: IoU of the XY, XZ and YZ passes and of
+their mean (what ``mitoseg segment --ortho`` computes), with and without z-smoothing.
+
+The three passes are run one by one with :func:`napari_mitoseg.inference.predict_planes` (the
+function :func:`napari_mitoseg.ortho.window_probs` averages; the stack fits one window) and kept
+under ``--cache`` so that a second run only scores.
+
+    python benchmarks/ortho_planes.py --cache /tmp/ortho [--slices 165]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+from napari_mitoseg.api import get_model
+from napari_mitoseg.inference import binarise, predict_planes
+from napari_mitoseg.io import read_stack
+from napari_mitoseg.metrics import score
+from napari_mitoseg.neighbours import neighbour_pairs, smooth_z
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "lucchipp"
+
+
+def _pass(model, image, axis: int) -> np.ndarray:
+    """(Z, Y, X) float16 probabilities of the planes normal to ``axis`` (0 XY, 1 XZ, 2 YZ)."""
+    planes = (np.take(image, k, axis=axis) for k in range(image.shape[axis]))
+    return np.stack(list(predict_planes(model, planes)), axis=axis).astype(np.float16)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cache", type=Path, required=True)
+    ap.add_argument("--data", type=Path, default=DATA)
+    ap.add_argument("--slices", type=int, default=165)
+    args = ap.parse_args()
+    image = np.asarray(read_stack(args.data / "test_image.tif"))[: args.slices]
+    gt = np.asarray(read_stack(args.data / "test_mask.tif"))[: args.slices] > 0
+    model = get_model(None, "cpu")
+    args.cache.mkdir(parents=True, exist_ok=True)
+    probs, seconds = {}, {}
+    for name, axis in (("XY", 0), ("XZ", 1), ("YZ", 2)):
+        f = args.cache / f"{name}_{args.slices}.npy"
+        if not f.exists():
+            t = time.perf_counter()
+            np.save(f, _pass(model, image, axis))
+            (args.cache / f"{name}_{args.slices}.s").write_text(f"{time.perf_counter() - t:.1f}")
+            print(f"{name} pass done", flush=True)
+        probs[name] = np.load(f).astype(np.float32)
+        seconds[name] = float((args.cache / f"{name}_{args.slices}.s").read_text())
+    probs["mean"] = (probs["XY"] + probs["XZ"] + probs["YZ"]) / 3
+    links = neighbour_pairs(image)
+    thr = model.spec.threshold
+    print(f"Lucchi++ testing slices 0-{args.slices - 1}; {int((~links).sum())} pair(s) not neighbours")
+    print("| probabilities | IoU, no z-smoothing | IoU, z-smoothed (default) | pass seconds |")
+    print("|---|---:|---:|---:|")
+    for name, p in probs.items():
+        plain = score(p > thr, gt).iou
+        smooth = np.stack([binarise(s, thr) for s in smooth_z(iter(p), links)])
+        sec = sum(seconds.values()) if name == "mean" else seconds[name]
+        print(f"| {name} | {plain:.3f} | {score(smooth, gt).iou:.3f} | {sec:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
