@@ -12,7 +12,7 @@ Each case runs in its own process in a temporary folder, with a time limit, and 
 - **unclear**: refused, but not with one clear line (or a note that is due is missing).
 
     python benchmarks/sweep_hostile.py              # all cases, prints one line per case and the counts
-    python benchmarks/sweep_hostile.py -k measure   # the cases whose name holds "measure"
+    python benchmarks/sweep_hostile.py -k measure   # the cases whose name holds "measure" (repeatable)
     python benchmarks/sweep_hostile.py --json       # the counts and each outcome as JSON
 
 The shipped model segments the small synthetic stacks (64-96 pixels, a few slices), so the
@@ -414,11 +414,12 @@ def run_case(case: Case, d: Path, timeout: float) -> Outcome:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("-k", default="", help="only the cases whose name holds this text")
+    p.add_argument("-k", action="append", default=[],
+                   help="only the cases whose name holds this text (repeat for several)")
     p.add_argument("--timeout", type=float, default=180, help="seconds per case (default 180)")
     p.add_argument("--json", action="store_true", help="print the counts and outcomes as JSON")
     args = p.parse_args(argv)
-    cases = [c for c in all_cases() if args.k in c.name]
+    cases = [c for c in all_cases() if not args.k or any(k in c.name for k in args.k)]
     outcomes = []
     with tempfile.TemporaryDirectory(prefix="mitoseg-sweep-") as tmp:
         d = Path(tmp)
