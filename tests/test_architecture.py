@@ -36,11 +36,11 @@ LAYERS: dict[str, int] = {
     "synthetic": 0, "_generators": 0, "_progress": 0,
     # 1: the network and what works on one volume's objects
     "model": 1, "inference": 1, "morphology": 1, "proofread": 1, "tiling": 1, "neighbours": 1, "ortho": 1,
-    "uncertainty": 1,
+    "uncertainty": 1, "labelling": 1, "normalisation": 1,
     # 2: learning, and the pipeline's last step
-    "training": 2, "postprocess": 2,
+    "training": 2, "postprocess": 2, "pipeline": 2,
     # 3: the one public API the front ends share
-    "api": 3,
+    "api": 3, "finetune": 3,
     # 4: front ends: command line, cluster, napari
     "cli": 4, "_cli_train": 4, "distributed": 4, "_widgets": 4, "_reader": 4, "_writer": 4, "_sample_data": 4,
     "__main__": 4,

@@ -10,7 +10,7 @@ import pytest
 import tifffile
 import zarr
 
-from napari_mitoseg import io
+from napari_mitoseg import io, ngff
 
 
 def _stack(dtype=np.uint8, shape=(4, 40, 50)):
@@ -275,16 +275,152 @@ def test_failed_tiff_write_leaves_the_old_file_intact(tmp_path, monkeypatch):
 def test_failed_zarr_write_leaves_the_old_store_intact(tmp_path, monkeypatch):
     path = tmp_path / "labels.zarr"
     io.write_labels(path, np.ones((2, 8, 8), np.uint8))
-    real_open = zarr.open
+    real_create = ngff.create_label_pyramid
 
-    def broken_open(*args, **kwargs):
-        arr = real_open(*args, **kwargs)
-        arr[0] = 9  # part written, then the disk fills
+    def broken_create(*args, **kwargs):
+        group = real_create(*args, **kwargs)
+        group["0"][0] = 9  # part written, then the disk fills
         raise OSError("disk full")
 
-    monkeypatch.setattr(zarr, "open", broken_open)
+    monkeypatch.setattr(ngff, "create_label_pyramid", broken_create)
     with pytest.raises(OSError, match="disk full"):
         io.write_labels(path, np.zeros((2, 8, 8), np.uint8))
     monkeypatch.undo()
     np.testing.assert_array_equal(np.asarray(io.read_stack(path)), np.ones((2, 8, 8), np.uint8))
     assert [p.name for p in tmp_path.iterdir()] == ["labels.zarr"]
+
+
+# --------------------------------------------------------------------------- OME-Zarr output
+
+
+def _ome_zarr_node(path):
+    """The node ome-zarr-py's own reader makes of ``path`` (not our reader)."""
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Label, Multiscales, Reader
+
+    node = next(iter(Reader(parse_url(str(path)))()))
+    assert node.load(Label) is not None and node.load(Multiscales) is not None
+    return node
+
+
+def _voxel_tiff(path, image, voxel=(30.0, 8.0, 8.0)):
+    """An ImageJ TIFF recording ``voxel`` (Z, Y, X) nm."""
+    tifffile.imwrite(path, image, imagej=True, resolution=(1000 / voxel[2], 1000 / voxel[1]),
+                     metadata={"spacing": voxel[0] / 1000, "unit": "um", "axes": "ZYX"})
+    return path
+
+
+def test_segment_writes_an_ome_zarr_label_pyramid_that_ome_zarr_py_reads(tmp_path, tiny_model_dir):
+    import ome_zarr_models
+    import skimage.measure
+
+    from napari_mitoseg import api
+
+    rng = np.random.default_rng(3)
+    image = (rng.random((3, 600, 520)) * 255).astype(np.uint8)
+    src = _voxel_tiff(tmp_path / "em.tif", image)
+    out = tmp_path / "mito.zarr"
+    res = api.segment_file(src, model=tiny_model_dir, device="cpu", out=out, threshold=0.5)
+    assert res.labels is None  # streamed slice by slice, never held whole
+    expected = api.segment(image, api.get_model(tiny_model_dir, "cpu"), api.PredictOptions(threshold=0.5))
+    assert 0 < expected.mean() < 1
+    node = _ome_zarr_node(out)
+    levels = [np.asarray(d) for d in node.data]
+    assert [lv.shape for lv in levels] == [(3, 600, 520), (3, 300, 260), (3, 150, 130)]
+    np.testing.assert_array_equal(levels[0], expected)
+    np.testing.assert_array_equal(levels[1], skimage.measure.block_reduce(levels[0], (1, 2, 2), np.max))
+    scales = [t[0]["scale"] for t in node.metadata["coordinateTransformations"]]
+    assert scales == [[30.0, 8.0, 8.0], [30.0, 16.0, 16.0], [30.0, 32.0, 32.0]]
+    assert [a["unit"] for a in node.metadata["axes"]] == ["nanometer"] * 3
+    # the NGFF models (the validator's) accept it as a label image; our own readers agree
+    assert type(ome_zarr_models.open_ome_zarr(str(out))).__name__ == "ImageLabel"
+    assert io.read_voxel_size(out) == (30.0, 8.0, 8.0)
+    np.testing.assert_array_equal(np.asarray(io.read_stack(out)), expected)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["em.tif", "mito.zarr"]
+
+
+def test_instances_to_zarr_are_an_ome_zarr_label_image_too(tmp_path, tiny_model_dir):
+    from napari_mitoseg import api
+
+    rng = np.random.default_rng(4)
+    src = _voxel_tiff(tmp_path / "em.tif", (rng.random((2, 96, 80)) * 255).astype(np.uint8), (40.0, 5.0, 5.0))
+    res = api.segment_file(src, model=tiny_model_dir, device="cpu", out=tmp_path / "obj.zarr",
+                           instances=True, threshold=0.5)
+    node = _ome_zarr_node(tmp_path / "obj.zarr")
+    np.testing.assert_array_equal(np.asarray(node.data[0]), res.labels)
+    assert node.metadata["coordinateTransformations"][0][0]["scale"] == [40.0, 5.0, 5.0]
+
+
+def test_streamed_zarr_interrupted_leaves_the_old_result(tmp_path):
+    out = io.write_labels(tmp_path / "l.zarr", np.ones((3, 8, 8), np.uint8))
+    with pytest.raises(KeyboardInterrupt), io.labels_zarr(out, (3, 8, 8), np.uint8) as arr:
+        arr[0] = 5
+        raise KeyboardInterrupt
+    np.testing.assert_array_equal(np.asarray(io.read_stack(out)), np.ones((3, 8, 8), np.uint8))
+    assert [p.name for p in tmp_path.iterdir()] == ["l.zarr"]
+
+
+# --------------------------------------------------------------------------- outputs that would lose data
+
+
+def _tree(root):
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_output_zarr_that_holds_the_input_is_refused(tmp_path):
+    from napari_mitoseg import api
+    from napari_mitoseg.cli import main
+
+    img = tmp_path / "img.zarr"  # an OME-Zarr image whose level 0 is segmented
+    g = zarr.open_group(str(img), mode="w", zarr_format=2)
+    g.create_array("0", shape=(2, 16, 16), dtype="uint8")[:] = 7
+    proj = tmp_path / "proj.zarr" / "slices"  # PNG slices inside the folder named as output
+    proj.mkdir(parents=True)
+    import skimage.io
+
+    skimage.io.imsave(proj / "a.png", np.full((16, 16), 9, np.uint8), check_contrast=False)
+    before = _tree(tmp_path)
+    for src, out in ((img / "0", img), (proj, proj.parent)):
+        with pytest.raises(io.WriteError, match="holds the input"):
+            api.segment_file(src, model="no-such-model", out=out)
+        assert main(["segment", str(src), "--model", "no-such-model", "-o", str(out)]) == 2
+    assert _tree(tmp_path) == before
+
+
+def test_existing_zarr_that_is_not_our_result_is_refused(tmp_path, capsys):
+    from napari_mitoseg.cli import main
+
+    analysis = tmp_path / "analysis.zarr"  # the user's own group: raw data and manual labels
+    g = zarr.open_group(str(analysis), mode="w")
+    g.create_array("raw", shape=(2, 16, 16), dtype="uint8")[:] = 3
+    g.create_array("my_manual_labels", shape=(2, 16, 16), dtype="uint8")[:] = 1
+    src = tmp_path / "stack.tif"
+    tifffile.imwrite(src, np.zeros((2, 16, 16), np.uint8))
+    before = _tree(analysis)
+    with pytest.raises(io.WriteError, match="not a label image written by mitoseg"):
+        io.check_label_path(analysis, inputs=[src])
+    with pytest.raises(io.WriteError, match="not a label image written by mitoseg"):
+        io.write_labels(analysis, np.ones((2, 16, 16), np.uint8))
+    assert main(["segment", str(src), "--model", "no-such-model", "-o", str(analysis)]) == 2
+    assert "not a label image written by mitoseg" in capsys.readouterr().err
+    assert _tree(analysis) == before
+    # an empty folder, or a result of ours, may be replaced
+    (tmp_path / "empty.zarr").mkdir()
+    io.write_labels(tmp_path / "empty.zarr", np.ones((2, 8, 8), np.uint8))
+    io.write_labels(tmp_path / "empty.zarr", np.zeros((2, 8, 8), np.uint8))
+    assert not np.asarray(io.read_stack(tmp_path / "empty.zarr")).any()
+
+
+def test_output_zarr_that_is_a_regular_file_is_refused_untouched(tmp_path):
+    from napari_mitoseg import api
+
+    out = tmp_path / "out.zarr"
+    out.write_bytes(b"my notes")
+    src = tmp_path / "stack.tif"
+    tifffile.imwrite(src, np.zeros((2, 16, 16), np.uint8))
+    with pytest.raises(io.WriteError, match="is not a folder"):
+        api.segment_file(src, model="no-such-model", out=out)
+    with pytest.raises(io.WriteError, match="is not a folder"):
+        io.write_labels(out, np.ones((2, 16, 16), np.uint8))
+    assert out.read_bytes() == b"my notes"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.zarr", "stack.tif"]

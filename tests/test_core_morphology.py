@@ -299,3 +299,80 @@ def test_cli_measure_refuses_bad_input_before_work(tmp_path, capsys):
     assert "mitoseg: error:" in capsys.readouterr().err
     assert src.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mask.tif"]
+
+
+# --------------------------------------------------------------------------- outputs never half-written
+
+
+def _files(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_interrupted_measure_leaves_the_old_table_and_meshes(tmp_path, monkeypatch):
+    from napari_mitoseg import morphology
+
+    first = write_labels(tmp_path / "first.tif", _two_objects_mask())
+    table, meshes = tmp_path / "m.csv", tmp_path / "meshes"
+    morphology.measure_file(first, (30, 8, 8), table, meshes=meshes)
+    before_table, before_meshes = table.read_bytes(), _files(meshes)
+    other = np.zeros((12, 40, 60), np.uint8)
+    other[1:6, 10:30, 10:30] = 1  # other objects, so every new mesh differs from the old one
+    other[7:11, 5:15, 40:55] = 1
+    second = write_labels(tmp_path / "second.tif", other)
+    real = morphology.write_mesh
+    calls = []
+
+    def interrupted_after_one(*args, **kwargs):
+        if calls:
+            raise KeyboardInterrupt  # Ctrl+C after the first new mesh is written
+        calls.append(args[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(morphology, "write_mesh", interrupted_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        morphology.measure_file(second, (30, 8, 8), table, meshes=meshes)
+    assert calls  # the run was inside the meshes when it stopped
+    assert table.read_bytes() == before_table
+    assert _files(meshes) == before_meshes
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["first.tif", "m.csv", "meshes", "second.tif"]
+
+
+def test_meshes_of_an_earlier_run_are_not_left_beside_the_new_ones(tmp_path, capsys):
+    src = write_labels(tmp_path / "mask.tif", _two_objects_mask())
+    args = ["--voxel-size", "30", "8", "8", "-o", str(tmp_path / "m.csv"), "--meshes", str(tmp_path / "meshes")]
+    assert main(["measure", str(src), *args]) == 0
+    assert sorted(p.name for p in (tmp_path / "meshes").iterdir()) == ["mito_000001.ply", "mito_000002.ply"]
+    one = _two_objects_mask()
+    one[:, :, 25:] = 0  # only the first object is left
+    src = write_labels(tmp_path / "mask.tif", one)
+    assert main(["measure", str(src), *args]) == 0
+    assert sorted(p.name for p in (tmp_path / "meshes").iterdir()) == ["mito_000001.ply"]
+    with open(tmp_path / "m.csv", newline="") as f:
+        assert [int(r["id"]) for r in csv.DictReader(f)] == [1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.csv", "mask.tif", "meshes"]
+
+
+def test_a_meshes_folder_holding_other_files_is_refused(tmp_path, capsys):
+    from napari_mitoseg.morphology import write_meshes
+
+    src = write_labels(tmp_path / "mask.tif", _two_objects_mask())
+    folder = tmp_path / "results"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    assert main(["measure", str(src), "--voxel-size", "30", "8", "8", "-o", str(tmp_path / "m.csv"),
+                 "--meshes", str(folder)]) == 2
+    assert "holds files other than meshes" in capsys.readouterr().err
+    with pytest.raises(MeasureError, match="holds files other than meshes"):
+        write_meshes(_two_objects_mask(), (30, 8, 8), folder)
+    assert _files(folder) == {"notes.txt": b"mine"}
+    # a table inside the meshes folder would be replaced with it
+    assert main(["measure", str(src), "--voxel-size", "30", "8", "8", "-o", str(tmp_path / "new" / "m.csv"),
+                 "--meshes", str(tmp_path / "new")]) == 2
+    assert "lies inside the meshes folder" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+    # nor may the meshes folder hold the labels being measured
+    inside = write_labels(tmp_path / "meshes" / "mask.tif", _two_objects_mask())
+    assert main(["measure", str(inside), "--voxel-size", "30", "8", "8", "-o", str(tmp_path / "m.csv"),
+                 "--meshes", str(inside.parent)]) == 2
+    assert "holds the input" in capsys.readouterr().err
+    assert inside.exists() and not (tmp_path / "m.csv").exists()

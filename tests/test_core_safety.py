@@ -403,7 +403,9 @@ def test_resume_without_a_checkpoint_says_so(files, tmp_path, capsys):
 
 def test_sigterm_during_a_zarr_write_removes_the_hidden_folder(files, tiny_model_dir, tmp_path, monkeypatch,
                                                                capsys):
-    real = api.iter_predict
+    from napari_mitoseg import pipeline
+
+    real = pipeline.iter_predict
 
     def killed_midway(*args, **kwargs):
         for r in real(*args, **kwargs):
@@ -411,7 +413,7 @@ def test_sigterm_during_a_zarr_write_removes_the_hidden_folder(files, tiny_model
                 os.kill(os.getpid(), signal.SIGTERM)
             yield r
 
-    monkeypatch.setattr(api, "iter_predict", killed_midway)
+    monkeypatch.setattr(pipeline, "iter_predict", killed_midway)
     out = tmp_path / "labels.zarr"
     before = signal.getsignal(signal.SIGTERM)
     rc = main(["segment", str(files["image"]), "--model", str(tiny_model_dir), "--device", "cpu",

@@ -513,15 +513,15 @@ def test_finetune_cancel_saves_nothing(viewer, qtbot, models, monkeypatch):
     assert not ft.segment_again_button.isEnabled() and ft.run_button.isEnabled()
 
     # a Cancel arriving while the new model is being saved still reports the saved model
-    from napari_mitoseg import api
+    from napari_mitoseg import finetune
 
-    real_save = api.save_model
+    real_save = finetune.save_model
 
     def save_with_cancel(*a, **k):
         ft.cancel()  # what the Cancel button does, at this very moment
         return real_save(*a, **k)
 
-    monkeypatch.setattr(api, "save_model", save_with_cancel)
+    monkeypatch.setattr(finetune, "save_model", save_with_cancel)
     ft.steps.setValue(2)
     args = _wait(qtbot, ft, ft.finetuned, ft.run_button.click)
     assert args[0] is not None and args[0].name == "tiny-ft1"

@@ -18,9 +18,12 @@ import numpy as np
 from ._paths import WriteError, as_path, same_file
 
 
-def check_not_input(out: str | os.PathLike, inputs: Iterable, what: str = "output") -> None:
-    """Raise :class:`WriteError` when ``out`` is one of ``inputs`` (or lies inside an input
-    folder, such as a zarr store): writing it would destroy the data being read."""
+def check_not_input(out: str | os.PathLike, inputs: Iterable, what: str = "output",
+                    whole_folder: bool = False) -> None:
+    """Raise :class:`WriteError` when ``out`` is one of ``inputs`` or lies inside an input folder
+    (such as a zarr store): writing it would destroy the data being read. ``whole_folder``:
+    ``out`` is a folder that replaces the old one whole (a zarr store, a meshes folder), so it
+    may not hold an input either (``img.zarr`` for ``img.zarr/0``)."""
     out_p = as_path(out, WriteError)
     for item in inputs:
         if item is None or isinstance(item, (np.ndarray, list, tuple)):
@@ -33,6 +36,9 @@ def check_not_input(out: str | os.PathLike, inputs: Iterable, what: str = "outpu
         if inside:
             raise WriteError(f"the {what} {out_p} lies inside the input {src}; writing it would "
                              "change the input: choose a path outside it")
+        if whole_folder and src.resolve().is_relative_to(out_p.resolve()):
+            raise WriteError(f"the {what} {out_p} holds the input {src}; writing it would replace "
+                             "the folder and delete the input: choose a path outside it")
 
 
 def check_writable_dir(folder: Path) -> None:

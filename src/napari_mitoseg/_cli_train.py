@@ -44,8 +44,9 @@ def _train_checks(args) -> tuple[list[float], list[float]]:
     pixel sizes (one per --image, or none) and the validation fractions (one per --image)."""
     from .inference import check_pixel_size
     from .model import ModelError
-    from .training import TrainingError, check_run_dir
+    from .training import TrainingError, check_run_dir, check_thread_setting, check_val_fraction
 
+    check_thread_setting()
     n = len(args.image)
     if len(args.mask) != n:
         raise ModelError(f"give one --mask per --image ({n} images, {len(args.mask)} masks)")
@@ -54,7 +55,7 @@ def _train_checks(args) -> tuple[list[float], list[float]]:
         raise ModelError(f"give one --pixel-size per --image ({n} images, {len(sizes)} sizes)")
     if sizes and args.pixel_ratio is not None:
         raise ModelError("give either --pixel-size or --pixel-ratio, not both")
-    fractions = args.val_fraction or [0.0]
+    fractions = [check_val_fraction(f) for f in args.val_fraction or [0.0]]
     if len(fractions) not in (1, n):
         raise ModelError(f"give one --val-fraction, or one per --image ({n} images)")
     if (args.val_image is None) != (args.val_mask is None):

@@ -12,97 +12,35 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .inference import (
-    InputError,
-    PredictOptions,
-    SliceResult,
-    as_stack,
-    check_pixel_size,
-    check_stack,
-    choose_pixel_ratio,
-    for_stack,
-    iter_predict,
-)
-from .metrics import Report, evaluate, score
-from .model import (
-    DEFAULT_MODEL,
-    LoadedModel,
-    load_model,
-    next_version_name,
-    resolve_model_path,
-    save_model,
-    user_model_dir,
+from .finetune import FinetuneResult, _slice_indices, iter_finetune
+from .inference import InputError, PredictOptions, check_pixel_size, choose_pixel_ratio
+from .metrics import Report, evaluate
+from .model import LoadedModel
+from .pipeline import (
+    NOTE,
+    ProgressCallbackError,
+    ProgressFn,
+    _iter_slices,
+    as_options,
+    get_model,
+    report_progress,
+    segment,
 )
 from .uncertainty import UncertaintyRecorder
 
+__all__ = [
+    "NOTE", "FinetuneResult", "ProgressCallbackError", "ProgressFn", "SegmentResult", "as_options",
+    "changed_slices", "data_dir", "demo", "get_model", "iter_finetune", "merge_unpainted",
+    "report_progress", "sbem_dir", "segment", "segment_file",
+]
+
 logger = logging.getLogger(__name__)
-
-#: ``progress(done, total)``: called after each slice (segmenting) or step (training)
-ProgressFn = Callable[[int, int], None]
-#: ``extra`` of a log record that states a decision the user should see (the CLI prints it)
-NOTE = {"note": True}
-
-_CACHE: dict[tuple[str, str, float], LoadedModel] = {}
-
-
-def get_model(source: str | os.PathLike | None = None, device: str = "auto") -> LoadedModel:
-    """Load ``source`` (name or folder; default the shipped model) once per (folder, device)."""
-    path = resolve_model_path(source or DEFAULT_MODEL).resolve()
-    weights = path / "model.safetensors"
-    key = (str(path), device, weights.stat().st_mtime if weights.exists() else 0.0)
-    if key not in _CACHE:
-        _CACHE[key] = load_model(path, device)
-    return _CACHE[key]
-
-
-def segment(
-    image, model: LoadedModel, options: PredictOptions | None = None, instances: bool = False,
-    min_size: int = 64, progress: ProgressFn | None = None, pixel_size_nm: float | None = None,
-    on_slice: Callable[[SliceResult], None] | None = None,
-) -> np.ndarray:
-    """(Z, Y, X) image (an array, or a nested list of numbers) -> (Z, Y, X) uint8 mask (0/1)
-    or int32 instance labels. ``progress(done, total)`` is called after each slice (with
-    ``options.ortho``, after each plane of the three passes). ``on_slice(result)`` gets each
-    :class:`~napari_mitoseg.inference.SliceResult` (e.g. an
-    :class:`~napari_mitoseg.uncertainty.UncertaintyRecorder`).
-
-    ``pixel_size_nm``: the stack's Y/X pixel size, turned into ``options.pixel_ratio`` with the
-    model's own pixel size (then ``options`` may not set a pixel ratio too)."""
-    image = as_stack(image)
-    check_stack(image)
-    if pixel_size_nm is not None:
-        options = options or PredictOptions()
-        given = options.pixel_ratio if options.pixel_ratio != 1.0 else None
-        ratio, note = choose_pixel_ratio(model.spec, given, pixel_size_nm)
-        logger.info(note, extra=NOTE)
-        options = dataclasses.replace(options, pixel_ratio=ratio)
-    mask = np.zeros(image.shape if image.ndim == 3 else (1, *image.shape), np.uint8)
-    for r in _iter_slices(model, image, options, progress):
-        mask[r.index] = r.mask
-        if on_slice is not None:
-            on_slice(r)
-    if instances:
-        from .postprocess import instances as to_instances
-
-        return to_instances(mask, min_size=min_size)
-    return mask
-
-
-def _iter_slices(model: LoadedModel, image, options: PredictOptions | None, progress: ProgressFn | None):
-    """:func:`iter_predict`, reporting progress per slice, or per plane with ortho (its slices come
-    a window at a time)."""
-    ortho = bool(options and options.ortho)
-    for r in iter_predict(model, image, options, on_work=progress if ortho else None):
-        if progress is not None and not ortho:
-            progress(r.index + 1, r.total)
-        yield r
-
 
 @dataclass
 class SegmentResult:
@@ -121,7 +59,8 @@ class SegmentResult:
 def segment_file(
     image_path, *, model=None, device="auto", threshold=None, tta=False, z_smooth=None,
     instances=False, out=None, gt=None, pixel_ratio=None, invert=False, pixel_size_nm=None,
-    progress: ProgressFn | None = None, client=None, ortho: bool | None = None, uncertainty_out=None,
+    progress: ProgressFn | None = None, client=None, keep_nothing: bool = True,
+    ortho: bool | None = None, uncertainty_out=None,
 ) -> SegmentResult:
     """Read, segment, optionally score against ``gt`` and write ``out`` (atomically).
 
@@ -145,6 +84,10 @@ def segment_file(
     ground truth need not fit in memory (``labels`` is then None). Instances need the whole
     volume at once (3D connected components), and TIFF output is written whole.
 
+    ``keep_nothing=False`` refuses (once the inputs and the model are checked, before any
+    slice is segmented) a call with neither ``out`` nor ``gt``, whose result would be thrown
+    away (the command line's case).
+
     This runs in this process. To segment in blocks on a dask cluster, call
     :func:`napari_mitoseg.distributed.segment_file` with the same arguments and ``client=``.
     """
@@ -160,30 +103,33 @@ def segment_file(
             check_label_path(path, inputs=(image_path, gt))
     image, gt_arr = _read_with_gt(image_path, gt)
     m = get_model(model, device)
-    ratio, note = _file_pixel_ratio(m, image_path, pixel_ratio, pixel_size_nm)
-    opts = dataclasses.replace(opts, pixel_ratio=ratio, ortho=_file_ortho(image_path, ortho, image))
+    if not (keep_nothing or out or gt is not None or uncertainty_out):
+        raise InputError("nothing would be kept: give an output (-o OUT, .tif or .zarr) to write "
+                         "the labels, or ground truth (--gt TRUTH) or --json for scores")
+    ratio, note, voxel = _file_pixel_ratio(m, image_path, pixel_ratio, pixel_size_nm)
+    opts = dataclasses.replace(opts, pixel_ratio=ratio, ortho=_file_ortho(voxel, ortho, image))
     shape = tuple(image.shape)
     out = check_label_path(out) if out else None
     record = UncertaintyRecorder(shape if uncertainty_out else None)
     if out and out.suffix.lower() == ".zarr" and not instances and image.ndim == 3:
-        report = _segment_to_zarr(image, m, opts, out, gt_arr, progress, record)
+        report = _segment_to_zarr(image, m, opts, out, gt_arr, progress, voxel, record)
         labels = None
     else:
         labels = segment(image, m, opts, instances=instances, progress=progress, on_slice=record)
         report = evaluate(labels > 0, np.asarray(gt_arr) > 0) if gt_arr is not None else None
         if out:
-            write_labels(out, labels)
+            write_labels(out, labels, voxel_size=voxel)
     if uncertainty_out:
         write_labels(uncertainty_out, record.map)
     return SegmentResult(labels, m.name, report, shape, ratio, note, record.values, opts.ortho)
 
 
-def _file_ortho(image_path, ortho: bool | None, image) -> bool:
-    """Ortho as given, or (None) as the file's voxel size suggests; a note when chosen so."""
-    from .io import read_voxel_size
+def _file_ortho(voxel, ortho: bool | None, image) -> bool:
+    """Ortho as given, or (None) as the file's (Z, Y, X) voxel size ``voxel`` suggests; a note
+    when chosen so."""
     from .ortho import choose_ortho
 
-    voxel = read_voxel_size(image_path) if ortho is None and image.ndim == 3 else None
+    voxel = voxel if ortho is None and image.ndim == 3 else None
     on, note = choose_ortho(ortho, voxel, image.shape[0] if image.ndim == 3 else 1)
     if note:
         logger.info(note, extra=NOTE)
@@ -201,9 +147,10 @@ def _check_scale_args(pixel_ratio: float | None, pixel_size_nm: float | None) ->
 
 def _read_with_gt(image_path, gt):
     """The stack at ``image_path`` and the ground truth at ``gt`` (None without), of one shape."""
-    from .io import read_stack
+    from .io import read_stack, warn_missing_chunks
 
     image = read_stack(image_path)
+    warn_missing_chunks(image_path)
     if gt is None:
         return image, None
     gt_arr = read_stack(gt)
@@ -214,41 +161,50 @@ def _read_with_gt(image_path, gt):
             f"ground truth shape {tuple(gt_arr.shape)} does not match image shape "
             f"{tuple(image.shape)}"
         )
+    _check_ground_truth(gt_arr, gt)
     return image, gt_arr
 
 
-def _file_pixel_ratio(model: LoadedModel, image_path, pixel_ratio, pixel_size_nm) -> tuple[float, str | None]:
-    """The pixel ratio for ``model`` on the stack at ``image_path`` (given, from a given pixel
-    size, else from the file's voxel size) and the note saying where it came from."""
+def _file_pixel_ratio(model: LoadedModel, image_path, pixel_ratio, pixel_size_nm):
+    """(pixel ratio, note, voxel size): the pixel ratio for ``model`` on the stack at
+    ``image_path`` (given, from a given pixel size, else from the file's voxel size), the note
+    saying where it came from, and the file's (Z, Y, X) voxel size in nm or None (the scale of
+    the output, too)."""
     from .io import read_voxel_size
 
-    voxel = read_voxel_size(image_path) if pixel_ratio is None and pixel_size_nm is None else None
+    voxel = read_voxel_size(image_path)
     ratio, note = choose_pixel_ratio(model.spec, pixel_ratio, pixel_size_nm, voxel[2] if voxel else None)
     if note:
         logger.info(note, extra=NOTE)
-    return ratio, note
+    return ratio, note, voxel
+
+
+def _check_ground_truth(gt_arr, gt_path) -> None:
+    """:class:`~napari_mitoseg.metrics.NotAMaskError` unless the ground truth is a mask or label
+    volume (not the grey stack, a probability map or NaN); a lazy one is checked on a sample."""
+    from .metrics import check_mask, label_sample
+
+    check_mask(gt_arr if isinstance(gt_arr, np.ndarray) else label_sample(gt_arr),
+               f"the ground truth {gt_path}")
 
 
 def _segment_to_zarr(image, model: LoadedModel, options: PredictOptions, out: Path, gt,
-                     progress: ProgressFn | None = None, on_slice=None) -> Report | None:
-    """Stream (Z, Y, X) ``image`` slice by slice into a new zarr at ``out`` (swapped in whole
-    when complete); score each slice against ``gt`` on the way."""
-    from .io import atomic_dir, open_labels_zarr
+                     progress: ProgressFn | None = None, voxel=None, on_slice=None) -> Report | None:
+    """Stream (Z, Y, X) ``image`` slice by slice into a new OME-Zarr label image at ``out``
+    (``voxel``: (Z, Y, X) nm or None; swapped in whole when complete); score each slice against
+    ``gt`` on the way."""
+    from .io import labels_zarr
     from .metrics import Counts, report_from_counts
     from .metrics import counts as confusion
 
     per: list[Counts] = []
-
-    def write(tmp: Path) -> None:
-        arr = open_labels_zarr(tmp, tuple(image.shape), np.uint8)
+    with labels_zarr(out, tuple(image.shape), np.uint8, voxel) as arr:
         for r in _iter_slices(model, image, options, progress):
             arr[r.index] = r.mask.astype(np.uint8)
             if gt is not None:
                 per.append(confusion(r.mask, np.asarray(gt[r.index]) > 0))
             if on_slice is not None:
                 on_slice(r)
-
-    atomic_dir(out, write)
     return report_from_counts(per) if gt is not None else None
 
 
@@ -271,156 +227,12 @@ def merge_unpainted(new, painted, keep_slices: Sequence[int]) -> np.ndarray:
     exactly (the user's corrections are never overwritten)."""
     out = np.array(new, copy=True)
     painted = np.asarray(painted)
-    for z in keep_slices:
-        out[z] = painted[z]
+    if out.shape != painted.shape:
+        raise InputError(f"the new labels {out.shape} and the painted ones {painted.shape} differ in shape")
+    view, src = (out, painted) if out.ndim == 3 else (out[None], painted[None])  # views of a 2D pair
+    for z in _slice_indices(keep_slices, view.shape[0]):
+        view[z] = src[z]
     return out
-
-
-@dataclass
-class FinetuneResult:
-    name: str
-    path: Path
-    slices: list[int]
-    iou_before: float
-    iou_after: float
-    seconds: float
-    steps: int
-
-
-def iter_finetune(
-    image,
-    labels,
-    slices: Sequence[int],
-    *,
-    base: str | os.PathLike | None = None,
-    config=None,
-    device: str = "auto",
-    name: str | None = None,
-    out_root: str | os.PathLike | None = None,
-    pixel_ratio: float = 1.0,
-    invert: bool = False,
-    pixel_size_nm: float | None = None,
-    ignore_value: int | str | None = "auto",
-) -> Iterator:
-    """Fine-tune ``base`` on the corrected ``slices`` of (Z, Y, X) ``image`` / ``labels``.
-
-    ``pixel_ratio`` (the stack's pixel size over the base model's training pixel size) and
-    ``invert`` (the stack's contrast is reversed) are kept in the new model's spec
-    (:func:`~napari_mitoseg.inference.for_stack`): the new model segments this stack as it is.
-
-    Yields :class:`~napari_mitoseg.training.TrainProgress` per step; returns (as the
-    generator's value) a :class:`FinetuneResult`. The new model is saved as a new version in
-    the user's model folder (``<base>-ftN``), never over an existing model; its card records
-    the base, the slices, the steps, the time and the IoU on those slices before and after.
-
-    ``pixel_size_nm`` (the stack's Y/X pixel size) is the other way to give ``pixel_ratio``
-    (not both). ``labels`` are read as :func:`~napari_mitoseg.training.training_masks` reads
-    masks (``ignore_value``: 0/255-only labels are background / mitochondrion).
-    """
-    from .training import FINETUNE, IGNORE, iter_train, training_masks
-
-    image, labels, sl = _finetune_inputs(image, labels, slices)
-    if pixel_size_nm is not None and pixel_ratio != 1.0:
-        raise InputError("give the stack's pixel size or a pixel ratio, not both")
-    cfg = config or FINETUNE
-    model = get_model(base, device)
-    if pixel_size_nm is not None:
-        pixel_ratio, note = choose_pixel_ratio(model.spec, pixel_size_nm=pixel_size_nm)
-        logger.info(note, extra=NOTE)
-    base_model = for_stack(model, pixel_ratio, invert)
-    ims, mks = image[sl], training_masks(labels, ignore_value)[sl]
-    before = score(segment(ims, base_model) > 0, mks == 1, ignore=mks == 255).iou
-    root, name = _new_model_place(name, base_model.name, out_root)
-    t0 = time.perf_counter()
-    tuned: LoadedModel = yield from iter_train(ims, mks, config=cfg, base=base_model, device=device,
-                                               ignore_value=IGNORE)
-    seconds = time.perf_counter() - t0
-    after = score(segment(ims, tuned) > 0, mks == 1, ignore=mks == 255).iou
-    result = FinetuneResult(name, root / name, sl, before, after, seconds, cfg.steps)
-    info, card = _finetune_card(result, base_model, cfg, pixel_ratio, invert)
-    path = save_model(tuned.net, tuned.spec, root / name, info=info, card=card)
-    return dataclasses.replace(result, path=path)
-
-
-def _finetune_inputs(image, labels, slices: Sequence[int]) -> tuple[np.ndarray, np.ndarray, list[int]]:
-    """(image, labels) as (Z, Y, X) arrays of one shape and the sorted corrected slices; raises
-    for no slices, a mask given as the image, or shapes that differ."""
-    if not slices:
-        raise ValueError("no corrected slices: paint corrections on at least one slice first")
-    image = np.asarray(as_stack(image))
-    labels = np.asarray(as_stack(labels))
-    check_stack(image)
-    if image.ndim == 2:
-        image, labels = image[None], labels[None]
-    if labels.shape != image.shape:
-        raise ValueError(f"labels {labels.shape} and image {image.shape} differ in shape")
-    sl = _slice_indices(slices, image.shape[0])
-    _check_not_a_mask(image)
-    return image, labels, sl
-
-
-def _new_model_place(name: str | None, base_name: str, out_root) -> tuple[Path, str]:
-    """(folder, name) of a fine-tuned model: ``name`` or the next version of ``base_name`` in
-    ``out_root`` (default the user's model folder), never an existing model."""
-    root = Path(out_root) if out_root else user_model_dir()
-    name = name or next_version_name(base_name, root)
-    if (root / name).exists():
-        raise FileExistsError(f"model {name!r} already exists in {root}; choose another name")
-    return root, name
-
-
-def _finetune_card(res: FinetuneResult, base_model: LoadedModel, cfg, pixel_ratio: float,
-                   invert: bool) -> tuple[dict, str]:
-    """(info, card) of a fine-tuned model: its base, slices, steps, time and IoU before and after."""
-    before, after, sl, seconds = res.iou_before, res.iou_after, res.slices, res.seconds
-    info = {
-        "summary": f"fine-tuned from {base_model.name} on {len(sl)} slice(s), IoU on them "
-                   f"{before:.3f} -> {after:.3f}",
-        "base_model": base_model.name, "slices": sl, "pixel_ratio": float(pixel_ratio),
-        "invert": bool(invert),
-        # the base model's recommended post-processing carries over
-        **{k: bool(base_model.info.get(k, False)) for k in ("default_z_smooth", "default_fill_holes")},
-        "steps": cfg.steps,
-        "train_seconds": round(seconds, 1), "iou_before": before, "iou_after": after,
-        "train_config": dataclasses.asdict(cfg),
-    }
-    scale_note = "".join([
-        f", for pixels {pixel_ratio:g}x the size of its base model's training data" if pixel_ratio != 1 else "",
-        ", for contrast the reverse of its base model's training data" if invert else "",
-    ])
-    card = (
-        f"# {res.name}\n\nFine-tuned from `{base_model.name}` on slices {sl} "
-        f"({cfg.steps} steps, {seconds:.0f} s){scale_note}.\n\n"
-        "| | IoU on the corrected slices |\n|---|---|\n"
-        f"| before | {before:.4f} |\n| after | {after:.4f} |\n"
-    )
-    return info, card
-
-
-def _check_not_a_mask(image: np.ndarray) -> None:
-    """:class:`InputError` when the image to learn from is itself a mask or label volume (the
-    ground truth chosen as the image): integer, at least two values, label-like."""
-    from .metrics import label_sample, looks_like_labels
-
-    if image.dtype.kind not in "iu":
-        return
-    sample = label_sample(image)
-    if len(np.unique(sample)) >= 2 and looks_like_labels(sample):
-        raise InputError("the image looks like a mask or label volume, not an EM stack: choose the "
-                         "EM image as the image and the labels as the labels")
-
-
-def _slice_indices(slices: Sequence[int], depth: int) -> list[int]:
-    """Sorted unique slice indices; :class:`InputError` for one outside 0..depth-1."""
-    try:
-        sl = sorted({int(s) for s in slices})
-    except (TypeError, ValueError):
-        raise InputError(f"slice indices must be whole numbers, got {list(slices)!r}") from None
-    outside = [s for s in sl if not 0 <= s < depth]
-    if outside:
-        raise InputError(f"slice index {outside} out of range: the stack has {depth} slice(s), "
-                         f"numbered 0 to {depth - 1}")
-    return sl
 
 
 def data_dir(volume: str = "sbem") -> Path | None:

@@ -243,6 +243,10 @@ def main(argv: list[str] | None = None) -> int:
     root.setLevel(logging.INFO)
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
+    # started with SIGINT ignored (in the background by a script): Ctrl+C / kill -INT still stops it
+    ignored_int = in_main_thread and signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    if ignored_int:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return _run_command(args)
     finally:
@@ -250,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
         root.setLevel(level)
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous)
+        if ignored_int:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _run_command(args) -> int:
@@ -282,6 +288,10 @@ def _after_interrupt(args) -> str:
     """What an interrupted command left: nothing half-written; a training run its checkpoint."""
     if args.command == "measure" and args.meshes:
         return f"no table was written; meshes finished so far stay in {args.meshes}"
+    if args.command == "segment" and _wants_cluster(args):
+        from .distributed.cli import after_interrupt
+
+        return after_interrupt(args)
     if args.command == "train":
         from .training import CHECKPOINT
 
@@ -317,8 +327,8 @@ def cmd_segment(args) -> int:
             args.image, model=args.model, device=args.device, threshold=args.threshold,
             tta=args.tta, z_smooth=args.z_smooth, instances=args.instances, out=args.out,
             gt=args.gt, pixel_ratio=args.pixel_ratio, invert=args.invert,
-            pixel_size_nm=args.pixel_size, progress=progress, ortho=args.ortho,
-            uncertainty_out=args.uncertainty_out,
+            pixel_size_nm=args.pixel_size, progress=progress, keep_nothing=args.json,
+            ortho=args.ortho, uncertainty_out=args.uncertainty_out,
         )
     finally:
         progress.close()

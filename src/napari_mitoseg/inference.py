@@ -16,6 +16,7 @@ import numpy as np
 from .model import LoadedModel, ModelError, ModelSpec, threshold_problem
 from .neighbours import are_neighbours, breaks_note, signature
 from .neighbours import smooth_z as smooth_z  # re-exported: smoothing lives with the neighbour decision
+from .normalisation import check_slice, non_finite, normalise, normalise01  # noqa: F401 - kept importable
 from .tiling import (  # noqa: F401 - re-exported: part of inference's public face
     blend_window,
     network_shape,
@@ -238,72 +239,6 @@ def check_stack(image) -> None:
         raise InputError(f"slices of {shape[-2]}x{shape[-1]} are too small to segment (min 8x8)")
     if isinstance(image, np.ndarray) and dtype.kind == "f" and not np.isfinite(image).any():
         raise InputError("the image holds no finite pixel: every value is NaN or inf")
-
-
-def non_finite(slice_: np.ndarray) -> np.ndarray | None:
-    """(Y, X) bool mask of the NaN / inf pixels of a float slice; None when there are none."""
-    if slice_.dtype.kind != "f":
-        return None
-    bad = ~np.isfinite(slice_)
-    return bad if bad.any() else None
-
-
-def check_slice(slice_: np.ndarray, index: int) -> np.ndarray | None:
-    """Warn about a slice the model cannot read as it is: NaN / inf pixels (with their count;
-    they are left out of the normalisation and read as background) and slices without contrast
-    (every pixel the same). Returns the non-finite mask (or None)."""
-    bad = non_finite(slice_)
-    if bad is not None:
-        n = int(bad.sum())
-        if n == bad.size:
-            logger.warning("slice %d holds no finite pixel (all NaN or inf): read as background", index)
-            return bad
-        logger.warning("slice %d: %d pixel(s) are NaN or inf; left out of the normalisation and "
-                       "read as background", index, n)
-    finite = slice_ if bad is None else slice_[~bad]
-    lo, hi = finite.min(), finite.max()
-    if lo == hi:
-        logger.warning("slice %d has no contrast (every pixel is %g): nothing can be found in it",
-                       index, float(lo))
-    return bad
-
-
-def normalise01(slice_: np.ndarray, mode: str = "percentile") -> np.ndarray:
-    """Map one (Y, X) slice of any numeric dtype to float32 in [0, 1].
-
-    ``percentile``: the slice's 0.5th..99.5th percentile -> [0, 1], clipped (robust to dtype,
-    brightness and contrast, so stacks from other microscopes land in the same range);
-    ``none``: integer images divided by their dtype maximum, floats clipped to [0, 1].
-    NaN / inf pixels are left out of the percentiles and map to 0 (the low end).
-    """
-    x = np.asarray(slice_, dtype=np.float32)
-    bad = non_finite(x)
-    if mode == "none":
-        dt = np.asarray(slice_).dtype
-        scale = float(np.iinfo(dt).max) if np.issubdtype(dt, np.integer) else 1.0
-        out = np.clip(x / scale, 0.0, 1.0)
-        if bad is not None:
-            out[bad] = 0.0
-        return out
-    if bad is not None:  # NaN / inf: left out of the percentiles, then set to the low end
-        if bad.all():
-            return np.zeros_like(x)
-        x = np.where(bad, np.float32(0), x)
-    sub_slice = (slice(None, None, max(1, x.shape[0] // 512)), slice(None, None, max(1, x.shape[1] // 512)))
-    sub = x[sub_slice] if bad is None else x[sub_slice][~bad[sub_slice]]
-    if sub.size == 0:
-        sub = x[~bad]
-    lo, hi = np.percentile(sub, (0.5, 99.5))
-    if bad is not None:
-        x[bad] = lo
-    if hi - lo < 1e-6:
-        return np.zeros_like(x)
-    return np.clip((x - np.float32(lo)) / np.float32(hi - lo), 0.0, 1.0, dtype=np.float32)
-
-
-def normalise(slice_: np.ndarray, mode: str = "percentile") -> np.ndarray:
-    """(Y, X) slice -> float32 network input in [-1, 1] (see :func:`normalise01`)."""
-    return normalise01(slice_, mode) * np.float32(2.0) - np.float32(1.0)
 
 
 def _network_input(slice_: np.ndarray, spec: ModelSpec) -> np.ndarray:

@@ -55,7 +55,7 @@ def looks_like_labels(sample: np.ndarray) -> bool:
 
 def check_mask(arr, name: str = "the prediction") -> None:
     """Raise :class:`NotAMaskError` unless ``arr`` is a mask or label volume: integer (or bool,
-    or whole finite floats) and label-like (:func:`looks_like_labels`) on a sample."""
+    or whole finite floats), none negative, and label-like (:func:`looks_like_labels`) on a sample."""
     a = np.asarray(arr)
     if a.dtype.kind == "f":
         if not np.isfinite(a).all():
@@ -66,6 +66,9 @@ def check_mask(arr, name: str = "the prediction") -> None:
         a = a.astype(np.int64)
     elif a.dtype.kind not in "biu":
         raise NotAMaskError(f"{name} has dtype {a.dtype}: not a mask or label volume")
+    if a.dtype.kind == "i" and a.size and a.min() < 0:
+        raise NotAMaskError(f"{name} holds negative values (down to {int(a.min())}): a mask or label "
+                            "volume is 0 for background and > 0 for mitochondria")
     if a.ndim in (2, 3) and not looks_like_labels(label_sample(a)):
         raise NotAMaskError(f"{name} looks like a grey image (its neighbouring pixels mostly differ), "
                             "not a mask or label volume: give a segmentation (0 background, > 0 "

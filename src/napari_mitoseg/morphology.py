@@ -34,11 +34,16 @@ import csv
 import logging
 import math
 import os
+import re
+import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
+
+from ._atomic import atomic_dir, atomic_file, write_errors
+from .labelling import instances, remove_small  # noqa: F401 - kept importable from morphology
 
 logger = logging.getLogger(__name__)
 
@@ -98,27 +103,6 @@ class VolumeSummary:
         return asdict(self)
 
 
-def remove_small(mask, min_size: int = 64) -> np.ndarray:
-    """(Z, Y, X) mask -> bool mask without 3D connected objects smaller than ``min_size`` voxels."""
-    from skimage.morphology import remove_small_objects
-
-    m = np.asarray(mask) > 0
-    if min_size <= 0:
-        return m
-    return remove_small_objects(m, max_size=min_size - 1, connectivity=1)
-
-
-def instances(mask, min_size: int = 64) -> np.ndarray:
-    """(Z, Y, X) binary mask -> (Z, Y, X) int32 labels, one id per 3D-connected mitochondrion.
-
-    Objects smaller than ``min_size`` voxels are dropped; ids are consecutive from 1.
-    """
-    from skimage.measure import label
-
-    m = remove_small(mask, min_size)
-    return label(m, connectivity=1).astype(np.int32)
-
-
 def check_voxel_size(voxel_size) -> tuple[float, float, float]:
     """``(Z, Y, X)`` voxel size in nm as three positive finite floats, or :class:`MeasureError`."""
     try:
@@ -138,7 +122,26 @@ def _as_labels(labels) -> np.ndarray:
         raise MeasureError(f"labels must be (Z, Y, X) or (Y, X), got shape {lab.shape}")
     if lab.dtype.kind not in "iub":
         raise MeasureError(f"labels must be integers (object ids), got {lab.dtype}")
+    if lab.dtype.kind == "i" and lab.size and lab.min() < 0:
+        raise MeasureError(f"labels hold negative ids (down to {int(lab.min())}); object ids are "
+                           "> 0 and 0 is background")
     return lab
+
+
+#: ids above this are renumbered 1..n while measuring (regionprops sizes its tables by the
+#: largest id), and reported as they were
+SPARSE_IDS = 1 << 24
+
+
+def _compact_ids(lab: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """``lab`` with ids renumbered 1..n when its largest id exceeds :data:`SPARSE_IDS`, and the
+    original id of each new one (index = new id); ``(lab, None)`` when no renumbering is needed."""
+    if lab.size == 0 or int(lab.max()) <= SPARSE_IDS:
+        return lab, None
+    ids, inverse = np.unique(lab, return_inverse=True)
+    if ids[0] != 0:
+        ids, inverse = np.concatenate([[0], ids]), inverse + 1
+    return inverse.reshape(lab.shape).astype(np.int32 if len(ids) < 2**31 else np.int64), ids
 
 
 def smoothing_sigma(voxel_size_nm) -> tuple[float, float, float]:
@@ -218,6 +221,7 @@ def iter_objects(labels, voxel_size_nm, ids: Iterable[int] | None = None,
         wanted = np.asarray(sorted({int(i) for i in ids if int(i) > 0}), dtype=lab.dtype)
         lab = np.where(np.isin(lab, wanted), lab, 0)
     shape = lab.shape
+    lab, original_ids = _compact_ids(lab)
     for r in regionprops(lab, spacing=spacing_um):
         z0, y0, x0, z1, y1, x1 = r.bbox
         volume = float(r.area)
@@ -230,7 +234,8 @@ def iter_objects(labels, voxel_size_nm, ids: Iterable[int] | None = None,
         cz, cy, cx = r.centroid  # physical (spacing) units
         border = z0 == 0 or y0 == 0 or x0 == 0 or z1 == shape[0] or y1 == shape[1] or x1 == shape[2]
         m = MitoMeasure(
-            id=int(r.label), voxels=int(r.num_pixels), volume_um3=volume, surface_um2=surface,
+            id=int(r.label if original_ids is None else original_ids[r.label]), voxels=int(r.num_pixels),
+            volume_um3=volume, surface_um2=surface,
             sphericity=sphericity, axis_major_um=major, axis_medium_um=medium, axis_minor_um=minor,
             elongation=major / medium if medium > 0 else float("inf"),
             flatness=medium / minor if minor > 0 else float("inf"),
@@ -271,18 +276,20 @@ def summarize(rows: Iterable[MitoMeasure], shape, voxel_size) -> VolumeSummary:
 
 def write_csv(rows: Iterable[MitoMeasure], path: str | os.PathLike) -> Path:
     """Write measurements as CSV (header = :data:`COLUMNS`), atomically."""
-    from .io import _atomic_file
-
     rows = list(rows)
 
     def write(tmp: Path) -> None:
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(COLUMNS))
-            w.writeheader()
-            for r in rows:
-                w.writerow(asdict(r))
+        _csv_to(tmp, rows)
 
-    return _atomic_file(Path(path), write)
+    return atomic_file(Path(path), write)
+
+
+def _csv_to(path: Path, rows: list[MitoMeasure]) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(COLUMNS))
+        w.writeheader()
+        for r in rows:
+            w.writerow(asdict(r))
 
 
 def mesh_path(folder: str | os.PathLike, obj_id: int) -> Path:
@@ -299,35 +306,53 @@ def write_mesh(path: str | os.PathLike, verts: np.ndarray, faces: np.ndarray) ->
     """
     import trimesh
 
-    from .io import _atomic_file
-
     mesh = trimesh.Trimesh(vertices=np.asarray(verts)[:, ::-1], faces=np.asarray(faces),
                            process=False)
 
     def write(tmp: Path) -> None:
         mesh.export(tmp, file_type="ply", encoding="binary")
 
-    return _atomic_file(Path(path), write)
+    return atomic_file(Path(path), write)
 
 
 def write_meshes(labels, voxel_size, folder: str | os.PathLike,
                  ids: Iterable[int] | None = None) -> list[Path]:
-    """One PLY per object (``mito_<id>.ply``, um) in ``folder`` (created); returns the paths."""
-    folder = Path(folder)
-    check_meshes_folder(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    return [write_mesh(mesh_path(folder, m.id), v, f)
-            for m, v, f in iter_objects(labels, voxel_size, ids=ids)]
+    """One PLY per object (``mito_<id>.ply``, um) in ``folder``; returns the paths.
+
+    The meshes are written into a new folder beside ``folder`` that replaces it whole once all
+    are written: no mesh of an earlier run is left among the new ones, and an interrupted run
+    leaves the old folder as it was. ``folder`` must be new, empty or a folder of meshes
+    (:func:`check_meshes_folder`)."""
+    folder = check_meshes_folder(folder)
+    names: list[str] = []
+
+    def write(tmp: Path) -> None:
+        names.extend(write_mesh(mesh_path(tmp, m.id), v, f).name
+                     for m, v, f in iter_objects(labels, voxel_size, ids=ids))
+
+    atomic_dir(folder, write)
+    return [folder / n for n in names]
+
+
+#: the files a meshes folder may hold: the meshes this module writes
+MESH_FILE = re.compile(r"mito_\d+\.ply")
 
 
 def check_meshes_folder(folder: str | os.PathLike) -> Path:
-    """Raise :class:`MeasureError` when ``folder`` cannot take meshes (a file, or unwritable)."""
+    """Raise :class:`MeasureError` when ``folder`` cannot take meshes: a file, unwritable, or a
+    folder holding anything but meshes (it is replaced whole by the new meshes)."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise MeasureError(f"{folder} is a file; meshes need a folder")
     parent = folder if folder.exists() else next((p for p in folder.parents if p.exists()), Path("."))
     if not os.access(parent, os.W_OK):
         raise MeasureError(f"cannot write meshes into {folder}: {parent} is not writable")
+    if folder.is_dir():
+        other = sorted(p.name for p in folder.iterdir() if not MESH_FILE.fullmatch(p.name))
+        if other:
+            raise MeasureError(f"{folder} holds files other than meshes ({', '.join(other[:3])}"
+                               f"{', ...' if len(other) > 3 else ''}); the meshes replace the folder "
+                               "whole: choose a new or empty folder")
     return folder
 
 
@@ -357,13 +382,17 @@ def check_outputs(labels_path, table, meshes=None) -> tuple[Path, Path | None]:
     from .io import check_not_input, check_writable_dir
 
     table = Path(table)
-    check_not_input(table, [labels_path], what="table")
     if table.is_dir():
         raise MeasureError(f"{table} is a folder; give a file name for the table (.csv)")
+    check_not_input(table, [labels_path], what="table")
     check_writable_dir(table.parent)
     if meshes is not None:
         meshes = Path(meshes)
-        check_not_input(meshes, [labels_path, table], what="meshes folder")
+        if table.resolve().is_relative_to(meshes.resolve()):
+            raise MeasureError(f"the table {table} lies inside the meshes folder {meshes}, which new "
+                               "meshes replace whole: put the table outside it")
+        check_not_input(meshes, [labels_path], what="meshes folder", whole_folder=True)
+        check_not_input(meshes, [table], what="meshes folder")
         check_meshes_folder(meshes)
         check_writable_dir(meshes)
     return table, meshes
@@ -378,10 +407,11 @@ def measure_file(labels_path, voxel_size, table, meshes=None, min_size: int = 64
 
     table, meshes = check_outputs(labels_path, table, meshes)
     if voxel_size is None:
-        from .io import read_voxel_size
+        from .io import check_regular, read_voxel_size
 
         if not Path(labels_path).exists():
             raise FileNotFoundError(f"{labels_path} does not exist")
+        check_regular(Path(labels_path))
         voxel_size = read_voxel_size(labels_path)
         if voxel_size is None:
             raise MeasureError(f"{labels_path} records no voxel size; give it with --voxel-size Z Y X (nm)")
@@ -389,15 +419,66 @@ def measure_file(labels_path, voxel_size, table, meshes=None, min_size: int = 64
     lab = np.asarray(read_stack(labels_path))
     if lab.dtype.kind not in "iub":
         raise MeasureError(f"{labels_path} holds {lab.dtype} values; labels must be integers")
+    lab = _check_label_volume(lab, labels_path)
     split_mask = is_mask(lab)
     if split_mask:
-        lab = instances(lab, min_size=min_size)
-    rows, written = [], []
-    if meshes is not None:
-        meshes.mkdir(parents=True, exist_ok=True)
-    for m, verts, faces in iter_objects(lab, vox):
-        rows.append(m)
-        if meshes is not None:
-            written.append(write_mesh(mesh_path(meshes, m.id), verts, faces))
-    write_csv(rows, table)
+        lab = _split_mask(lab, min_size, labels_path)
+    rows, written = _write_outputs(lab, vox, table, meshes)
     return MeasureResult(rows, summarize(rows, lab.shape, vox), vox, split_mask, table, written)
+
+
+def _write_outputs(lab: np.ndarray, vox, table: Path, meshes: Path | None) -> tuple[list, list[Path]]:
+    """Measure every object of ``lab``; the table and the meshes go to temporary names beside
+    their places and move there only once all is written (the meshes folder first, the table
+    last), so an interrupted run leaves the old outputs as they were."""
+    rows: list[MitoMeasure] = []
+    names: list[str] = []
+    part = table.with_name(f".{table.name}.{uuid.uuid4().hex[:8]}.part")
+
+    def write(mesh_dir: Path | None) -> None:
+        for m, verts, faces in iter_objects(lab, vox):
+            rows.append(m)
+            if mesh_dir is not None:
+                names.append(write_mesh(mesh_path(mesh_dir, m.id), verts, faces).name)
+        atomic_file(part, lambda tmp: _csv_to(tmp, rows))  # complete, under a temporary name
+
+    try:
+        if meshes is None:
+            write(None)
+        else:
+            atomic_dir(meshes, write)  # the new meshes replace the folder here
+        with write_errors(table):
+            os.replace(part, table)
+    finally:
+        part.unlink(missing_ok=True)
+    return rows, [meshes / n for n in names] if meshes is not None else []
+
+
+def _check_label_volume(lab: np.ndarray, source) -> np.ndarray:
+    """``lab`` as (Z, Y, X) labels; :class:`MeasureError` for negative ids or a grey image (its
+    neighbouring pixels mostly differ, which label regions do not)."""
+    from .metrics import label_sample, looks_like_labels
+
+    try:
+        lab = _as_labels(lab)
+    except MeasureError as exc:
+        raise MeasureError(f"{source}: {exc}") from None
+    if lab.dtype != bool and not looks_like_labels(label_sample(lab)):
+        raise MeasureError(f"{source} looks like a grey image, not a label volume (its neighbouring "
+                           "pixels mostly differ): give labels or a mask (0 background)")
+    return lab
+
+
+def _split_mask(mask: np.ndarray, min_size: int, source) -> np.ndarray:
+    """A binary mask split into 3D-connected objects of at least ``min_size`` voxels, with a note
+    saying so and how many smaller ones were dropped."""
+    from skimage.measure import label
+
+    _, found = label(np.asarray(mask) > 0, connectivity=1, return_num=True)
+    lab = instances(mask, min_size=min_size)
+    kept = int(lab.max()) if lab.size else 0
+    dropped = f"; {found - kept} smaller than {min_size} voxels dropped (a minimum size of 0 keeps them)" \
+        if found > kept else ""
+    logger.info("%s holds one value besides 0: read as a binary mask and split into %d 3D-connected "
+                "object(s)%s", source, kept, dropped, extra={"note": True})
+    return lab

@@ -172,10 +172,14 @@ class CorrectionFinder:
                                model_output(layer, PREVIOUS_OUTPUT), _start_thread=False)
 
         def on_found(found) -> None:
-            current = self.labels_choice.layer()
+            if finder is not self._finder:
+                return
+            try:
+                current = self.labels_choice.layer()
+            except RuntimeError:  # the dock was closed while the worker compared
+                return
             # only an answer about the layer as it still is counts (not a preview of a run)
-            if (finder is self._finder and same_layer(layer, current) and current.data is data
-                    and current.editable):
+            if same_layer(layer, current) and current.data is data and current.editable:
                 self._show_found(layer, found)
                 self.slices_found.emit(self.slices())
 

@@ -26,15 +26,16 @@ tasks); :func:`segment` drains it; :func:`segment_file` is :func:`napari_mitoseg
 on a cluster. :func:`local_client` starts a ``LocalCluster`` or connects to a running scheduler.
 
 One idea per module: :mod:`.common` (the error, progress, result, plan of blocks),
-:mod:`.blocks` (a block on a worker), :mod:`.cluster` (reaching a cluster), :mod:`.partial`
-(the partial output and resuming), :mod:`.run` (a run from start to end), :mod:`.objects`
-(instances across blocks), :mod:`.measure` (measurements on the workers), :mod:`.cli` (the
-command line's cluster flags).
+:mod:`.blocks` (a block on a worker), :mod:`.cluster` (reaching a cluster: addresses checked,
+connections with a timeout), :mod:`.partial` (the partial output, its lock and resuming),
+:mod:`.watch` (waiting on the blocks; no worker, a lost scheduler, a full disk), :mod:`.run` (a
+run from start to end), :mod:`.objects` (instances across blocks), :mod:`.measure` (measurements
+on the workers), :mod:`.cli` (the command line's cluster flags).
 """
 
 from .blocks import LOADS, segment_block, worker_model
 from .cli import add_cli_flags, run_cli, wants_cluster
-from .cluster import dashboard_link, local_client
+from .cluster import check_address, dashboard_link, local_client, probe_scheduler
 from .common import (
     DEFAULT_BLOCK_SLICES,
     DONE_DIR,
@@ -48,11 +49,12 @@ from .common import (
     plan_blocks,
 )
 from .objects import merge_stats
+from .partial import output_lock
 from .run import check_request, iter_segment, prepare, segment, segment_file
 
 __all__ = [
     "DEFAULT_BLOCK_SLICES", "DONE_DIR", "LABEL_TMP_ARRAY", "LOADS", "MASK_ARRAY", "RUN_FILE", "DistributedError",
-    "DistributedResult", "Progress", "add_cli_flags", "check_request", "dashboard_link", "iter_segment",
-    "local_client", "merge_stats", "partial_path", "plan_blocks", "prepare", "run_cli", "segment",
-    "segment_block", "segment_file", "wants_cluster", "worker_model",
+    "DistributedResult", "Progress", "add_cli_flags", "check_address", "check_request", "dashboard_link",
+    "iter_segment", "local_client", "merge_stats", "output_lock", "partial_path", "plan_blocks", "prepare",
+    "probe_scheduler", "run_cli", "segment", "segment_block", "segment_file", "wants_cluster", "worker_model",
 ]

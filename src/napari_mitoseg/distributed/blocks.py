@@ -38,6 +38,22 @@ def _undo_malloc_trim() -> None:
         pass
 
 
+def dask_setup(worker) -> None:
+    """Run in each worker of a local cluster as it starts (a dask preload): ignore SIGINT, which
+    the terminal sends to the whole process group on Ctrl+C; the command that started the
+    cluster stops its workers itself, without a traceback from each."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def sees(paths: list[str]) -> list[str]:
+    """Those of ``paths`` this worker cannot see (the client saw them all)."""
+    return [p for p in paths if not os.path.exists(p)]
+
+
 def worker_model(source: str, device: str):
     """The model at ``source`` on ``device``, loaded once per process (per worker)."""
     key = (str(source), device)

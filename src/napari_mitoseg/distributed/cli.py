@@ -4,13 +4,18 @@ before any cluster starts, and progress lines on stderr."""
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
+from contextlib import contextmanager
+from pathlib import Path
 
 from ..inference import PredictOptions
-from .cluster import local_client
+from .cluster import check_address, local_client
 from .common import DEFAULT_BLOCK_SLICES, DistributedError, Progress, partial_path
+from .partial import output_lock, read_run_file
 from .run import check_request, iter_segment
+from .watch import NO_WORKER_GRACE
 
 
 def add_cli_flags(p) -> None:
@@ -26,6 +31,10 @@ def add_cli_flags(p) -> None:
     g.add_argument("--measurements", default=None, metavar="CSV",
                    help="with --instances on a cluster: write per-object measurements (um) to this CSV "
                         "(default: none)")
+    g.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                   help="stop when no dask worker has been there for this many seconds; the finished blocks "
+                        "are kept for the same command to resume (default: wait, with a warning after "
+                        f"{NO_WORKER_GRACE:g} s)")
 
 
 def wants_cluster(args) -> bool:
@@ -60,16 +69,29 @@ def _flag_problem(args) -> str | None:
         return "--measurements needs --instances"
     if args.measurements and not str(args.measurements).lower().endswith(".csv"):
         return f"{args.measurements}: measurements are written as .csv"
+    if args.timeout is not None and not args.timeout > 0:
+        return f"--timeout must be a number of seconds above 0, got {args.timeout:g}"
+    if args.scheduler:
+        try:
+            check_address(args.scheduler)
+        except DistributedError as exc:
+            return str(exc)
     return None
 
 
 def _measurements_problem(args) -> str | None:
-    """Why per-object measurements cannot be made for ``args.image`` (it records no voxel size)."""
-    from ..io import ReadError, read_voxel_size
+    """Why per-object measurements cannot be written to ``args.measurements`` (a folder, a
+    read-only place, the input) or made for ``args.image`` (it records no voxel size)."""
+    from ..io import ReadError, WriteError, check_not_input, check_writable_dir, read_voxel_size
 
+    table = Path(args.measurements)
+    if table.is_dir():
+        return f"{table} is a folder; name the .csv file to write the measurements to"
     try:
+        check_not_input(table, [args.image], "measurements table")
+        check_writable_dir(table.parent)
         known = read_voxel_size(args.image)
-    except (ReadError, OSError) as exc:
+    except (ReadError, WriteError, OSError) as exc:
         return str(exc)
     if known is None:
         return (f"{args.image} records no voxel size, and measurements are in um: "
@@ -87,8 +109,38 @@ def _drive(gen):
         _print_progress(prog)
 
 
+@contextmanager
+def _quiet_dask(verbose: bool):
+    """dask's own log lines (a lost connection's tracebacks, a nanny's notes) kept off stderr
+    while the command runs, unless -v: its faults end in one line of ours."""
+    if verbose:
+        yield
+        return
+    names = ["distributed", "tornado", "asyncio"]
+    names += [n for n in logging.root.manager.loggerDict if n.startswith(("distributed.", "tornado."))]
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def _check_partial(out) -> None:
+    """Refuse, before a cluster starts, a partial output whose run file cannot be read."""
+    partial = partial_path(out)
+    if partial.exists():
+        read_run_file(partial)
+
+
 def run_cli(args) -> int:
-    """``mitoseg segment IN -o OUT.zarr --workers N | --scheduler ADDRESS``: progress on stderr."""
+    """``mitoseg segment IN -o OUT.zarr --workers N | --scheduler ADDRESS``: progress on stderr.
+
+    Everything that can be checked is checked before a cluster starts. Ctrl+C and SIGTERM
+    cancel the cluster's tasks and keep the finished blocks (the caller says so)."""
     from ..morphology import write_csv
 
     problem = _flag_problem(args) or (_measurements_problem(args) if args.measurements else None)
@@ -98,20 +150,19 @@ def run_cli(args) -> int:
                              ortho=getattr(args, "ortho", False))
     t0 = time.perf_counter()
     try:
-        check_request(args.image, args.out, args.block_slices)  # before a cluster starts
-        with local_client(args.workers, args.scheduler) as client:
+        _, out, _ = check_request(args.image, args.out, args.block_slices)  # before a cluster starts
+        _check_partial(out)
+        with _quiet_dask(args.verbose), output_lock(out), local_client(args.workers, args.scheduler) as client:
             where = args.scheduler or f"a local cluster of {args.workers} worker(s)"
             print(f"mitoseg: segmenting on {where}", file=sys.stderr, flush=True)
-            gen = iter_segment(args.image, args.out, client=client, model=args.model, device=args.device,
+            gen = iter_segment(args.image, out, client=client, model=args.model, device=args.device,
                                options=options, block_slices=args.block_slices, instances=args.instances,
-                               pixel_ratio=args.pixel_ratio, pixel_size_nm=getattr(args, "pixel_size", None))
+                               pixel_ratio=args.pixel_ratio, pixel_size_nm=getattr(args, "pixel_size", None),
+                               timeout=args.timeout, lock=False)
             try:
                 result = _drive(gen)
-            except KeyboardInterrupt:
-                gen.close()
-                print(f"mitoseg: interrupted; the cluster's tasks are cancelled, finished blocks are kept in "
-                      f"{partial_path(args.out)}: run the same command again to resume", file=sys.stderr)
-                return 130
+            finally:
+                gen.close()  # on Ctrl+C or SIGTERM too: cancels the tasks still on the cluster
     except DistributedError as exc:
         return _fail(str(exc))
     if args.measurements:
@@ -121,6 +172,15 @@ def run_cli(args) -> int:
              "objects": result.objects, "pixel_ratio": result.pixel_ratio}
     print(json.dumps(extra) if args.json else f"wrote {args.out}")
     return 0
+
+
+def after_interrupt(args) -> str:
+    """What an interrupted or terminated cluster run left, for the command's last line."""
+    partial = partial_path(Path(args.out).absolute()) if args.out else None
+    if partial is not None and partial.is_dir():
+        return (f"the cluster's tasks are cancelled, finished blocks are kept in {partial}: run the same "
+                "command again to resume")
+    return "nothing was written"
 
 
 def _print_progress(p: Progress) -> None:

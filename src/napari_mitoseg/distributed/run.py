@@ -8,6 +8,7 @@ cluster's tasks); :func:`segment` drains it; :func:`segment_file` is
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..inference import PredictOptions
-from .blocks import segment_block
+from .blocks import sees, segment_block
 from .cluster import dashboard_link
 from .common import (
     DEFAULT_BLOCK_SLICES,
@@ -31,7 +32,8 @@ from .common import (
     plan_blocks,
 )
 from .objects import instances_on_cluster
-from .partial import finish, finished_blocks, open_partial, signature
+from .partial import finish, finished_blocks, open_partial, output_lock, signature
+from .watch import WorkerWatch, as_finished, lost_scheduler, run_faults
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +44,7 @@ def check_request(image, out, block_slices: int):
     from ..inference import check_stack
     from ..io import check_label_path, read_stack
 
-    out = Path(out)
+    out = Path(os.path.abspath(out))  # workers started in another folder write it too
     if out.suffix.lower() != ".zarr":
         raise DistributedError(f"{out}: a cluster run writes a .zarr folder (OME-Zarr); name the output *.zarr")
     check_label_path(out, inputs=(image,))
@@ -129,11 +131,22 @@ def prepare(image, out, *, model=None, device: str = "auto", options: PredictOpt
                voxel, sig, note, block_slices, instances, min_size)
 
 
-def _run_blocks(job: Job, client, partial: Path, retries: int, dash, t0: float) -> Iterator[Progress]:
+def check_reachable(client, job: Job, partial: Path) -> None:
+    """:class:`DistributedError` unless every worker connected now sees the stack, the partial
+    output and the model at the paths this process sees them."""
+    seen = client.run(sees, [job.image, str(partial), job.model_path])
+    blind = {w: missing for w, missing in seen.items() if missing}
+    if blind:
+        worker, missing = next(iter(blind.items()))
+        raise DistributedError(
+            f"{len(blind)} of {len(seen)} worker(s) (e.g. {worker}) cannot see {', '.join(missing)}: the stack, "
+            "the output folder and the model must be at the same path on every worker (a shared file system)")
+
+
+def _run_blocks(job: Job, client, partial: Path, retries: int, dash, t0: float,
+                timeout: float | None) -> Iterator[Progress]:
     """Submit the blocks the partial output lacks and yield after each one finishes; closing
     this generator cancels the blocks still queued (the finished ones stay)."""
-    from distributed import as_completed
-
     done = finished_blocks(partial)
     todo = [b for b in job.plan if b not in done]
     skipped = len(job.plan) - len(todo)
@@ -150,15 +163,21 @@ def _run_blocks(job: Job, client, partial: Path, retries: int, dash, t0: float) 
     ]
     try:
         n = skipped
-        for fut in as_completed(futures):
+        for fut in as_finished(futures, WorkerWatch(client, partial, timeout)):
+            if fut.cancelled():
+                raise lost_scheduler(client, partial)
             fut.result()  # a failed block raises here (after its retries)
             n += 1
             yield Progress("segment", n, len(job.plan), skipped, time.perf_counter() - t0, dash)
     finally:
-        pending = [f for f in futures if not f.done()]
-        if pending:
-            client.cancel(pending)
-            logger.info("cancelled %d block(s); finished blocks are kept in %s", len(pending), partial)
+        _cancel([f for f in futures if not f.done()], client, partial)
+
+
+def _cancel(pending: list, client, partial: Path) -> None:
+    if not pending or client.status != "running":  # a lost scheduler has forgotten them
+        return
+    client.cancel(pending)
+    logger.info("cancelled %d block(s); finished blocks are kept in %s", len(pending), partial)
 
 
 def _client_or_default(client):
@@ -176,7 +195,7 @@ def iter_segment(
     image: str | os.PathLike, out: str | os.PathLike, *, client=None, model=None, device: str = "auto",
     options: PredictOptions | None = None, block_slices: int = DEFAULT_BLOCK_SLICES,
     instances: bool = False, min_size: int = 64, retries: int = 2, pixel_ratio: float | None = None,
-    pixel_size_nm: float | None = None,
+    pixel_size_nm: float | None = None, timeout: float | None = None, lock: bool = True,
 ) -> Iterator[Progress]:
     """Segment the stack at ``image`` on ``client``'s cluster into the OME-Zarr ``out``.
 
@@ -187,26 +206,33 @@ def iter_segment(
     each block and stage; returns (as the generator's value) a :class:`DistributedResult`. Closing
     the generator (or Ctrl+C while it runs) cancels the tasks still on the cluster; the finished
     blocks stay in :func:`partial_path` for the next run to skip.
+
+    Faults end in one :class:`DistributedError` and keep the finished blocks: another run
+    writing ``out`` (refused up front; ``lock=False`` when the caller holds
+    :func:`~.partial.output_lock` itself), workers that cannot see the paths, no worker for
+    ``timeout`` seconds (None: wait, with a warning), the scheduler lost, a full disk.
     """
     job = prepare(image, out, model=model, device=device, options=options, block_slices=block_slices,
                   instances=instances, min_size=min_size, pixel_ratio=pixel_ratio, pixel_size_nm=pixel_size_nm)
     client = _client_or_default(client)
     partial = partial_path(job.out)
-    resumed = open_partial(partial, job.signature, job.shape, job.instances, job.voxel)
-    dash = dashboard_link(client)
-    t0 = time.perf_counter()
-    yield from _run_blocks(job, client, partial, retries, dash, t0)
-    objects = measurements = None
-    if job.instances:
-        yield Progress("instances", 0, 1, 0, time.perf_counter() - t0, dash)
-        objects, measurements = instances_on_cluster(partial, job.shape, job.block_slices, job.min_size,
-                                                     job.voxel, client)
-        yield Progress("instances", 1, 1, 0, time.perf_counter() - t0, dash)
-    yield Progress("pyramid", 0, 1, 0, time.perf_counter() - t0, dash)
-    from ..ngff import fill_pyramid
+    with output_lock(job.out) if lock else contextlib.nullcontext(), run_faults(client, partial):
+        resumed = open_partial(partial, job.signature, job.shape, job.instances, job.voxel)
+        check_reachable(client, job, partial)
+        dash = dashboard_link(client)
+        t0 = time.perf_counter()
+        yield from _run_blocks(job, client, partial, retries, dash, t0, timeout)
+        objects = measurements = None
+        if job.instances:
+            yield Progress("instances", 0, 1, 0, time.perf_counter() - t0, dash)
+            objects, measurements = instances_on_cluster(partial, job.shape, job.block_slices, job.min_size,
+                                                         job.voxel, client)
+            yield Progress("instances", 1, 1, 0, time.perf_counter() - t0, dash)
+        yield Progress("pyramid", 0, 1, 0, time.perf_counter() - t0, dash)
+        from ..ngff import fill_pyramid
 
-    fill_pyramid(partial, scheduler=client)
-    finish(partial, job.out)
+        fill_pyramid(partial, scheduler=client)
+        finish(partial, job.out)
     yield Progress("pyramid", 1, 1, 0, time.perf_counter() - t0, dash)
     return DistributedResult(job.out, job.shape, job.model_name, len(job.plan), resumed, objects, measurements,
                              job.voxel, job.options.pixel_ratio, job.note)

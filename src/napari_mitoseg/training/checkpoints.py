@@ -38,6 +38,8 @@ def check_run_dir(out: str | os.PathLike, resume: bool, inputs=()) -> Path:
     check_not_input(out, inputs, "run folder")
     for name in RUN_FILES:
         check_not_input(out / name, inputs, "run file")
+    if out.is_dir():
+        check_unlocked(out)
     held = [n for n in RUN_FILES if (out / n).exists()]
     if held and not resume:
         raise TrainingError(
@@ -64,12 +66,24 @@ def _atomic_torch_save(obj, path: Path) -> None:
         raise
 
 
+def _atomic_text(text: str, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        Path(tmp).write_text(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def write_checkpoint(out: Path, state: dict) -> None:
     """Write ``state`` (model, optimizer, scheduler, step, best, history, config, spec, hard)
     to ``out/checkpoint.pt`` and its history to ``out/history.json``."""
     with write_errors(out / CHECKPOINT):
         _atomic_torch_save(state, out / CHECKPOINT)
-        (out / HISTORY).write_text(json.dumps(state["history"], indent=1))
+        _atomic_text(json.dumps(state["history"], indent=1), out / HISTORY)
 
 
 def read_checkpoint(out: Path, cfg: TrainConfig, spec: ModelSpec, device) -> dict | None:
@@ -81,9 +95,17 @@ def read_checkpoint(out: Path, cfg: TrainConfig, spec: ModelSpec, device) -> dic
     if not ck.exists():
         logger.warning("nothing to resume in %s (no %s): starting at step 1", out, CHECKPOINT)
         return None
-    state = torch.load(ck, map_location=device, weights_only=False)
-    saved = {k: v for k, v in state["config"].items() if k != "steps"}
-    now_cfg = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "steps"}
+    try:
+        state = torch.load(ck, map_location=device, weights_only=False)
+        missing = sorted(set(_STATE_KEYS) - set(state))
+        saved = {k: v for k, v in state["config"].items() if k != "steps"}
+    except Exception as exc:  # truncated, not a checkpoint, or from another program
+        raise _damaged(ck, type(exc).__name__) from exc
+    if missing:
+        raise _damaged(ck, f"no {', '.join(missing)}")
+    # JSON's view of both: a tuple and a list of the same numbers are the same setting
+    saved = json.loads(json.dumps(saved))
+    now_cfg = json.loads(json.dumps({k: v for k, v in dataclasses.asdict(cfg).items() if k != "steps"}))
     # specs compare as specs: a field added since the checkpoint takes its default
     if saved != now_cfg or ModelSpec.from_dict(state["spec"]) != spec:
         raise TrainingError(
@@ -98,6 +120,15 @@ def read_checkpoint(out: Path, cfg: TrainConfig, spec: ModelSpec, device) -> dic
     return state
 
 
+#: what a checkpoint holds
+_STATE_KEYS = ("model", "optimizer", "scheduler", "step", "best", "history", "config", "spec")
+
+
+def _damaged(ck: Path, why: str) -> TrainingError:
+    return TrainingError(f"{ck} is damaged and cannot be resumed ({why}); to start over, run without "
+                         f"--resume into a fresh --out folder (or delete {ck.parent})")
+
+
 def save_run_model(out: Path, kind: str, net, spec: ModelSpec, info: dict, cfg: TrainConfig,
                    history: list[dict]) -> None:
     """Save ``net`` as ``out/<kind>`` (``best`` or ``last``), its card recording ``info``, the
@@ -105,3 +136,73 @@ def save_run_model(out: Path, kind: str, net, spec: ModelSpec, info: dict, cfg: 
     elapsed = sum(h.get("seconds", 0) for h in history if "seconds" in h)
     save_model(net, spec, out / kind,
                info={**info, "train_config": dataclasses.asdict(cfg), "train_seconds": elapsed})
+
+
+#: the lock a running training holds on its folder: the process id and host
+LOCK = ".training.lock"
+
+
+def _lock_holder(out: Path) -> str | None:
+    """Who holds ``out``'s lock ("pid N on HOST"), or None when nobody does: no lock, or the
+    lock of a process of this host that no longer runs (a stale lock, removed)."""
+    import socket
+
+    lock = out / LOCK
+    try:
+        pid_s, _, host = lock.read_text().partition(" ")
+        pid = int(pid_s)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return f"an unknown process (remove {lock} if no training runs there)"
+    if host.strip() == socket.gethostname() and not _alive(pid):
+        logger.info("removing the stale lock %s of process %d, which no longer runs", lock, pid)
+        lock.unlink(missing_ok=True)
+        return None
+    return f"process {pid} on {host.strip() or 'this machine'}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def check_unlocked(out: Path) -> None:
+    """:class:`TrainingError` when another training is writing into ``out``."""
+    holder = _lock_holder(out)
+    if holder is not None:
+        raise TrainingError(f"another training ({holder}) is writing into {out}; wait for it to end "
+                            "or choose another --out folder")
+
+
+def lock_run_dir(out: Path) -> Path:
+    """Take ``out``'s lock (created atomically: of two trainings started into one folder at
+    once, the second is refused); returns the lock file, to remove with :func:`unlock`."""
+    import socket
+
+    out.mkdir(parents=True, exist_ok=True)
+    lock = out / LOCK
+    for _ in range(2):  # a second try after removing a stale lock
+        check_unlocked(out)
+        try:
+            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            continue
+        try:
+            with write_errors(lock), os.fdopen(fd, "w") as f:
+                f.write(f"{os.getpid()} {socket.gethostname()}")
+        except BaseException:
+            lock.unlink(missing_ok=True)
+            raise
+        return lock
+    check_unlocked(out)
+    raise TrainingError(f"cannot lock {out} for training; remove {lock} if no training runs there")
+
+
+def unlock(lock: Path) -> None:
+    lock.unlink(missing_ok=True)

@@ -4,6 +4,8 @@ fine-tuning defaults, the progress report and the error for unusable data or set
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from dataclasses import dataclass, field
 
 from ..model import ModelSpec
@@ -60,12 +62,59 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.augment not in AUGMENTS:
             raise TrainingError(f"augment must be one of {', '.join(AUGMENTS)}, got {self.augment!r}")
-        if not (self.hard_fraction >= 0 and self.foreground_fraction >= 0
-                and self.hard_fraction + self.foreground_fraction <= 1 and self.hard_every >= 1):
-            raise TrainingError("hard_fraction and foreground_fraction must be >= 0 with a sum "
-                                "<= 1, and hard_every >= 1")
-        if self.steps < 1 or self.batch_size < 1 or self.tile % 32:
-            raise TrainingError("steps and batch_size must be >= 1 and tile a multiple of 32")
+        _check_int("steps", self.steps, 1)
+        _check_int("batch_size", self.batch_size, 1)
+        _check_int("tile", self.tile, 32)
+        if self.tile % 32:
+            raise TrainingError(f"tile must be a multiple of 32 (32, 64, ... 256), got {self.tile}")
+        for name in ("warmup", "val_every", "checkpoint_every"):
+            _check_int(name, getattr(self, name), 0)
+        _check_int("hard_every", self.hard_every, 1)
+        _check_int("seed", self.seed, 0, MAX_SEED)
+        _check_number("lr", self.lr, 0.0, MAX_LR, low_open=True)
+        _check_number("weight_decay", self.weight_decay, 0.0, 1.0)
+        _check_number("foreground_fraction", self.foreground_fraction, 0.0, 1.0)
+        _check_number("hard_fraction", self.hard_fraction, 0.0, 1.0)
+        if self.hard_fraction + self.foreground_fraction > 1:
+            raise TrainingError("hard_fraction and foreground_fraction must add up to at most 1, got "
+                                f"{self.hard_fraction} + {self.foreground_fraction}")
+        sr = self.scale_range
+        if (not isinstance(sr, (list, tuple)) or len(sr) != 2
+                or not all(_is_number(v) and math.isfinite(v) and v > 0 for v in sr) or sr[0] > sr[1]):
+            raise TrainingError(f"scale_range must be two numbers LOW, HIGH with 0 < LOW <= HIGH "
+                                f"(e.g. [0.5, 2.0]), got {sr!r}")
+
+
+#: the largest learning rate taken: AdamW steps of this size already destroy a network
+MAX_LR = 1.0
+#: the largest seed: (seed, step) seeds torch's generator, which takes 64-bit numbers
+MAX_SEED = 2**32 - 1
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def _check_int(name: str, v, low: int, high: int | None = None) -> None:
+    if not (isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= low
+            and (high is None or v <= high)):
+        bound = f">= {low}" if high is None else f"from {low} to {high}"
+        raise TrainingError(f"{name} must be a whole number {bound}, got {v!r}")
+
+
+def _check_number(name: str, v, low: float, high: float, low_open: bool = False) -> None:
+    if not (_is_number(v) and math.isfinite(v) and (v > low if low_open else v >= low) and v <= high):
+        raise TrainingError(f"{name} must be a number {'above' if low_open else 'from'} {low:g} "
+                            f"{'and at most' if low_open else 'to'} {high:g}, got {v!r}")
+
+
+def check_val_fraction(fraction) -> float:
+    """``fraction`` of the slices to hold out for validation, checked: a number from 0 (none)
+    up to, not including, 1."""
+    if not (_is_number(fraction) and 0 <= fraction < 1):
+        raise TrainingError(f"the validation fraction must be a number from 0 (none) up to, not "
+                            f"including, 1 (e.g. 0.2), got {fraction!r}")
+    return float(fraction)
 
 
 #: Defaults for fine-tuning from a few corrected slices on a CPU. Chosen on the validation

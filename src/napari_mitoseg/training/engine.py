@@ -21,18 +21,31 @@ import numpy as np
 
 from ..inference import for_stack, predict_slice
 from ..metrics import Counts, counts, scores_from_counts
-from ..model import LoadedModel, ModelSpec, build_model, load_model, resolve_device, spare_cpu_threads
-from .checkpoints import CHECKPOINT, check_run_dir, read_checkpoint, save_run_model, write_checkpoint
+from ..model import LoadedModel, ModelSpec, build_model, load_model, resolve_device
+from .checkpoints import (
+    CHECKPOINT,
+    check_run_dir,
+    lock_run_dir,
+    read_checkpoint,
+    save_run_model,
+    unlock,
+    write_checkpoint,
+)
 from .config import AUTO, IGNORE, TrainConfig, TrainingError, TrainProgress
 from .loss import DiceBCELoss
 from .sampling import CropSampler
-from .volumes import Volume, _as_slices, _check_has_mitochondria, _read_masks, prepare, volume_weights
+from .threads import ThreadChoice, check_thread_setting
+from .volumes import (
+    Volume,
+    _as_slices,
+    _check_has_mitochondria,
+    _read_masks,
+    check_not_a_mask,
+    prepare,
+    volume_weights,
+)
 
 logger = logging.getLogger(__name__)
-
-#: steps between two looks at the machine's load (see :func:`_follow_load`)
-THREAD_CHECK_EVERY = 25
-
 
 def _lr_lambda(cfg: TrainConfig):
     def f(step: int) -> float:
@@ -79,9 +92,19 @@ def _prepare_volumes(volumes: Sequence[Volume]) -> _Data:
         data.ratios += [float(vol.pixel_ratio)] * len(v_ims)
         data.per_volume.append(len(v_ims))
         if vol.val_images is not None:  # with its masks: _read_masks checked that
-            data.vals.append((name, vol.pixel_ratio, _as_slices(vol.val_images, f"{name} validation image"),
-                              _as_slices(vol.val_masks, f"{name} validation mask")))
+            data.vals.append((name, vol.pixel_ratio, *_validation_pair(vol, name)))
     return data
+
+
+def _validation_pair(vol: Volume, name: str) -> tuple[list, list]:
+    """A volume's validation slices (images, masks), checked to match before any step runs."""
+    v_ims = _as_slices(vol.val_images, f"{name} validation image")
+    v_mks = _as_slices(vol.val_masks, f"{name} validation mask")
+    if len(v_ims) != len(v_mks) or any(i.shape != m.shape for i, m in zip(v_ims, v_mks, strict=False)):
+        raise TrainingError(f"{name}: the validation image and mask differ in shape: "
+                            f"{np.shape(vol.val_images)} vs {np.shape(vol.val_masks)}")
+    check_not_a_mask(vol.val_images, f"{name}: the validation image")
+    return v_ims, v_mks
 
 
 def _start_network(base, spec: ModelSpec | None, cfg: TrainConfig):
@@ -117,6 +140,8 @@ class _Run:
     step: int = 0
     best: float = -1.0
     history: list = field(default_factory=list)
+    #: the step of the last checkpoint written or resumed from
+    checkpointed: int | None = None
 
     @property
     def model(self) -> LoadedModel:
@@ -133,6 +158,7 @@ class _Run:
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
         self.step, self.best, self.history = state["step"], state["best"], state["history"]
+        self.checkpointed = self.step
         self.sampler.hard = [np.asarray(h, np.int64) for h in state.get("hard", self.sampler.hard)]
 
 
@@ -157,7 +183,34 @@ def _set_up(net, spec: ModelSpec, cfg: TrainConfig, sampler: CropSampler, dev, o
     return run
 
 
+def _check_finite(run: _Run) -> None:
+    """:class:`TrainingError` when a weight of the network is NaN or infinite: such a model
+    segments nothing, and is never saved."""
+    bad = [k for k, v in run.net.state_dict().items() if v.is_floating_point() and not _finite(v)]
+    if bad:
+        raise _diverged(run, f"weights became NaN or infinite at step {run.step} ({bad[0]})")
+
+
+def _finite(v) -> bool:
+    """Whether every value of tensor ``v`` is finite; on the CPU through numpy, which needs no
+    torch threads (on a busy machine torch's threads made this check take seconds)."""
+    import torch
+
+    v = v.detach()
+    if v.device.type != "cpu":
+        return bool(torch.isfinite(v).all())
+    return bool(np.isfinite((v.float() if v.dtype == torch.bfloat16 else v).numpy()).all())
+
+
+def _diverged(run: _Run, what: str) -> TrainingError:
+    kept = "" if run.checkpointed is None else \
+        f"; the last good checkpoint (step {run.checkpointed}) stays in {run.out}"
+    return TrainingError(f"training diverged: {what} (learning rate {run.cfg.lr:g}: try a smaller "
+                         f"one); nothing from this step on was saved{kept}")
+
+
 def _snapshot(run: _Run, kind: str) -> None:
+    _check_finite(run)
     if run.out is not None:
         info = {**run.meta, "step": run.step, "steps": run.cfg.steps, "best_val_iou": run.best}
         save_run_model(run.out, kind, run.net, run.spec, info, run.cfg, run.history)
@@ -165,18 +218,18 @@ def _snapshot(run: _Run, kind: str) -> None:
 
 def _checkpoint(run: _Run) -> None:
     if run.out is not None:
+        _check_finite(run)
         write_checkpoint(run.out, run.state())
+        run.checkpointed = run.step
 
 
-def _follow_load(run: _Run, threads: int | None) -> int | None:
-    """Every :data:`THREAD_CHECK_EVERY` steps on a CPU, set torch's threads to the cores the
-    machine's other work leaves free (see :func:`~napari_mitoseg.model.spare_cpu_threads`)."""
+def _follow_load(run: _Run, choice: ThreadChoice) -> None:
+    """Torch's threads as the machine's other work leaves cores free (see :mod:`.threads`)."""
     import torch
 
-    if threads is not None and run.step % THREAD_CHECK_EVERY == 0:
-        threads = spare_cpu_threads(own=torch.get_num_threads()) or threads
+    threads = choice.update(run.step, torch.get_num_threads())
+    if threads is not None and threads != torch.get_num_threads():
         torch.set_num_threads(threads)
-    return threads
 
 
 def _refresh_hard(run: _Run) -> None:
@@ -264,6 +317,7 @@ def iter_train_volumes(
     if not volumes:
         raise TrainingError("no training volume given")
     cfg = config or TrainConfig()
+    check_thread_setting()
     if out_dir is not None:
         check_run_dir(out_dir, resume)
     volumes = [_read_masks(vol, k, ignore_value) for k, vol in enumerate(volumes)]
@@ -275,14 +329,26 @@ def iter_train_volumes(
     sampler = CropSampler(data.images, data.masks, cfg, spec.input_scale, spec.invert, ratios=data.ratios,
                           weights=None if len(volumes) == 1 else volume_weights(data.masks, data.per_volume))
     out = Path(out_dir) if out_dir is not None else None
-    run = _set_up(net, spec, cfg, sampler, dev, out, resume, {**(info or {}), **base_info})
-    yield from _loop(run, data.vals, t_start, max_seconds)
-    run.net.eval()
-    if run.step == cfg.steps:
-        _snapshot(run, "last")
-        if not data.vals:
-            _snapshot(run, "best")
+    lock = lock_run_dir(out) if out is not None else None
+    try:
+        run = _set_up(net, spec, cfg, sampler, dev, out, resume, {**(info or {}), **base_info})
+        yield from _loop(run, data.vals, t_start, max_seconds)
+        _finish(run, have_val=bool(data.vals))
+    finally:
+        if lock is not None:
+            unlock(lock)
     return run.model
+
+
+def _finish(run: _Run, have_val: bool) -> None:
+    """The network in eval mode, checked finite; at the last step saved as ``last`` (and as
+    ``best`` when there was no validation)."""
+    run.net.eval()
+    _check_finite(run)
+    if run.step == run.cfg.steps:
+        _snapshot(run, "last")
+        if not have_val:
+            _snapshot(run, "best")
 
 
 def _loop(run: _Run, vals: list, t_start: float, max_seconds: float | None) -> Iterator[TrainProgress]:
@@ -291,13 +357,16 @@ def _loop(run: _Run, vals: list, t_start: float, max_seconds: float | None) -> I
 
     cfg, loss_fn = run.cfg, DiceBCELoss()
     threads_before = torch.get_num_threads()
-    threads = spare_cpu_threads() if run.dev.type == "cpu" else None
+    choice = ThreadChoice()
+    choice.start(run.dev.type == "cpu")
     try:
         t_chunk = time.perf_counter()
         while run.step < cfg.steps:
             _refresh_hard(run)
-            threads = _follow_load(run, threads)
+            _follow_load(run, choice)
             loss = _one_step(run, loss_fn)
+            if not math.isfinite(loss):
+                raise _diverged(run, f"the loss became {loss} at step {run.step}")
             now = time.perf_counter()
             rec = {"step": run.step, "loss": loss, "seconds": now - t_chunk, "threads": torch.get_num_threads()}
             t_chunk = now

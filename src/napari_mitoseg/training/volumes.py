@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 
 from ..inference import check_stack, normalise01
-from .config import AUTO, IGNORE, NOTE, TrainingError
+from ..metrics import label_sample, looks_like_labels
+from .config import AUTO, IGNORE, NOTE, TrainingError, _is_number
 
 logger = logging.getLogger(__name__)
 
@@ -51,16 +52,48 @@ def training_masks(masks, ignore_value: int | str | None = AUTO) -> np.ndarray:
                         "(--ignore-value 255) and label mitochondria 1", extra=NOTE)
     elif ignore_value is not None and not isinstance(ignore_value, (int, np.integer)):
         raise TrainingError(f"ignore value must be an integer, None or {AUTO!r}, got {ignore_value!r}")
+    _check_mask_values(m, ignore_value)
     out = (m > 0).astype(np.uint8)
     if ignore is not None:
         out[m == ignore] = IGNORE
     return out
 
 
+#: masks of fewer pixels are too small to tell from a grey image by their neighbours
+GREY_CHECK_PIXELS = 1024
+
+
+def _check_mask_values(m: np.ndarray, ignore_value) -> None:
+    """:class:`TrainingError` for a mask that cannot be one: every pixel 255 (read by ``"auto"``
+    it would train everything as mitochondrion; it is unlabelled or a whole slice of
+    mitochondrion, never a mask to learn from), or a grey image given as the mask."""
+    if m.size and ignore_value == AUTO and m.dtype != bool and (m == IGNORE).all():
+        raise TrainingError(f"every pixel of the mask is {IGNORE} (the unlabelled value): nothing to "
+                            "learn from; check the mask (0 background, > 0 mitochondrion)")
+    big = m.ndim in (2, 3) and m.size >= GREY_CHECK_PIXELS
+    if big and not looks_like_labels(label_sample(m).astype(np.int64)):
+        raise TrainingError("the mask looks like a grey image (its neighbouring pixels mostly differ), "
+                            "not a mask: give the segmentation (0 background, > 0 mitochondrion) as the "
+                            "mask and the EM stack as the image")
+
+
+def check_not_a_mask(image, name: str = "the training image") -> None:
+    """:class:`TrainingError` when an image to learn from is itself a mask or label volume (the
+    ground truth chosen as the image): integer, at least two values, label-like."""
+    a = np.asarray(image)
+    if a.dtype.kind not in "iu" or a.ndim not in (2, 3):
+        return
+    sample = label_sample(a)
+    if len(np.unique(sample)) >= 2 and looks_like_labels(sample):
+        raise TrainingError(f"{name} looks like a mask or label volume, not an EM stack: give the EM "
+                            "stack as the image and the segmentation as the mask")
+
+
 def prepare(images, masks) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Validate and normalise training pairs: ([0,1] float32 slices, uint8 masks 0/1/255)."""
     ims = _as_slices(images, "image")
     mks = _as_slices(masks, "mask")
+    check_not_a_mask(images)
     if len(ims) != len(mks) or any(i.shape != m.shape for i, m in zip(ims, mks, strict=False)):
         raise TrainingError(
             f"image and mask differ in shape: {np.shape(images)} vs {np.shape(masks)}"
@@ -90,6 +123,8 @@ def _check_has_mitochondria(masks: Sequence[np.ndarray], from_scratch: bool) -> 
 
 def split_validation(images, masks, fraction: float):
     """Hold out the last contiguous block of ``fraction`` of the slices for validation."""
+    if not (_is_number(fraction) and 0 <= fraction <= 1):
+        raise TrainingError(f"val fraction must be a number from 0 to 1, got {fraction!r}")
     ims, mks = _as_slices(images, "image"), _as_slices(masks, "mask")
     n_val = int(round(len(ims) * fraction)) if fraction > 0 else 0
     if n_val == 0:
