@@ -1,5 +1,6 @@
 """Ortho-plane inference on the Lucchi++ testing stack: IoU of the XY, XZ and YZ passes and of
-their mean (what ``mitoseg segment --ortho`` computes), with and without z-smoothing.
+their mean (what ``mitoseg segment --ortho`` computes), with and without z-smoothing, and how
+well the per-slice uncertainty ranks the slices' errors with and without ortho.
 
 The three passes are run one by one with :func:`napari_mitoseg.inference.predict_planes` (the
 function :func:`napari_mitoseg.ortho.window_probs` averages; the stack fits one window) and kept
@@ -15,12 +16,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+from scipy.stats import spearmanr
 
 from napari_mitoseg.api import get_model
 from napari_mitoseg.inference import binarise, predict_planes
 from napari_mitoseg.io import read_stack
 from napari_mitoseg.metrics import score
 from napari_mitoseg.neighbours import neighbour_pairs, smooth_z
+from napari_mitoseg.uncertainty import slice_uncertainty
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "lucchipp"
 
@@ -57,11 +60,18 @@ def main() -> None:
     print(f"Lucchi++ testing slices 0-{args.slices - 1}; {int((~links).sum())} pair(s) not neighbours")
     print("| probabilities | IoU, no z-smoothing | IoU, z-smoothed (default) | pass seconds |")
     print("|---|---:|---:|---:|")
+    smoothed = {}
     for name, p in probs.items():
         plain = score(p > thr, gt).iou
-        smooth = np.stack([binarise(s, thr) for s in smooth_z(iter(p), links)])
+        smoothed[name] = np.stack(list(smooth_z(iter(p), links)))
+        smooth = np.stack([binarise(s, thr) for s in smoothed[name]])
         sec = sum(seconds.values()) if name == "mean" else seconds[name]
         print(f"| {name} | {plain:.3f} | {score(smooth, gt).iou:.3f} | {sec:.0f} |")
+    print("\nSpearman of per-slice uncertainty with per-slice error (1 - IoU), z-smoothed:")
+    for name in ("XY", "mean"):
+        p = smoothed[name]
+        err = [1 - score(p[i] > thr, gt[i]).iou for i in range(len(p))]
+        print(f"  {name}: {spearmanr([slice_uncertainty(s, thr) for s in p], err).statistic:.2f}")
 
 
 if __name__ == "__main__":
