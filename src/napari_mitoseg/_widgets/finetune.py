@@ -141,17 +141,22 @@ class FinetuneWidget(CorrectionFinder, SegmentAgain, QWidget):
         form.addRow(self.estimate)
 
     def _build_run(self, layout) -> None:
-        """Fine-tune / Cancel, progress, the loss plot, the result and "Segment again"."""
+        """Fine-tune / Cancel / Segment again, progress, the loss plot and the result."""
         self.run_button = QPushButton("Fine-tune")
         self.run_button.clicked.connect(self.start)
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
         self.cancel_button.clicked.connect(self.cancel)
+        self.segment_again_button = QPushButton("Segment again")
+        self.segment_again_button.setToolTip("Re-segment the image with the new model, into the layer it "
+                                             "was trained on; the corrected slices are kept exactly")
+        self.segment_again_button.setEnabled(False)
+        self.segment_again_button.clicked.connect(self.segment_again)
         run_row = QHBoxLayout()
-        run_row.addWidget(self.run_button)
-        run_row.addWidget(self.cancel_button)
+        for button in (self.run_button, self.cancel_button, self.segment_again_button):
+            run_row.addWidget(button)
         self.progress = RunProgress("step")
-        self.plot = PlotCanvas(self, height_px=100)
+        self.plot = PlotCanvas(self, height_px=90)
         self.plot.axes.set_xlabel("step")
         self.plot.axes.set_ylabel("loss")
         (self._loss_line,) = self.plot.axes.plot([], [], color="#3b8bd0", lw=1.2)
@@ -159,13 +164,9 @@ class FinetuneWidget(CorrectionFinder, SegmentAgain, QWidget):
         self.result_label.setWordWrap(True)
         self.result_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.result_label.setVisible(False)  # until there is a result
-        self.segment_again_button = QPushButton("Segment again with the new model")
-        self.segment_again_button.setToolTip("Re-segment the image; the corrected slices are kept exactly")
-        self.segment_again_button.setEnabled(False)
-        self.segment_again_button.clicked.connect(self.segment_again)
         self.message = message_label()
         layout.addLayout(run_row)
-        for w in (self.progress, self.plot, self.result_label, self.segment_again_button, self.message):
+        for w in (self.progress, self.plot, self.result_label, self.message):
             layout.addWidget(w)
 
     def _connect(self) -> None:
