@@ -1,13 +1,16 @@
 """Make the user guide's screenshots from the real widgets: ``xvfb-run -a python docs/make_screenshots.py``.
 
-Walks through the guide on the synthetic sample (segment, evaluate, paint, fine-tune, segment
-again, 3D) in a 1,280 x 800 window with three widgets docked at a time, as on a laptop, and saves
-PNGs under ``docs/images``. It uses the shipped model when it is
-installed; otherwise it trains a tiny stand-in model on the synthetic sample for a minute first
-(say so in the guide; re-run this script once the shipped model is there). Fine-tuned models go
-to a temporary folder, never to your model folder.
+Walks through the guide (segment, evaluate, paint, fine-tune, segment again, 3D) in a
+1,280 x 800 window with the four steps as tabs of one dock, as on a laptop, and saves PNGs
+under ``docs/images``. On a real stack and its ground truth (``--image``, ``--truth``, a few
+slices of it with ``--slices``, its voxel size with ``--voxel``) or, without them, on the
+synthetic sample. It uses the shipped model when it is installed; otherwise it trains a tiny
+stand-in model on a synthetic volume for a minute first (say so in the guide; re-run this
+script once the shipped model is there). Fine-tuned models go to a temporary folder, never to
+your model folder.
 
-Options: ``--out DIR`` (default docs/images), ``--model NAME_OR_FOLDER``, ``--width PX``.
+Options: ``--out DIR`` (default docs/images), ``--model NAME_OR_FOLDER``, ``--width PX``,
+``--image TIF --truth TIF --slices A:B --voxel Z Y X``.
 """
 
 from __future__ import annotations
@@ -99,11 +102,41 @@ def stand_in_model(root: Path) -> str:
     return name
 
 
+def open_stack(viewer, plugin: str, args):
+    """(image layer, ground-truth layer): the slices ``args.slices`` of ``args.image`` and
+    ``args.truth`` at their voxel size, or the synthetic sample (slices 4x thicker than its
+    pixels)."""
+    import numpy as np
+
+    if not args.image:
+        viewer.open_sample(plugin, "em_sample")
+        image, truth = viewer.layers["EM sample"], viewer.layers["EM sample ground truth"]
+        for layer in (image, truth):
+            layer.scale = (4.0, 1.0, 1.0)
+        return image, truth
+    from napari_mitoseg.io import read_stack, read_voxel_size
+
+    a, b = (int(v) for v in args.slices.split(":"))
+    voxel = tuple(args.voxel) if args.voxel else read_voxel_size(args.image)
+    meta = {"scale": voxel, "units": ("nm",) * 3, "metadata": {"voxel_size_nm": voxel}} if voxel else {}
+    name = Path(args.image).stem
+    image = viewer.add_image(np.asarray(read_stack(args.image)[a:b]), name=name, **meta)
+    truth = viewer.add_labels((np.asarray(read_stack(args.truth)[a:b]) > 0).astype(np.uint8),
+                              name=f"{name} ground truth", opacity=0.8, **meta)
+    truth.contour = 2
+    return image, truth
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=str(Path(__file__).parent / "images"))
     p.add_argument("--model", default=None, help="default: the shipped model, else a tiny stand-in")
     p.add_argument("--width", type=int, default=1280)
+    p.add_argument("--image", help="an EM stack (TIFF); default: the synthetic sample")
+    p.add_argument("--truth", help="its ground truth (TIFF)")
+    p.add_argument("--slices", default="0:20", help="the slices shown, A:B (default 0:20)")
+    p.add_argument("--voxel", type=float, nargs=3, default=None, metavar=("Z", "Y", "X"),
+                   help="the stack's voxel size in nm when its file records none")
     args = p.parse_args(argv)
     out = Path(args.out)
 
@@ -112,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import napari
     import numpy as np
+    from qtpy.QtCore import Qt
 
     from napari_mitoseg.model import DEFAULT_MODEL, list_models
     from napari_mitoseg.training import FINETUNE
@@ -128,37 +162,36 @@ def main(argv: list[str] | None = None) -> int:
         settle()
         save_png(viewer.screenshot(canvas_only=False, flash=False), out / name, args.width)
 
-    # 1. open the sample and segment it
-    viewer.open_sample(plugin, "em_sample")
-    image, truth = viewer.layers["EM sample"], viewer.layers["EM sample ground truth"]
+    # 1. open the stack and segment it
+    image, truth = open_stack(viewer, plugin, args)
     truth.visible = False
-    for layer in (image, truth):  # EM-like anisotropy: slices 4x thicker than the pixels
-        layer.scale = (4.0, 1.0, 1.0)
-    _, seg = viewer.window.add_plugin_dock_widget(plugin, "Segment mitochondria")
-    ev_dock, ev = viewer.window.add_plugin_dock_widget(plugin, "Evaluate segmentation")
-    _, ft = viewer.window.add_plugin_dock_widget(plugin, "Fine-tune model")
+    dock, steps = viewer.window.add_plugin_dock_widget(plugin, "Mitochondria: all steps")
+    seg, ev, ft, v3 = steps.segment, steps.evaluate, steps.finetune, steps.view3d
     window = seg.window()
     window.resize(1280, 800)
+    settle()
+    window.resizeDocks([dock], [460], Qt.Orientation.Horizontal)  # the canvas gets the rest
     settle()
     print(f"  window {window.width()} x {window.height()}")
     if not seg.model_choice.select(Path(model).name):
         print(f"model {model!r} not found", file=sys.stderr)
         return 1
-    viewer.dims.set_current_step(0, 8)
+    viewer.dims.set_current_step(0, image.data.shape[0] // 2)
     seg.run_button.click()
     wait_for(seg.run_finished)
-    result = viewer.layers["EM sample mitochondria"]
+    result = viewer.layers[f"{image.name} mitochondria"]
     shot("01-segment.png")
     save_png(grab(seg.scroll_area.widget()), out / "segment-widget.png", 420)
 
     # 2. evaluate against the ground truth
-    ev.scroll_area.ensureWidgetVisible(ev.run_button)
+    steps.setCurrentWidget(ev)
+    truth.visible = True
     ev.run_button.click()
     wait_for(ev.evaluated)
     worst = int(np.argmin([s.iou for s in ev.report.per_slice]))
     ev.go_to_slice(worst)
     shot("02-evaluate.png")
-    viewer.layers.remove("EM sample mitochondria errors")
+    viewer.layers.remove(f"{image.name} mitochondria errors")
 
     # 3. paint a correction on the worst slice: here, copy the truth into the result
     z = worst
@@ -170,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     result.mode = "pan_zoom"
 
     # 4. fine-tune on the corrected slice
+    steps.setCurrentWidget(ft)
     ft.find_button.click()
     ft.steps.setValue(20)  # a short run: the screenshot shows the widget, not a good model
     ft.base_config = dataclasses.replace(FINETUNE, batch_size=2, tile=128)
@@ -184,28 +218,20 @@ def main(argv: list[str] | None = None) -> int:
     # 5. segment again: the corrected slice is kept
     ft.segment_again_button.click()
     wait_for(ft.resegmented)
+    steps.setCurrentWidget(ev)
     ev.run_button.click()  # the score again, now with the uncorrected slices apart
     wait_for(ev.evaluated)
-    viewer.layers.remove("EM sample mitochondria errors")
+    viewer.layers.remove(f"{image.name} mitochondria errors")
     shot("05-segment-again.png")
 
-    # 6. one object per mitochondrion, in 3D, with measurements (in place of Evaluate)
-    viewer.window.remove_dock_widget(ev_dock)
-    image.visible = True
-    dock, v3 = viewer.window.add_plugin_dock_widget(plugin, "Mitochondria 3D & measurements")
-    window.resize(1280, 800)
-    v3.labels_choice.set_layer("EM sample mitochondria")
-    v3.voxel.set_value((30.0, 8.0, 8.0))  # typed: the sample's files carry no voxel size
+    # 6. one object per mitochondrion, in 3D, with measurements
+    steps.setCurrentWidget(v3)
+    v3.labels_choice.set_layer(f"{image.name} mitochondria")
+    if not v3.voxel.known():
+        v3.voxel.set_value((30.0, 8.0, 8.0))  # typed: the synthetic sample carries no voxel size
     v3.run_button.click()
-    wait_for(v3.measured)
-    image.visible = False
-    for layer in viewer.layers:  # the 3D view frames the objects, not the layers left at scale 1
-        layer.visible = layer is viewer.layers.selection.active
-    settle()
-    viewer.reset_view()
-    settle()
-    camera = getattr(viewer, "scene", viewer).camera  # napari >= 0.9 moved it to viewer.scene
-    camera.angles = (0, -40, 60)
+    wait_for(v3.measured)  # the widget turns to an oblique 3D view of the objects alone
+    settle(1000)
     shot("06-3d.png")
     print(f"screenshots in {out} (model: {Path(model).name})")
     viewer.close()

@@ -376,3 +376,23 @@ def test_a_meshes_folder_holding_other_files_is_refused(tmp_path, capsys):
                  "--meshes", str(inside.parent)]) == 2
     assert "holds the input" in capsys.readouterr().err
     assert inside.exists() and not (tmp_path / "m.csv").exists()
+
+
+@pytest.mark.parametrize("slices", [1, 2])
+@pytest.mark.parametrize("radius_nm", [40, 80, 300])
+def test_thin_discs_mesh_holds_the_voxel_volume(slices, radius_nm):
+    """Objects one or two sections thin (a third of the objects of an SBEM stack at 30 nm): the
+    mesh encloses the voxel volume, so surface and sphericity are not inflated."""
+    from napari_mitoseg.morphology import mesh_area_volume
+
+    vox = (30.0, 9.3, 9.3)
+    r = int(radius_nm / vox[1]) + 3
+    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
+    disc = (yy * vox[1]) ** 2 + (xx * vox[2]) ** 2 <= radius_nm**2
+    mask = np.repeat(disc[None], slices, axis=0)
+    verts, faces, area = object_mesh(mask, vox)
+    _, volume = mesh_area_volume(verts, faces)
+    voxel_volume = mask.sum() * np.prod(vox) / 1e9
+    assert volume == pytest.approx(voxel_volume, rel=0.03)
+    cylinder = (2 * math.pi * radius_nm**2 + 2 * math.pi * radius_nm * slices * vox[0]) / 1e6
+    assert area <= 1.1 * cylinder  # a rounded disc, never a swollen one

@@ -19,6 +19,7 @@ WIDGETS = {
     "Evaluate segmentation": "EvaluateWidget",
     "Fine-tune model": "FinetuneWidget",
     "Mitochondria 3D & measurements": "View3DWidget",
+    "Mitochondria: all steps": "StepsWidget",
 }
 
 

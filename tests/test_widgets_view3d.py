@@ -157,7 +157,8 @@ def test_delete_merge_split_each_one_undo_step_and_the_table_follows(viewer, qtb
     w.table.select_ids([big])
     w._on_rows_selected([big])
     assert w.split_button.isEnabled()
-    w.split_button.click()
+    with qtbot.waitSignal(w.table_updated, timeout=30_000):  # edited in a worker
+        w.split_button.click()
     table = _table(w)
     assert sorted(table) == [1, 2, 3]
     new = 3
@@ -173,7 +174,8 @@ def test_delete_merge_split_each_one_undo_step_and_the_table_follows(viewer, qtb
     w.table.select_ids([1, 2])
     w._on_rows_selected([1, 2])
     assert w.merge_button.isEnabled() and not w.split_button.isEnabled()
-    w.merge_button.click()
+    with qtbot.waitSignal(w.table_updated, timeout=30_000):  # edited in a worker
+        w.merge_button.click()
     table = _table(w)
     assert sorted(table) == [1]
     assert int(table[1]["voxels"]) == int(np.count_nonzero(original))
@@ -185,7 +187,8 @@ def test_delete_merge_split_each_one_undo_step_and_the_table_follows(viewer, qtb
     # delete the small one
     w.table.select_ids([small])
     w._on_rows_selected([small])
-    w.delete_button.click()
+    with qtbot.waitSignal(w.table_updated, timeout=30_000):  # edited in a worker
+        w.delete_button.click()
     assert sorted(_table(w)) == [big]
     assert not np.any(layer.data == small)
     assert "1 objects" in w.summary.text()

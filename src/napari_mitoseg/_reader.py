@@ -4,7 +4,8 @@
 TIFFs over :data:`io.LAZY_BYTES` and every zarr open lazily (dask), so napari reads only the
 slices it shows. Mask-like files (integer, binary or piecewise-constant labels, see
 :func:`metrics.looks_like_labels`) open as a Labels layer; the voxel size the file records
-(:func:`io.read_voxel_size`, nm) becomes the layer's ``scale`` and ``metadata["voxel_size_nm"]``.
+(:func:`io.read_voxel_size`, nm) becomes the layer's ``scale`` (``units`` nm) and
+``metadata["voxel_size_nm"]``.
 An OME-Zarr label pyramid (as ``mitoseg segment --workers`` writes) opens as a multiscale
 Labels layer.
 """
@@ -80,6 +81,7 @@ def read(path: str | os.PathLike | list) -> list[tuple]:
     voxel = read_voxel_size(p)
     if voxel is not None:
         meta["scale"] = voxel
+        meta["units"] = ("nm",) * len(voxel)  # so that napari's scale bar reads nm / um
         meta["metadata"] = {"voxel_size_nm": voxel}
     if p.suffix.lower() == ".zarr":
         from .ngff import open_label_pyramid

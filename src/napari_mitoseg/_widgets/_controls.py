@@ -6,6 +6,7 @@ No numerics here; only mapping between napari layers / the model registry and Qt
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 
 from qtpy.QtCore import QSize, Qt, QTimer, Signal
@@ -68,10 +69,10 @@ class LayerChoice(QComboBox):
 
     def __init__(
         self, viewer, types: type | tuple[type, ...], prefer: Callable[[object], bool] | None = None,
-        parent: QWidget | None = None,
+        parent: QWidget | None = None, avoid: Callable[[object], bool] | None = None,
     ) -> None:
         super().__init__(parent)
-        self._viewer, self._types, self._prefer = viewer, types, prefer
+        self._viewer, self._types, self._prefer, self._avoid = viewer, types, prefer, avoid
         self._last: str | None = None
         self._picked = False  # the user chose the current layer
         self.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
@@ -89,17 +90,23 @@ class LayerChoice(QComboBox):
     def refresh(self, event=None) -> None:
         layers = [ly for ly in self._viewer.layers if isinstance(ly, self._types)]
         names = [ly.name for ly in layers]
+        # ``avoid``: listed, but never chosen without the user
+        auto = [ly for ly in layers if self._avoid is None or not self._avoid(ly)]
+        auto_names = [ly.name for ly in auto]
         current = self.currentText()
-        preferred = [ly.name for ly in layers if self._prefer is None or self._prefer(ly)]
+        preferred = [ly.name for ly in auto if self._prefer is None or self._prefer(ly)]
         if current not in names:
             self._picked = False
-        if current not in names or (not self._picked and preferred and current not in preferred):
-            current = preferred[-1] if preferred else (names[-1] if names else "")
+        if current not in names or (not self._picked and (
+                current not in auto_names or (preferred and current not in preferred))):
+            current = preferred[-1] if preferred else (auto_names[-1] if auto_names else "")
         self.blockSignals(True)
         self.clear()
         self.addItems(names)
         if current:
             self.setCurrentText(current)
+        else:
+            self.setCurrentIndex(-1)
         self.blockSignals(False)
         self._emit_if_changed(self.currentText())
 
@@ -121,10 +128,15 @@ class LayerChoice(QComboBox):
         self._picked = True
 
 
+#: item data role holding a model's registry name (the text may add "(default)")
+NAME_ROLE = Qt.ItemDataRole.UserRole + 1
+
+
 class ModelChoice(QComboBox):
     """The registry's models (shipped first, then the user's), re-listed when the list opens.
 
-    Each item's data is the model folder; its tooltip is the model card summary.
+    Each item's data is the model folder; its tooltip is the model card summary. The default
+    model (``model.DEFAULT_MODEL``) reads "<name> (default)" and is chosen at first.
     ``availability_changed(bool)`` says whether any model exists.
     """
 
@@ -140,23 +152,26 @@ class ModelChoice(QComboBox):
         super().showPopup()
 
     def refresh(self) -> None:
-        from ..model import list_models
+        from ..model import DEFAULT_MODEL, list_models
 
         entries = list_models()
-        current = self.currentText()
+        current = self.name() or DEFAULT_MODEL
+        before = self.currentText()
         self.blockSignals(True)
         self.clear()
         for i, e in enumerate(entries):
-            self.addItem(e.name, str(e.path))
+            self.addItem(f"{e.name} (default)" if e.name == DEFAULT_MODEL else e.name, str(e.path))
+            self.setItemData(i, e.name, NAME_ROLE)
             origin = "shipped model" if e.shipped else f"your model ({e.path.parent})"
             tip = f"{e.summary}\n{origin}" if e.summary else origin
             self.setItemData(i, tip, Qt.ItemDataRole.ToolTipRole)
         if not entries:
             self.addItem("no model installed", None)
-        if current and self.findText(current) >= 0:
-            self.setCurrentText(current)
+        i = self.findData(current, NAME_ROLE)
+        if i >= 0:
+            self.setCurrentIndex(i)
         self.blockSignals(False)
-        if self.currentText() != current:
+        if self.currentText() != before:
             self.currentIndexChanged.emit(self.currentIndex())
         self.setEnabled(bool(entries))
         self.setToolTip(self.itemData(self.currentIndex(), Qt.ItemDataRole.ToolTipRole) or "")
@@ -168,10 +183,14 @@ class ModelChoice(QComboBox):
         """The chosen model folder, or None when there is no model."""
         return self.currentData()
 
+    def name(self) -> str | None:
+        """The chosen model's registry name, or None when there is no model."""
+        return self.currentData(NAME_ROLE)
+
     def select(self, name: str) -> bool:
         """Choose the model called ``name`` (re-listing first); False if it is not there."""
         self.refresh()
-        i = self.findText(name)
+        i = self.findData(name, NAME_ROLE)
         if i >= 0:
             self.setCurrentIndex(i)
         return i >= 0
@@ -187,17 +206,55 @@ def no_model_message() -> str:
     )
 
 class DeviceChoice(QComboBox):
-    """'auto' plus the devices torch can use here (CUDA, MPS, CPU)."""
+    """'auto' plus the devices torch can use here (CUDA, MPS, CPU).
+
+    Asking torch which devices it has imports it (seconds); unless it is imported already, that
+    happens in a worker thread while the choice offers 'auto' and 'cpu', and ``ready`` fires
+    when the list is complete.
+    """
+
+    ready = Signal()
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        from ..model import available_devices
-
-        self.addItems(["auto", *available_devices()])
+        self.addItems(["auto", "cpu"])
         self.setToolTip("auto: CUDA if present, else Apple MPS, else the CPU")
+        self.is_ready = False
+        self._worker = None
+        if "torch" in sys.modules:
+            from ..model import available_devices
+
+            self._add(available_devices())
+        else:
+            self._look_up()
+
+    def _look_up(self) -> None:
+        from napari.qt.threading import create_worker
+
+        from ._common import avoid_llvm_clash
+
+        avoid_llvm_clash()  # before torch is imported, in any thread
+        self._worker = create_worker(_devices, _ignore_errors=True, _start_thread=False)
+        self._worker.returned.connect(self._add)
+        self._worker.errored.connect(lambda exc: self._add(["cpu"]))
+        self._worker.start()
+
+    def _add(self, devices) -> None:
+        for d in devices:
+            if self.findText(d) < 0:
+                self.insertItem(self.count() - 1 if d != "cpu" else self.count(), d)
+        self.is_ready = True
+        self.ready.emit()
 
     def device(self) -> str:
         return self.currentText()
+
+
+def _devices() -> list[str]:
+    """Worker: the devices torch can use (imports torch)."""
+    from ..model import available_devices
+
+    return available_devices()
 
 
 class PlotCanvas(QWidget):

@@ -50,12 +50,15 @@ def _display(value):
 
 
 class VoxelSizeBox(QWidget):
-    """Three spin boxes, Z, Y, X in nm. ``typed`` is True once the user changed a value; a
-    value set from a layer (:meth:`set_from_layer`) does not count as typed."""
+    """Three spin boxes, Z, Y, X in nm, within ``VOXEL_RANGE_NM`` (0 reads "unknown").
+    ``typed`` is True once the user changed a value; a value set from a layer
+    (``set_value(..., typed=False)``) does not count as typed."""
 
     changed = Signal()
 
     def __init__(self, parent: QWidget | None = None) -> None:
+        from ._voxel_size import VOXEL_RANGE_NM
+
         super().__init__(parent)
         self.boxes = []
         self.typed = False
@@ -63,11 +66,13 @@ class VoxelSizeBox(QWidget):
         lay.setContentsMargins(0, 0, 0, 0)
         for axis in "ZYX":
             box = QDoubleSpinBox()
-            box.setRange(0.01, 1e6)
+            box.setRange(0.0, VOXEL_RANGE_NM[1])
+            box.setSpecialValueText("unknown")
             box.setDecimals(2)
-            box.setValue(1.0)
+            box.setValue(0.0)
             box.setSuffix(" nm")
-            box.setToolTip(f"Voxel size along {axis}, in nm (read from the layer's scale; type to change)")
+            box.setToolTip(f"Voxel size along {axis}, in nm ({VOXEL_RANGE_NM[0]:g} to {VOXEL_RANGE_NM[1]:g}; "
+                           "read from the layer's file or scale; type to change)")
             box.valueChanged.connect(self._on_typed)
             self.boxes.append(box)
             lay.addWidget(box)
@@ -79,8 +84,15 @@ class VoxelSizeBox(QWidget):
     def value(self) -> tuple[float, float, float]:
         return tuple(b.value() for b in self.boxes)  # type: ignore[return-value]
 
+    def known(self) -> bool:
+        """Whether every axis has a size in range."""
+        from ._voxel_size import VOXEL_RANGE_NM
+
+        return all(VOXEL_RANGE_NM[0] <= v <= VOXEL_RANGE_NM[1] for v in self.value())
+
     def set_value(self, zyx, typed: bool = True) -> None:
-        for b, v in zip(self.boxes, zyx, strict=True):
+        """Set the three sizes (None: unknown)."""
+        for b, v in zip(self.boxes, zyx if zyx is not None else (0.0, 0.0, 0.0), strict=True):
             b.blockSignals(True)
             b.setValue(float(v))
             b.blockSignals(False)

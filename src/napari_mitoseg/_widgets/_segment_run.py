@@ -4,8 +4,9 @@ Fine-tune widgets ("Segment again").
 The numerics run in a ``thread_worker`` over :func:`inference.iter_predict`: the worker also
 finds the painted slices, fills the preview buffer slice by slice and works out the voxels the
 result changes. The main thread only swaps arrays onto the layer, redraws the preview at most
-every :data:`PREVIEW_INTERVAL_S` and, at the end, puts the final labels and the model output on
-the layer, so that no handler holds the event loop for long.
+every :data:`PREVIEW_INTERVAL_S` (and only when a slice in view changed) and, at the end, puts
+the final labels and the model output on the layer, so that no handler holds the event loop
+for long.
 
 Rules kept here, in one place:
 
@@ -44,6 +45,7 @@ from ._common import (
     model_output,
     painted_in,
 )
+from ._display import has_physical_size, show_in_nm
 
 #: a re-segmentation changing more voxels than this is not recorded for undo (the undo step
 #: holds about 30 bytes per changed voxel: 750 MB at this limit)
@@ -165,21 +167,52 @@ class SegmentationRun(QObject):
         self._active = False
         self._landing = False  # the result came back and is being put on the layer
         self._drawn = 0.0  # when the preview was last redrawn (perf_counter)
+        self._stale = False  # a slice in view changed since the preview was last redrawn
         #: how many times the preview was redrawn (layer.refresh) during the run
         self.redraws = 0
         #: whether the finished run can be undone on the layer (Ctrl+Z)
         self.undoable = False
+        #: whether the finished run left the layer exactly as it was
+        self.unchanged = False
 
     @property
     def undo_note(self) -> str:
-        """A sentence for the user when the finished run can be undone on the layer, else ""."""
+        """A sentence for the user when the finished run can be undone on the layer (or changed
+        nothing), else ""."""
+        if self.unchanged:
+            return " The result is the same as before."
         return " Undo (Ctrl+Z on the layer) brings back the previous result." if self.undoable else ""
+
+    # ------------------------------------------------------------------ the result layer
+
+    def _own_layer(self, name: str):
+        """The labels layer called ``name`` when this plugin made it (it records the model that
+        made it), else None: a layer the plugin did not make (a ground truth, a file) is never
+        written into."""
+        from napari.layers import Labels
+
+        # (LayerList has no .get; a layer of another kind with the name is not ours either)
+        return next((ly for ly in self.viewer.layers if ly.name == name and isinstance(ly, Labels)
+                     and MODEL_NAME in ly.metadata), None)
+
+    def _free_name(self, name: str) -> str:
+        """``name``, or ``name (2)``, ``name (3)``... when a layer the plugin did not make has it."""
+        taken = {ly.name for ly in self.viewer.layers}
+        k, free = 2, name
+        while free in taken:
+            free, k = f"{name} ({k})", k + 1
+        return free
+
+    def _add_layer(self, data, name: str):
+        """A new result layer at the image's scale, translate and units."""
+        image = self.image_layer
+        return self.viewer.add_labels(data, name=name, scale=image.scale, translate=image.translate,
+                                      units=image.units, opacity=0.6)
 
     # ------------------------------------------------------------------ main thread
 
     def start(self) -> None:
         """Prepare the result layer and start the worker (raises ValueError on bad input)."""
-        from napari.layers import Labels
         from napari.qt.threading import create_worker
 
         from ..inference import check_stack
@@ -191,8 +224,7 @@ class SegmentationRun(QObject):
         shape = tuple(image.shape)
         dtype = np.dtype(np.int32 if self.instances else np.uint8)
         name = self.target_name
-        # (LayerList has no .get; another kind of layer with the name is ignored, ours is suffixed)
-        existing = next((ly for ly in self.viewer.layers if ly.name == name and isinstance(ly, Labels)), None)
+        existing = self._own_layer(name)
         old, outputs = None, (None, None)
         if existing is not None and tuple(existing.data.shape) == shape:
             old = existing.data  # read (never written) by the worker: the slices painted, the undo step
@@ -202,10 +234,7 @@ class SegmentationRun(QObject):
             self._restore = (existing, existing.data, existing.editable)
             self.layer = existing
         else:
-            self.layer = self.viewer.add_labels(
-                np.zeros(shape, dtype), name=name, scale=self.image_layer.scale,
-                translate=self.image_layer.translate, opacity=0.6,
-            )
+            self.layer = self._add_layer(np.zeros(shape, dtype), self._free_name(name))
             self._created = True
         self.layer.editable = False  # painting now would be lost when the result lands
         self.worker = create_worker(
@@ -243,19 +272,31 @@ class SegmentationRun(QObject):
             if self.kept:
                 self.status.emit(f"Keeping your painted slices {self.kept} exactly...")
             return
-        # the worker wrote the slice into the buffer; redraw now and then, not per slice
+        # the worker wrote the slice into the buffer; redraw now and then, not per slice, and
+        # only when a slice in view changed (napari reads the others from the buffer when shown)
+        self._stale = self._stale or self._in_view(item.index)
         now = time.perf_counter()
-        if now - self._drawn >= PREVIEW_INTERVAL_S and self.layer in self.viewer.layers:
+        if self._stale and now - self._drawn >= PREVIEW_INTERVAL_S and self.layer in self.viewer.layers:
             self.layer.refresh()
             self.redraws += 1
             self._drawn = now
+            self._stale = False
         self.progress.emit(item.index + 1, item.total)
+
+    def _in_view(self, z: int) -> bool:
+        """Whether slice ``z`` of the result is drawn now (any slice is, in 3D)."""
+        layer = self.layer
+        if layer is None or layer.ndim < 3 or self.viewer.dims.ndisplay == 3:
+            return True
+        axis = self.viewer.dims.ndim - layer.ndim
+        shown = (self.viewer.dims.point[axis] - layer.translate[0]) / layer.scale[0]
+        return int(round(shown)) == z
 
     def _on_returned(self, out: SegmentOutcome) -> None:
         self._landing = True
         layer = self.layer
         if layer not in self.viewer.layers:  # the user deleted it meanwhile
-            layer = self.viewer.add_labels(out.labels, name=self.target_name, opacity=0.6)
+            layer = self._add_layer(out.labels, self._free_name(self.target_name))
         elif self._restore is not None and self._can_undo(self._restore[1], out):
             self._land_in_steps(layer, self._restore[1], out)
             return
@@ -285,7 +326,7 @@ class SegmentationRun(QObject):
         def step(start: int = 0) -> None:
             if layer not in self.viewer.layers:  # deleted meanwhile: land as a new layer
                 history.close()
-                self._land(self.viewer.add_labels(out.labels, name=self.target_name, opacity=0.6), out)
+                self._land(self._add_layer(out.labels, self._free_name(self.target_name)), out)
                 return
             stop = min(n, start + LAND_CHUNK)
             where = tuple(a[start:stop] for a in out.changed)
@@ -295,7 +336,8 @@ class SegmentationRun(QObject):
                 QTimer.singleShot(0, lambda: step(stop))
                 return
             history.close()
-            self.undoable = True
+            self.undoable = n > 0
+            self.unchanged = n == 0
             self._land(layer, out)
 
         step()
@@ -316,6 +358,8 @@ class SegmentationRun(QObject):
         layer.metadata[CORRECTED] = list(out.kept)
         layer.metadata[PIXEL_SIZE_NM] = self.pixel_size_nm
         layer.editable = True if self._restore is None else self._restore[2]
+        if has_physical_size(self.image_layer):
+            show_in_nm(self.viewer, [self.image_layer, layer])
         self.layer = layer
         self._finish()
         self.done.emit(layer)

@@ -51,7 +51,7 @@ class SliceEditor(QWidget):
         self._viewer, self._layer = viewer, layer
         self.slice_list = QListWidget()
         self.slice_list.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
-        self.slice_list.setMaximumHeight(70)
+        self.slice_list.setMaximumHeight(60)
         self.note = message_label()
         self.spin = QSpinBox()
         self.spin.setRange(0, 0)
@@ -91,9 +91,14 @@ class SliceEditor(QWidget):
         self.spin.setRange(0, max(0, n_slices(layer) - 1))
 
     def add_slice(self, z: int) -> None:
-        n = n_slices(self._layer())
+        layer = self._layer()
+        if layer is None:
+            self.note.setText("Choose the labels layer you corrected first (under 'Corrected labels'); "
+                              "slices are added from it.")
+            return
+        n = n_slices(layer)
         if not 0 <= z < n:
-            self.note.setText(f"Slice {z} is outside the layer (0..{n - 1}).")
+            self.note.setText(f"Slice {z} is outside '{layer.name}' (slices 0 to {n - 1}).")
             return
         self.set_slices([*self.slices(), z])
 

@@ -22,6 +22,12 @@ from ._controls import LayerChoice, PlotCanvas, message_label, scrollable
 
 #: colours of the error overlay: 1 false positive, 2 false negative
 ERROR_COLOURS = {1: "magenta", 2: "cyan"}
+#: the colour key of the error layer, shown in the widget
+ERROR_KEY = ('<span style="color:magenta">&#9632;</span> false positive (magenta: predicted, not '
+             'mitochondrion) &nbsp;<span style="color:cyan">&#9632;</span> false negative (cyan: '
+             'missed)')
+#: how a ground truth is drawn once scored: its outline in one colour, over the filled prediction
+TRUTH_COLOUR, TRUTH_CONTOUR = "yellow", 2
 
 
 @dataclass
@@ -58,6 +64,12 @@ def _is_prediction(layer) -> bool:
     return layer.name.endswith("mitochondria")
 
 
+def _not_a_prediction(layer) -> bool:
+    """Layers the prediction choice does not take by itself: those the plugin did not make (a
+    ground truth, a mask opened from a file); the user may still pick them."""
+    return not written_by_plugin(layer)
+
+
 def _is_ground_truth(layer) -> bool:
     name = layer.name.lower()
     by_name = "ground truth" in name or name.endswith((" gt", "_gt", "mask"))
@@ -79,9 +91,34 @@ class EvaluateWidget(QWidget):
         self.viewer = napari_viewer
         self.report = None
         self.worker = None
-        self._scored_layer = None
+        self._scored_layer = self._truth_layer = None
 
-        self.pred_choice = LayerChoice(self.viewer, Labels, prefer=_is_prediction, parent=self)
+        self._build_choices()
+        scores = self._build_scores()
+        self.plot = PlotCanvas(self, height_px=140)
+        self.plot.axes.set_axis_off()
+        self.plot.canvas.mpl_connect("button_press_event", self._on_click)
+        self.plot.canvas.setToolTip("IoU per slice: click a bar to go to that slice")
+        self.message = message_label()
+
+        form = QFormLayout()
+        form.addRow("Prediction", self.pred_choice)
+        form.addRow("Ground truth", self.gt_choice)
+        form.addRow(self.show_errors)
+        form.addRow(self.error_key)
+        layout = scrollable(self)
+        layout.addLayout(form)
+        layout.addWidget(self.run_button)
+        layout.addLayout(scores)
+        layout.addWidget(self.plot)
+        layout.addWidget(self.message)
+        layout.addStretch(1)
+        self.pred_choice.layer_changed.connect(self._on_choice)
+        self._on_choice()
+
+    def _build_choices(self) -> None:
+        self.pred_choice = LayerChoice(self.viewer, Labels, prefer=_is_prediction, avoid=_not_a_prediction,
+                                       parent=self)
         self.pred_choice.setToolTip("The segmentation to score (any label > 0 is mitochondrion)")
         self.gt_choice = LayerChoice(self.viewer, (Labels, Image), prefer=_is_ground_truth, parent=self)
         self.gt_choice.setToolTip("The ground truth: a labels or image layer, > 0 is mitochondrion")
@@ -89,9 +126,13 @@ class EvaluateWidget(QWidget):
         self.show_errors.setToolTip("Layer '<prediction> errors': magenta = false positive (predicted, "
                                     "not mitochondrion), cyan = false negative (missed)")
         self.show_errors.setChecked(True)
+        self.error_key = QLabel(ERROR_KEY)
+        self.error_key.setWordWrap(True)
+        self.show_errors.toggled.connect(self.error_key.setVisible)
         self.run_button = QPushButton("Evaluate")
         self.run_button.clicked.connect(self.start)
 
+    def _build_scores(self) -> QFormLayout:
         self.values = {k: QLabel("-") for k in ("iou", "dice", "precision", "recall")}
         scores = QFormLayout()
         for key, title in (("iou", "IoU"), ("dice", "Dice"), ("precision", "Precision"),
@@ -103,23 +144,15 @@ class EvaluateWidget(QWidget):
                                     "corrected ones, which then score 1.0); shown when the "
                                     "prediction records corrected slices")
         scores.addRow("Uncorrected", self.uncorrected)
-        self.plot = PlotCanvas(self, height_px=140)
-        self.plot.axes.set_axis_off()
-        self.plot.canvas.mpl_connect("button_press_event", self._on_click)
-        self.plot.canvas.setToolTip("IoU per slice: click a bar to go to that slice")
-        self.message = message_label()
+        return scores
 
-        form = QFormLayout()
-        form.addRow("Prediction", self.pred_choice)
-        form.addRow("Ground truth", self.gt_choice)
-        form.addRow(self.show_errors)
-        layout = scrollable(self)
-        layout.addLayout(form)
-        layout.addWidget(self.run_button)
-        layout.addLayout(scores)
-        layout.addWidget(self.plot)
-        layout.addWidget(self.message)
-        layout.addStretch(1)
+    def _on_choice(self, layer=None) -> None:
+        """Say what to do when no segmentation is there to score."""
+        if self.pred_choice.layer() is None and self.pred_choice.count():
+            self.message.setText("No segmentation to score yet: segment the image with 'Segment "
+                                 "mitochondria', or choose the prediction layer above.")
+        elif self.message.text().startswith("No segmentation to score"):
+            self.message.setText("")
 
     # ------------------------------------------------------------------ actions
 
@@ -141,7 +174,7 @@ class EvaluateWidget(QWidget):
                 f"Shape mismatch: prediction '{pred.name}' is {tuple(p.shape)} but ground truth "
                 f"'{gt.name}' is {tuple(g.shape)}; they must cover the same voxels."
             )
-        self._scored_layer = pred
+        self._scored_layer, self._truth_layer = pred, gt
         self.run_button.setEnabled(False)
         self.message.setText(f"Scoring '{pred.name}' against '{gt.name}'...")
         corrected = list(pred.metadata.get(CORRECTED) or [])
@@ -181,10 +214,17 @@ class EvaluateWidget(QWidget):
         else:
             self.uncorrected.setText("-")
         self._plot(report, result.corrected)
-        pred = self._scored_layer
+        pred, truth = self._scored_layer, self._truth_layer
         if self.show_errors.isChecked() and pred is not None:
             self._show_errors(pred, result.errors)
         notes = []
+        if pred is not None and truth is not None:
+            _draw_truth_over(pred, truth)
+            self._put_above(truth, pred)
+            if not np.allclose(pred.scale, truth.scale):
+                notes.append(f"'{truth.name}' is drawn at scale {_fmt(truth.scale)} but '{pred.name}' at "
+                             f"{_fmt(pred.scale)}, so they do not line up in the viewer (a file without "
+                             "a pixel size?); the scores compare them voxel by voxel.")
         if result.gt_empty:
             notes.append("The ground truth is empty (no pixel > 0): the scores say only whether "
                          "the prediction is empty too.")
@@ -196,6 +236,13 @@ class EvaluateWidget(QWidget):
         if notes:
             show_warning(" ".join(notes))
         self.evaluated.emit(report)
+
+    def _put_above(self, layer, other) -> None:
+        """Move ``layer`` just above ``other`` in the layer list (so its outline is not under the
+        filled prediction)."""
+        names = [ly.name for ly in self.viewer.layers]
+        if layer.name in names and other.name in names and names.index(layer.name) < names.index(other.name):
+            self.viewer.layers.move(names.index(layer.name), names.index(other.name))
 
     def _plot(self, report, corrected=()) -> None:
         from matplotlib.ticker import MaxNLocator
@@ -235,4 +282,20 @@ class EvaluateWidget(QWidget):
             layer = self.viewer.add_labels(
                 errors, name=name, colormap=DirectLabelColormap(color_dict=colours), opacity=0.8,
             )
-        layer.scale, layer.translate = pred.scale, pred.translate
+        layer.scale, layer.translate, layer.units = pred.scale, pred.translate, pred.units
+
+
+def _fmt(scale) -> str:
+    return "(" + ", ".join(f"{float(v):g}" for v in scale) + ")"
+
+
+def _draw_truth_over(pred, truth) -> None:
+    """The prediction filled, the ground truth (a labels layer) as a yellow outline above it, so
+    the two read apart where they overlap."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    pred.contour = 0
+    if isinstance(truth, Labels):
+        truth.colormap = DirectLabelColormap(color_dict={None: TRUTH_COLOUR, 0: "transparent"})
+        truth.contour = TRUTH_CONTOUR
+        truth.opacity = 1.0

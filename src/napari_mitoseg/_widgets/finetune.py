@@ -97,8 +97,8 @@ class FinetuneWidget(CorrectionFinder, SegmentAgain, QWidget):
         self.image_choice.setToolTip("The EM stack the labels belong to (not its mask)")
         self.labels_choice = LayerChoice(self.viewer, Labels, prefer=_is_result, parent=self)
         self.labels_choice.setToolTip("The segmentation you corrected by painting")
-        self.find_button = QPushButton("Find corrected slices")
-        self.find_button.setToolTip("Compare the layer with the model's output to find painted slices")
+        self.find_button = QPushButton("Find")
+        self.find_button.setToolTip("Find the corrected slices: compare the layer with the model's output")
         self.find_button.clicked.connect(self.find_corrected_slices)
         self.slice_editor = SliceEditor(self.viewer, self.labels_choice.layer, self)
         ed = self.slice_editor
@@ -106,8 +106,10 @@ class FinetuneWidget(CorrectionFinder, SegmentAgain, QWidget):
         self.add_button, self.add_current_button = ed.add_button, ed.add_current_button
         self.remove_button = ed.remove_button
         form.addRow("Image", self.image_choice)
-        form.addRow("Corrected labels", self.labels_choice)
-        form.addRow(self.find_button)
+        labels_row = QHBoxLayout()
+        labels_row.addWidget(self.labels_choice, 1)
+        labels_row.addWidget(self.find_button)
+        form.addRow("Corrected labels", labels_row)
         form.addRow("Training slices", ed)
 
     def _build_model(self, form) -> None:
@@ -127,37 +129,44 @@ class FinetuneWidget(CorrectionFinder, SegmentAgain, QWidget):
                            "model keeps it.")
         self.steps.setToolTip(f"Optimiser steps of {FINETUNE.batch_size} crops; {FINETUNE.steps} take "
                               f"about {FINETUNE_SECONDS} s on 2 idle CPU cores, seconds on a GPU")
+        self.estimate = message_label()
         form.addRow("Base model", self.model_choice)
-        form.addRow("Device", self.device_choice)
+        device_row = QHBoxLayout()
+        device_row.addWidget(self.device_choice, 1)
+        device_row.addWidget(QLabel("Steps"))
+        device_row.addWidget(self.steps)
+        form.addRow("Device", device_row)
         form.addRow(self.pixel_size)
         form.addRow(self.invert)
-        form.addRow("Steps", self.steps)
+        form.addRow(self.estimate)
 
     def _build_run(self, layout) -> None:
-        """Fine-tune / Cancel, progress, the loss plot, the result and "Segment again"."""
+        """Fine-tune / Cancel / Segment again, progress, the loss plot and the result."""
         self.run_button = QPushButton("Fine-tune")
         self.run_button.clicked.connect(self.start)
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
         self.cancel_button.clicked.connect(self.cancel)
+        self.segment_again_button = QPushButton("Segment again")
+        self.segment_again_button.setToolTip("Re-segment the image with the new model, into the layer it "
+                                             "was trained on; the corrected slices are kept exactly")
+        self.segment_again_button.setEnabled(False)
+        self.segment_again_button.clicked.connect(self.segment_again)
         run_row = QHBoxLayout()
-        run_row.addWidget(self.run_button)
-        run_row.addWidget(self.cancel_button)
+        for button in (self.run_button, self.cancel_button, self.segment_again_button):
+            run_row.addWidget(button)
         self.progress = RunProgress("step")
-        self.plot = PlotCanvas(self, height_px=120)
+        self.plot = PlotCanvas(self, height_px=90)
         self.plot.axes.set_xlabel("step")
         self.plot.axes.set_ylabel("loss")
         (self._loss_line,) = self.plot.axes.plot([], [], color="#3b8bd0", lw=1.2)
         self.result_label = QLabel("")
         self.result_label.setWordWrap(True)
         self.result_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        self.segment_again_button = QPushButton("Segment again with the new model")
-        self.segment_again_button.setToolTip("Re-segment the image; the corrected slices are kept exactly")
-        self.segment_again_button.setEnabled(False)
-        self.segment_again_button.clicked.connect(self.segment_again)
+        self.result_label.setVisible(False)  # until there is a result
         self.message = message_label()
         layout.addLayout(run_row)
-        for w in (self.progress, self.plot, self.result_label, self.segment_again_button, self.message):
+        for w in (self.progress, self.plot, self.result_label, self.message):
             layout.addWidget(w)
 
     def _connect(self) -> None:
@@ -168,6 +177,43 @@ class FinetuneWidget(CorrectionFinder, SegmentAgain, QWidget):
         self.pixel_size.set_layer(self.image_choice.layer())
         self.labels_choice.layer_changed.connect(self._on_labels_layer)
         self._on_labels_layer(self.labels_choice.layer())
+        self.steps.valueChanged.connect(self.show_estimate)
+        self.device_choice.currentIndexChanged.connect(self.show_estimate)
+        self.device_choice.ready.connect(self.show_estimate)  # a GPU may turn up
+        model = self.slice_list.model()
+        for sig in (model.rowsInserted, model.rowsRemoved, model.modelReset):
+            sig.connect(self.show_estimate)
+        self.show_estimate()
+
+    # ------------------------------------------------------------------ expected time
+
+    def expected_seconds(self, threads: int | None = None, crowded: float | None = None) -> float | None:
+        """The time fine-tuning should take now on the CPU (``threads``: those the load leaves
+        free; ``crowded``: how much slower the other work makes it); None on a GPU."""
+        from ._finetune_time import cpu_threads, crowding, expected_seconds
+
+        if self.device_choice.device() not in ("cpu", "auto") or (
+                self.device_choice.device() == "auto" and self.device_choice.findText("cuda") >= 0):
+            return None
+        layer = self.labels_choice.layer()
+        area = int(np.prod(layer.data.shape[-2:])) if layer is not None else 0
+        n = len(self.slices()) or 1
+        return expected_seconds(self.config(), n, area, threads or cpu_threads(),
+                                crowding() if crowded is None else crowded)
+
+    def show_estimate(self, *args) -> None:
+        """Say how long the run should take on this stack and machine, before it starts."""
+        from ._finetune_time import cpu_threads, crowding
+        from ._progress import format_duration
+
+        seconds = self.expected_seconds()
+        if seconds is None:
+            self.estimate.setText("Expected: seconds to a minute on the GPU.")
+            return
+        threads, busy = cpu_threads(), crowding()
+        note = f"; other work slows it {busy:.1f}x" if busy > 1.2 else ""
+        self.estimate.setText(f"Expected: about {format_duration(seconds)} here now ({threads} CPU "
+                              f"thread{'s' if threads > 1 else ''} free{note}).")
 
     # ------------------------------------------------------------------ slices
 
@@ -208,7 +254,7 @@ class FinetuneWidget(CorrectionFinder, SegmentAgain, QWidget):
             return self._fail(no_model_message())
         if not slices:
             return self._fail("No training slice: paint corrections on at least one slice, then "
-                              "press 'Find corrected slices' (or add slices by hand).")
+                              "press 'Find' beside the labels (or add slices by hand).")
         img = layer_array(image)
         if tuple(img.shape) != tuple(labels.data.shape):
             return self._fail(f"Image '{image.name}' {tuple(img.shape)} and labels '{labels.name}' "
@@ -230,6 +276,7 @@ class FinetuneWidget(CorrectionFinder, SegmentAgain, QWidget):
         self.plot.draw()
         self.result = None
         self.result_label.setText("")
+        self.result_label.setVisible(False)
         self.segment_again_button.setEnabled(False)
         self.progress.begin(cfg.steps, "step")
         self._trained_on = (labels, slices)
@@ -247,7 +294,11 @@ class FinetuneWidget(CorrectionFinder, SegmentAgain, QWidget):
         self._training = True
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
-        self.message.setText(f"Fine-tuning {self.model_choice.currentText()} on slices {slices}...")
+        from ._progress import format_duration
+
+        seconds = self.expected_seconds()
+        about = f", expected about {format_duration(seconds)}" if seconds else ""
+        self.message.setText(f"Fine-tuning {self.model_choice.name()} on slices {slices}{about}...")
         self.worker.start()
         return self.worker
 
@@ -300,6 +351,7 @@ class FinetuneWidget(CorrectionFinder, SegmentAgain, QWidget):
         if labels is not None:  # Evaluate scores the other slices apart
             labels.metadata[CORRECTED] = list(result.slices)
         self.model_choice.select(result.name)
+        self.result_label.setVisible(True)
         self.result_label.setText(
             f"IoU on the corrected slices: before {result.iou_before:.3f} -> after "
             f"{result.iou_after:.3f}\nNew model: {result.name} (saved in {result.path.parent})"

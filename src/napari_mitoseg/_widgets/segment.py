@@ -15,7 +15,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ._common import default_z_smooth, is_em_image, made_for_a_stack
+from ._common import default_z_smooth, is_em_image, is_mask_layer, made_for_a_stack
 from ._controls import (
     DeviceChoice,
     LayerChoice,
@@ -26,6 +26,7 @@ from ._controls import (
     no_model_message,
     scrollable,
 )
+from ._display import has_physical_size, show_in_nm
 from ._pixel_size import PixelSizeControls
 from ._progress import RunProgress
 from ._segment_run import SegmentationRun
@@ -126,10 +127,15 @@ class SegmentWidget(QWidget):
         layout.addWidget(self.message)
 
     def _connect(self) -> None:
+        if not self.device_choice.is_ready:
+            self.message.setText("Loading PyTorch in the background...")
+            self.device_choice.ready.connect(self._on_ready)
         self.model_choice.availability_changed.connect(self._on_models)
         self.model_choice.currentIndexChanged.connect(self._on_model_chosen)
         self.image_choice.layer_changed.connect(self.pixel_size.set_layer)
         self.image_choice.layer_changed.connect(self._on_image)
+        self.image_choice.layer_changed.connect(self._show_scale_bar)
+        self._show_scale_bar(self.image_choice.layer())
         self.pixel_size.set_layer(self.image_choice.layer())
         self._on_image(self.image_choice.layer())
         self._on_models(self.model_choice.source() is not None)
@@ -142,6 +148,20 @@ class SegmentWidget(QWidget):
         voxel = layer.metadata.get("voxel_size_nm") if layer is not None else None
         z = layer.data.shape[0] if layer is not None and layer.ndim == 3 else 1
         self.ortho.setChecked(choose_ortho(None, voxel if voxel is not None and len(voxel) == 3 else None, z)[0])
+
+    @property
+    def ready(self) -> bool:
+        """Whether PyTorch is loaded (it loads in a worker when the widget opens)."""
+        return self.device_choice.is_ready
+
+    def _on_ready(self) -> None:
+        if self.message.text().startswith("Loading PyTorch"):
+            self.message.setText("")
+
+    def _show_scale_bar(self, layer) -> None:
+        """A stack whose scale is a physical size gets nm units and the scale bar."""
+        if has_physical_size(layer):
+            show_in_nm(self.viewer, [layer])
 
     def _on_model_chosen(self, index: int = -1) -> None:
         source = self.model_choice.source()
@@ -177,6 +197,9 @@ class SegmentWidget(QWidget):
             return self._fail("Open an image first (File > Open, or File > Open Sample).")
         if source is None:
             return self._fail(no_model_message())
+        if is_mask_layer(image):
+            return self._fail(f"'{image.name}' looks like a mask (only a few values, in flat patches), "
+                              "not an EM image: choose the EM stack as Image.")
         from ..inference import InputError
 
         try:

@@ -1,8 +1,15 @@
 """Dock widget "Mitochondria 3D & measurements": one object per mitochondrion at its true voxel
 size in 3D, their morphology in a sortable table with a histogram, meshes, and object-level
-proofreading (delete, merge, split), each one undo step of the labels layer."""
+proofreading (delete, merge, split), each one undo step of the labels layer.
+
+Splitting, measuring and editing run in workers with progress; the main thread only puts
+layers and rows in place. The voxel size comes from the layer (or a layer of the same shape),
+is said when unknown, and a typed one rescales the layers and the table.
+"""
 
 from __future__ import annotations
+
+import time
 
 import napari
 import numpy as np
@@ -20,53 +27,60 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ._common import layer_array
+from ._common import layer_array, same_layer, unwrapped
 from ._controls import LayerChoice, message_label, scrollable
+from ._display import View3D, show_in_nm
 from ._measure_table import Histogram, ObjectTable, VoxelSizeBox
+from ._progress import RunProgress
 from ._view3d_edits import ObjectEdits
+from ._view3d_selection import ObjectSelection
+from ._voxel_size import VOXEL_RANGE_NM, layer_voxel_size, voxel_size_for
 
-#: layer.metadata key the file reader fills with the voxel size (nm, Z Y X)
-VOXEL_SIZE_KEY = "voxel_size_nm"
+__all__ = ["View3DWidget", "layer_voxel_size", "measure_job"]
+
+#: progress is reported at most this often (seconds) while measuring
+PROGRESS_INTERVAL_S = 0.1
 
 
-def instances_job(labels, min_size: int, voxel_size: tuple[float, float, float]):
-    """Worker: ``(instances or None, rows)``. A binary mask is split into 3D-connected objects
-    (int32, shaped like ``labels``); labels holding ids are measured as they are (None)."""
-    from ..morphology import is_mask, measure
+def measure_job(labels, min_size: int, voxel_size, split: bool = True):
+    """Worker: yields status strings and ``(done, total)`` objects measured; returns
+    ``(instances or None, rows, snapshot)``. A binary mask is split into 3D-connected objects
+    (int32, shaped like ``labels``) when ``split``; labels holding ids are measured as they are
+    (None). ``snapshot`` is a copy of what was measured."""
+    from .. import morphology
     from ..postprocess import instances
 
     lab = np.asarray(labels)
     lab3 = lab if lab.ndim == 3 else lab[None]
-    inst = instances(lab3, min_size=min_size) if is_mask(lab3) else None
-    rows = measure(inst if inst is not None else lab3, voxel_size)
-    return (inst.reshape(lab.shape) if inst is not None else None), rows
-
-
-def layer_voxel_size(layer) -> tuple[float, float, float] | None:
-    """(Z, Y, X) nm of a layer: its ``metadata["voxel_size_nm"]``, else its scale when that is
-    not all ones (taken as nm); None when unknown."""
-    meta = layer.metadata.get(VOXEL_SIZE_KEY) if layer is not None else None
-    if meta is not None and len(meta) >= 2:
-        vals = tuple(float(v) for v in meta)
-    elif layer is not None and not np.allclose(layer.scale, 1.0):
-        vals = tuple(float(s) for s in layer.scale)
-    else:
-        return None
-    vals = vals[-3:] if len(vals) >= 3 else (vals[0], *vals)
-    return vals  # type: ignore[return-value]
+    inst = None
+    if split and morphology.is_mask(lab3):
+        yield "Separating mitochondria in 3D..."
+        inst = instances(lab3, min_size=min_size)
+    target = inst if inst is not None else lab3
+    total = int(inst.max()) if inst is not None else int(np.count_nonzero(np.unique(target)))
+    yield f"Measuring {total} objects..."
+    rows, shown = [], 0.0
+    for m, _, _ in morphology.iter_objects(target, voxel_size):
+        rows.append(m)
+        now = time.perf_counter()
+        if now - shown >= PROGRESS_INTERVAL_S or len(rows) == total:
+            shown = now
+            yield len(rows), total
+    snapshot = np.array(target, copy=True).reshape(lab.shape)
+    return (inst.reshape(lab.shape) if inst is not None else None), rows, snapshot
 
 
 def _is_source(layer) -> bool:
     return layer.name.endswith("mitochondria")
 
 
-class View3DWidget(ObjectEdits, QWidget):
+class View3DWidget(ObjectEdits, ObjectSelection, QWidget):
     """Split a mask into 3D-connected mitochondria (layer "<name> instances", one colour each),
     show them in 3D at the voxel size, list their morphology and let objects be corrected.
 
     A labels layer that already holds one id per object is measured and corrected in place.
     ``measured`` fires with the rows (``MitoMeasure``) after a run, or None on error;
-    ``table_updated`` after the table follows an edit or an undo.
+    ``table_updated`` after the table follows an edit, an undo or a typed voxel size.
     """
 
     measured = Signal(object)
@@ -81,11 +95,11 @@ class View3DWidget(ObjectEdits, QWidget):
         self._source = None
         self._snapshot: np.ndarray | None = None
         self._voxel: tuple[float, float, float] = (1.0, 1.0, 1.0)
-        self._selecting = False
-        self._sync_timer = QTimer(self)
-        self._sync_timer.setSingleShot(True)
-        self._sync_timer.setInterval(250)
-        self._sync_timer.timeout.connect(self.sync_table)
+        self._typed: dict[int, tuple] = {}  # id of the (unwrapped) layer -> voxel size typed for it
+        self._busy = False
+        self.view = View3D(self.viewer)
+        self._sync_timer = self._timer(250, self.sync_table)
+        self._rescale_timer = self._timer(400, self._rescale)
 
         layout = scrollable(self)
         self._build_measure(layout)
@@ -93,15 +107,24 @@ class View3DWidget(ObjectEdits, QWidget):
         self._build_files(layout)
         self._enable()
         self._on_layer_changed(self.labels_choice.layer())
+        self.voxel.changed.connect(self._on_voxel_changed)
         self.viewer.layers.events.removed.connect(self._on_layer_removed)
+
+    def _timer(self, ms: int, slot) -> QTimer:
+        timer = QTimer(self)
+        timer.setSingleShot(True)
+        timer.setInterval(ms)
+        timer.timeout.connect(slot)
+        return timer
 
     # ------------------------------------------------------------------ sections
 
     def _build_measure(self, layout) -> None:
-        """The labels layer, its voxel size, the minimum object size and the run button."""
+        """The labels layer, its voxel size, the minimum object size, the run button, progress."""
         self.labels_choice = LayerChoice(self.viewer, Labels, prefer=_is_source, parent=self)
         self.labels_choice.layer_changed.connect(self._on_layer_changed)
         self.voxel = VoxelSizeBox()
+        self.voxel_note = message_label()
         self.min_size = QSpinBox()
         self.min_size.setRange(0, 10_000_000)
         self.min_size.setValue(64)
@@ -109,12 +132,15 @@ class View3DWidget(ObjectEdits, QWidget):
         self.min_size.setToolTip("When splitting a mask: objects smaller than this are dropped as noise")
         self.run_button = QPushButton("Separate mitochondria && measure")
         self.run_button.clicked.connect(self.start)
+        self.progress = RunProgress("object")
         form = QFormLayout()
         form.addRow("Labels", self.labels_choice)
         form.addRow("Voxel size (Z, Y, X)", self.voxel)
+        form.addRow(self.voxel_note)
         form.addRow("Minimum size", self.min_size)
         layout.addLayout(form)
         layout.addWidget(self.run_button)
+        layout.addWidget(self.progress)
 
     def _build_table(self, layout) -> None:
         """The summary, the table of objects, "show alone", the edit buttons, the histogram."""
@@ -157,41 +183,79 @@ class View3DWidget(ObjectEdits, QWidget):
         layout.addLayout(files)
         layout.addWidget(self.message)
 
-    # ------------------------------------------------------------------ measuring
+    # ------------------------------------------------------------------ voxel size
 
     def _on_layer_changed(self, layer) -> None:
-        """Take the voxel size from the chosen layer, unless the user typed one."""
-        vox = layer_voxel_size(layer)
-        if vox is not None and not self.voxel.typed:
-            self.voxel.set_value(vox, typed=False)
+        """The voxel size of the chosen layer: typed for it, else its own or a layer's of the
+        same shape (said so), else unknown."""
+        if layer is None:
+            self.voxel_note.setText("")
+            return
+        typed = self._typed.get(id(unwrapped(layer)))
+        if typed is not None:
+            self.voxel.set_value(typed, typed=True)
+            self.voxel_note.setText("Typed.")
+            return
+        vox, note = voxel_size_for(layer, list(self.viewer.layers))
+        self.voxel.set_value(vox, typed=False)
+        self.voxel_note.setText(note)
+
+    def _on_voxel_changed(self) -> None:
+        if not self.voxel.typed:
+            return
+        layer = self.labels_choice.layer()
+        if layer is not None:
+            self._typed[id(unwrapped(layer))] = self.voxel.value()
+            self.voxel_note.setText("Typed.")
+        if self.instances_layer is not None and self.voxel.known() and (
+                same_layer(layer, self._source) or same_layer(layer, self.instances_layer)):
+            self._rescale_timer.start()
 
     def voxel_size(self) -> tuple[float, float, float]:
-        """The voxel size in use (nm, Z Y X): typed, else from the layer."""
+        """The voxel size in use (nm, Z Y X): typed, else from the layer (0 where unknown)."""
         return self.voxel.value()
+
+    # ------------------------------------------------------------------ measuring
 
     def start(self):
         """Split (if a mask) and measure the chosen labels layer in a worker."""
-        from napari.qt.threading import create_worker
-
         layer = self.labels_choice.layer()
         if layer is None:
             return self._fail("Choose a labels layer (a segmentation) first.", run=True)
         if layer.ndim not in (2, 3):
             return self._fail(f"'{layer.name}' has {layer.ndim} dimensions; expected (Z, Y, X).", run=True)
+        if not self.voxel.known():
+            lo, hi = VOXEL_RANGE_NM
+            return self._fail(f"Type the voxel size of '{layer.name}' (Z, Y, X, {lo:g} to {hi:g} nm) "
+                              "first: every volume and surface depends on it.", run=True)
         self._voxel = self.voxel_size()
         self._source = layer
-        self.run_button.setEnabled(False)
         self.message.setText(f"Measuring the mitochondria of '{layer.name}'...")
-        self.worker = create_worker(instances_job, np.array(layer_array(layer)), self.min_size.value(),
-                                    self._voxel, _ignore_errors=True, _start_thread=False)
-        self.worker.returned.connect(self._on_returned)
+        return self._measure(layer_array(layer), split=True, done=self._on_returned)
+
+    def _measure(self, data, split: bool, done):
+        from napari.qt.threading import create_worker
+
+        self._set_busy(True)
+        self.progress.begin(1, "object")
+        self.worker = create_worker(measure_job, data, self.min_size.value(), self._voxel, split,
+                                    _ignore_errors=True, _start_thread=False)
+        self.worker.yielded.connect(self._on_progress)
+        self.worker.returned.connect(done)
         self.worker.errored.connect(lambda exc: self._fail(f"Could not measure objects: {exc}", run=True))
-        self.worker.finished.connect(lambda: self.run_button.setEnabled(True))
+        self.worker.finished.connect(lambda: self._set_busy(False))
         self.worker.start()
         return self.worker
 
+    def _on_progress(self, item) -> None:
+        if isinstance(item, str):
+            self.message.setText(item)
+        else:
+            self.progress.advance(*item)
+
     def _on_returned(self, result) -> None:
-        inst, rows = result
+        self._set_busy(False)  # (the worker's 'finished' comes after this)
+        inst, rows, snapshot = result
         src = self._source
         if inst is None:  # the layer holds ids already: it is the instances layer
             layer = src
@@ -202,16 +266,35 @@ class View3DWidget(ObjectEdits, QWidget):
                 layer.data = inst
             else:
                 layer = self.viewer.add_labels(inst, name=name)
-            src.visible = False
         self._set_scale(src, layer)
         self._attach(layer)
-        self._snapshot = np.array(layer.data, copy=True)
-        self.viewer.dims.ndisplay = 3
+        self._snapshot = snapshot
+        self.view.show([layer])
         self.rows = rows
+        self.progress.finish(f"{len(rows)} objects measured")
         self._show_rows()
         self.message.setText(f"{len(rows)} mitochondria in '{layer.name}'. Click a row (or an object "
                              "in the viewer) to select it.")
         self.measured.emit(rows)
+
+    def _rescale(self) -> None:
+        """A typed voxel size after measuring: rescale the layers, fit the view, re-measure."""
+        layer = self.instances_layer
+        if layer is None or self._busy:
+            return
+        self._voxel = self.voxel_size()
+        self._set_scale(self._source if self._source is not None else layer, layer)
+        self.view.reset()
+        self._measure(layer.data, split=False, done=self._on_remeasured)
+
+    def _on_remeasured(self, result) -> None:
+        self._set_busy(False)
+        _, self.rows, self._snapshot = result
+        self.progress.finish(f"{len(self.rows)} objects measured")
+        self._show_rows()
+        self.message.setText(f"Measured again at {self._voxel[0]:g} x {self._voxel[1]:g} x "
+                             f"{self._voxel[2]:g} nm.")
+        self.table_updated.emit()
 
     def _set_scale(self, src, layer) -> None:
         """Give the layers the voxel size in nm, so the 3D view has the stack's true proportions;
@@ -221,16 +304,21 @@ class View3DWidget(ObjectEdits, QWidget):
         old = tuple(src.scale)
         # by name: a plugin's viewer hands out a new proxy object for a layer at each access
         mine = {layer.name, src.name}
+        moved = []
         for other in self.viewer.layers:
             if other.name in mine or (
                 other.ndim == src.ndim and tuple(other.scale) == old
                 and tuple(np.shape(layer_array(other))) == tuple(np.shape(layer_array(src)))
             ):
                 other.scale = scale
+                moved.append(other)
         layer.translate = src.translate
+        show_in_nm(self.viewer, moved)
+
+    # ------------------------------------------------------------------ the measured layer
 
     def _attach(self, layer) -> None:
-        if self.instances_layer is layer:
+        if same_layer(self.instances_layer, layer):
             return
         if self.instances_layer is not None:
             self._detach(self.instances_layer)
@@ -249,42 +337,19 @@ class View3DWidget(ObjectEdits, QWidget):
             layer.mouse_drag_callbacks.remove(self._on_click)
 
     def _on_layer_removed(self, event) -> None:
-        """The measured layer was deleted: forget it and its table."""
-        if event.value is not self.instances_layer or event.value is None:
+        """The measured layer was deleted: forget it and its table, show the layers hidden."""
+        if event.value is None or not same_layer(event.value, self.instances_layer):
             return
-        self._detach(event.value)
+        self._detach(self.instances_layer)
         self.instances_layer, self._snapshot, self.rows = None, None, []
+        self._sync_timer.stop()
         self.table.set_rows([])
         self.histogram.set_rows([])
         self.summary.setText("")
+        self.progress.idle()
+        self.view.restore()
+        self.message.setText(f"'{event.value.name}' was removed; measure again for a new table.")
         self._enable()
-
-    def _schedule_sync(self, event=None) -> None:
-        self._sync_timer.start()
-
-    def sync_table(self) -> bool:
-        """Re-measure the objects that changed since the last measurement (an edit, painting,
-        undo or redo); returns whether anything changed."""
-        from ..morphology import measure
-
-        layer = self.instances_layer
-        if layer is None or self._snapshot is None or layer not in self.viewer.layers:
-            return False
-        data = np.asarray(layer.data)
-        if data.shape != self._snapshot.shape:
-            self._snapshot = None
-            self.message.setText("The labels changed shape; measure again.")
-            return False
-        changed = self._snapshot != data
-        if not changed.any():
-            return False
-        ids = (set(np.unique(self._snapshot[changed]).tolist()) | set(np.unique(data[changed]).tolist())) - {0}
-        self._snapshot[changed] = data[changed]
-        fresh = {r.id: r for r in measure(data, self._voxel, ids=ids)} if ids else {}
-        self.rows = sorted([r for r in self.rows if r.id not in ids] + list(fresh.values()), key=lambda r: r.id)
-        self._show_rows()
-        self.table_updated.emit()
-        return True
 
     def _show_rows(self) -> None:
         from ..morphology import summarize
@@ -300,72 +365,34 @@ class View3DWidget(ObjectEdits, QWidget):
                 f"{s.mean_volume_um3:.3g}, median {s.median_volume_um3:.3g} µm³")
         self._enable()
 
+    def _set_busy(self, busy: bool, text: str | None = None) -> None:
+        """While a worker measures or edits: the buttons are off (and a busy bar shows ``text``)."""
+        self._busy = busy
+        if busy and text:
+            self.progress.setRange(0, 0)
+            self.progress.setFormat(text)
+        elif not busy and self.progress.maximum() == 0:
+            self.progress.idle()
+        self._enable()
+
     def _enable(self) -> None:
         has = self.instances_layer is not None and bool(self.rows)
+        free = has and not self._busy
         n = len(self.table.selected_ids())
-        self.save_button.setEnabled(has)
-        self.mesh_button.setEnabled(has)
-        self.delete_button.setEnabled(has and n >= 1)
-        self.merge_button.setEnabled(has and n >= 2)
-        self.split_button.setEnabled(has and n == 1)
-
-    # ------------------------------------------------------------------ selection
-
-    def _on_rows_selected(self, ids: list) -> None:
-        self._enable()
-        self.histogram.set_rows(self.rows, ids)
-        layer = self.instances_layer
-        if not ids or layer is None or self._selecting:
-            return
-        obj_id = ids[0]
-        self._selecting = True
-        try:
-            layer.selected_label = obj_id
-        finally:
-            self._selecting = False
-        row = next((r for r in self.rows if r.id == obj_id), None)
-        if row is not None and layer.ndim == 3:
-            axis = self.viewer.dims.ndim - layer.ndim
-            z = row.centroid_z_um * 1000 / self._voxel[0]
-            self.viewer.dims.set_point(axis, float(layer.translate[0] + round(z) * layer.scale[0]))
-
-    def _on_label_picked(self, event=None) -> None:
-        """The layer's selected label changed (picker, click, keyboard): select its row."""
-        if self._selecting or self.instances_layer is None:
-            return
-        obj_id = int(self.instances_layer.selected_label)
-        if any(r.id == obj_id for r in self.rows):
-            self._selecting = True
-            try:
-                self.table.select_ids([obj_id])
-                self._enable()
-                self.histogram.set_rows(self.rows, [obj_id])
-            finally:
-                self._selecting = False
-
-    def _on_click(self, layer, event):
-        """In pan/zoom mode, a click (no drag) on an object selects it (2D or 3D)."""
-        if layer.mode != "pan_zoom":
-            return
-        start = np.asarray(event.position)
-        yield
-        while event.type == "mouse_move":
-            yield
-        if np.linalg.norm(np.asarray(event.position) - start) > 1e-6 * max(1.0, np.abs(start).max()):
-            return
-        value = layer.get_value(event.position, view_direction=event.view_direction,
-                                dims_displayed=event.dims_displayed, world=True)
-        if value:
-            layer.selected_label = int(value)
-
-    def _on_alone(self, checked: bool) -> None:
-        if self.instances_layer is not None:
-            self.instances_layer.show_selected_label = checked
+        self.run_button.setEnabled(not self._busy)
+        self.table.setEnabled(has)
+        self.alone.setEnabled(has)
+        self.save_button.setEnabled(free)
+        self.mesh_button.setEnabled(free)
+        self.delete_button.setEnabled(free and n >= 1)
+        self.merge_button.setEnabled(free and n >= 2)
+        self.split_button.setEnabled(free and n == 1)
 
     def _fail(self, text: str, run: bool = False):
         """Show ``text``; ``run``: the measuring run failed (``measured`` fires with None)."""
         self.message.setText(text)
         show_error(text)
         if run:
+            self.progress.idle("failed")
             self.measured.emit(None)
         return None
