@@ -1,0 +1,158 @@
+"""A U-Net with a RegNet encoder in plain torch, for inference without the training stack.
+
+The network is the one ``segmentation_models_pytorch.Unet(encoder_name="tu-regnety_004")``
+builds (timm's RegNetY behind smp's universal encoder, smp's Unet decoder and head), module for
+module, so it takes the same state dict (the same keys, shapes and arithmetic, hence the same
+outputs). Importing it needs torch alone: no smp, timm or torchvision, which take seconds to
+import. The file imports nothing else from the package, so a model package can carry it as the
+architecture of its weights.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+#: RegNet encoders this file can build: stem width, stage widths, blocks per stage, channels per
+#: group and squeeze-excitation ratio (timm's ``regnety_004`` and ``regnetx_004``)
+REGNETS = {
+    "regnety_004": {"stem": 32, "widths": (48, 104, 208, 440), "depths": (1, 3, 6, 6),
+                    "group_size": 8, "se_ratio": 0.25},
+    "regnetx_004": {"stem": 32, "widths": (32, 64, 160, 384), "depths": (1, 2, 7, 12),
+                    "group_size": 16, "se_ratio": 0.0},
+}
+
+
+class ConvBn(nn.Sequential):
+    """Convolution without bias, batch norm, optional ReLU (timm's ``ConvNormAct``: ``conv``, ``bn``)."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1, act: bool = True):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, kernel, stride, padding=kernel // 2, groups=groups, bias=False)
+        self.bn = nn.BatchNorm2d(cout)
+        self.act = nn.ReLU(inplace=True) if act else nn.Identity()
+
+
+class SqueezeExcite(nn.Module):
+    def __init__(self, channels: int, reduced: int):
+        super().__init__()
+        self.fc1 = nn.Conv2d(channels, reduced, 1)
+        self.fc2 = nn.Conv2d(reduced, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.fc2(F.relu(self.fc1(x.mean((2, 3), keepdim=True)), inplace=True))
+        return x * s.sigmoid()
+
+
+class Bottleneck(nn.Module):
+    """RegNet block: 1x1, grouped 3x3 (stride), squeeze-excitation, 1x1, plus the shortcut."""
+
+    def __init__(self, cin: int, cout: int, stride: int, group_size: int, se_ratio: float):
+        super().__init__()
+        self.conv1 = ConvBn(cin, cout, 1)
+        self.conv2 = ConvBn(cout, cout, 3, stride, groups=cout // group_size)
+        self.se = SqueezeExcite(cout, int(round(cin * se_ratio))) if se_ratio else nn.Identity()
+        self.conv3 = ConvBn(cout, cout, 1, act=False)
+        self.downsample = ConvBn(cin, cout, 1, stride, act=False) if stride != 1 or cin != cout else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv3(self.se(self.conv2(self.conv1(x))))
+        return F.relu(y + self.downsample(x))
+
+
+class RegNetFeatures(nn.Module):
+    """The stem and the first ``depth - 1`` stages (``s1`` ...), each halving height and width."""
+
+    def __init__(self, in_channels: int, depth: int, stem: int, widths, depths, group_size: int,
+                 se_ratio: float):
+        super().__init__()
+        self.stem = ConvBn(in_channels, stem, 3, 2)
+        cin = stem
+        self.stage_names = []
+        for i, (width, blocks) in enumerate(zip(widths[: depth - 1], depths[: depth - 1], strict=True)):
+            stage = nn.Sequential()
+            for b in range(blocks):
+                stage.add_module(f"b{b + 1}", Bottleneck(cin if b == 0 else width, width, 2 if b == 0 else 1,
+                                                         group_size, se_ratio))
+            cin = width
+            self.add_module(f"s{i + 1}", stage)
+            self.stage_names.append(f"s{i + 1}")
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        feats = [self.stem(x)]
+        for name in self.stage_names:
+            feats.append(getattr(self, name)(feats[-1]))
+        return feats
+
+
+class RegNetEncoder(nn.Module):
+    """smp's universal encoder around the RegNet: the input itself, then one map per stage."""
+
+    def __init__(self, **kwargs):
+        super().__init__()
+        self.model = RegNetFeatures(**kwargs)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [x, *self.model(x)]
+
+
+def conv_relu(cin: int, cout: int) -> nn.Sequential:
+    """smp's ``Conv2dReLU``: 3x3 convolution without bias, batch norm, ReLU (keys ``0``, ``1``)."""
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
+                         nn.ReLU(inplace=True))
+
+
+class DecoderBlock(nn.Module):
+    def __init__(self, cin: int, skip: int, cout: int):
+        super().__init__()
+        self.conv1 = conv_relu(cin + skip, cout)
+        self.conv2 = conv_relu(cout, cout)
+
+    def forward(self, x: torch.Tensor, size: list[int], skip: torch.Tensor | None) -> torch.Tensor:
+        x = F.interpolate(x, size=size, mode="nearest")
+        if skip is not None:
+            x = torch.cat([x, skip], dim=1)
+        return self.conv2(self.conv1(x))
+
+
+class Decoder(nn.Module):
+    def __init__(self, encoder_channels: list[int], decoder_channels: list[int]):
+        super().__init__()
+        enc = encoder_channels[1:][::-1]
+        ins = [enc[0], *decoder_channels[:-1]]
+        skips = [*enc[1:], 0]
+        widths = zip(ins, skips, decoder_channels, strict=True)
+        self.blocks = nn.ModuleList(DecoderBlock(i, s, o) for i, s, o in widths)
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        sizes = [list(f.shape[2:]) for f in features][::-1]
+        feats = features[1:][::-1]
+        x = feats[0]
+        for i, block in enumerate(self.blocks):
+            x = block(x, sizes[i + 1], feats[i + 1] if i + 1 < len(feats) else None)
+        return x
+
+
+class RegNetUnet(nn.Module):
+    """U-Net with a RegNet encoder; (N, in_channels, H, W) float32 in, (N, classes, H, W) logits out.
+
+    H and W must be multiples of ``2 ** encoder_depth``.
+    """
+
+    def __init__(self, encoder: str = "regnety_004", encoder_depth: int = 5,
+                 decoder_channels=(128, 64, 32, 16, 16), in_channels: int = 1, classes: int = 1):
+        super().__init__()
+        if encoder not in REGNETS:
+            raise ValueError(f"unknown RegNet {encoder!r}; choose one of {sorted(REGNETS)}")
+        if not 1 <= encoder_depth <= 5 or len(decoder_channels) != encoder_depth:
+            raise ValueError(f"encoder_depth must lie in 1-5 with one decoder width per stage, got "
+                             f"{encoder_depth} and {list(decoder_channels)}")
+        cfg = REGNETS[encoder]
+        self.encoder = RegNetEncoder(in_channels=in_channels, depth=encoder_depth, **cfg)
+        channels = [in_channels, cfg["stem"], *cfg["widths"][: encoder_depth - 1]]
+        self.decoder = Decoder(channels, list(decoder_channels))
+        self.segmentation_head = nn.Sequential(nn.Conv2d(decoder_channels[-1], classes, 3, padding=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.segmentation_head(self.decoder(self.encoder(x)))
