@@ -225,19 +225,31 @@ def load_model(source: str | os.PathLike = DEFAULT_MODEL, device: str = "auto") 
     except (SafetensorError, OSError, RuntimeError) as exc:
         raise ModelError(f"weights in {path} are corrupt: {exc}") from exc
     state = convert_legacy_keys(state, spec.encoder)
-    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
-        raise ModelError(f"weights in {path} are not finite (NaN or infinite in {len(bad)} tensors, "
-                         f"e.g. {bad[0]}): the model is broken; retrain or fine-tune it again")
-    ref = net.state_dict()
-    _check_weights_fit(state, ref, spec, path)
-    state = {k: v.to(ref[k].dtype) for k, v in state.items()}
-    net.load_state_dict(state, strict=True)
+    _check_weights_fit(state, net.state_dict(), spec, path)
+    _check_finite(state, path)
+    net.load_state_dict(state, strict=True)  # casts float16 weights to the network's float32
     dev = resolve_device(device)
     net = net.to(dev).eval()
     if dev.type == "cpu":
         net = net.to(memory_format=torch.channels_last)
     return LoadedModel(net=net, spec=spec, name=path.name, path=path, info=info)
+
+
+def _check_finite(state: dict, path: Path) -> None:
+    """One-line :class:`ModelError` when a saved weight is NaN or infinite (a training run that
+    diverged): such a model segments nothing, silently."""
+    import numpy as np
+    import torch
+
+    def finite(v) -> bool:
+        if v.dtype == torch.bfloat16:  # numpy has no bfloat16
+            return bool(torch.isfinite(v).all())
+        return bool(np.isfinite(v.numpy()).all())
+
+    bad = [k for k, v in state.items() if v.is_floating_point() and not finite(v)]
+    if bad:
+        raise ModelError(f"weights in {path} are not finite (NaN or infinite in {len(bad)} tensors, "
+                         f"e.g. {bad[0]}): the model is broken; retrain or fine-tune it again")
 
 
 def _check_weights_fit(state: dict, ref: dict, spec: ModelSpec, path: Path) -> None:
@@ -304,7 +316,7 @@ def _weights_problem(weights: str, size: int, mtime_ns: int) -> str | None:
     return f"its weights are not finite (NaN or infinite in {len(bad)} tensors)" if bad else None
 
 
-def _entries(root: Path, shipped: bool) -> list[ModelEntry]:
+def _entries(root: Path, shipped: bool, check_weights: bool = True) -> list[ModelEntry]:
     if not root.is_dir():
         return []
     out = []
@@ -316,15 +328,16 @@ def _entries(root: Path, shipped: bool) -> list[ModelEntry]:
         except ModelError as exc:
             out.append(ModelEntry(p.name, p, shipped, "", broken=str(exc)))
             continue
-        problem = weights_problem(p)
+        problem = weights_problem(p) if check_weights else None
         out.append(ModelEntry(p.name, p, shipped, str(info.get("summary", "")), broken=problem))
     return out
 
 
-def list_models(include_broken: bool = False) -> list[ModelEntry]:
+def list_models(include_broken: bool = False, check_weights: bool = True) -> list[ModelEntry]:
     """Shipped models first, then the user's (fine-tuned) ones; with ``include_broken`` also
-    the folders whose config or weights cannot be used (``broken`` says why)."""
-    found = _entries(SHIPPED_DIR, True) + _entries(user_model_dir(), False)
+    the folders whose config or weights cannot be used (``broken`` says why). Without
+    ``check_weights`` the weights are not read (a model with unusable weights looks usable)."""
+    found = _entries(SHIPPED_DIR, True, check_weights) + _entries(user_model_dir(), False, check_weights)
     return found if include_broken else [e for e in found if e.broken is None]
 
 
@@ -356,7 +369,7 @@ def resolve_model_path(source: str | os.PathLike) -> Path:
         hint = (f"it is a training checkpoint; use its run folder {p.parent} (its best model) "
                 f"or {p.parent / 'best'}") if p.suffix == ".pt" else "a model is a folder holding config.json"
         raise ModelError(f"{p} is a file, not a model: {hint}")
-    entries = list_models(include_broken=True)
+    entries = list_models(include_broken=True, check_weights=False)  # loading checks the weights
     name = DEFAULT_MODEL if str(source) == DEFAULT_ALIAS and DEFAULT_ALIAS not in [e.name for e in entries] \
         else str(source)
     for entry in entries:

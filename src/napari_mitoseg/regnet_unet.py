@@ -10,6 +10,9 @@ architecture of its weights.
 
 from __future__ import annotations
 
+import math
+from typing import List, Optional, Tuple  # noqa: UP035 - TorchScript reads these annotations
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -61,15 +64,14 @@ class Bottleneck(nn.Module):
         return F.relu(y + self.downsample(x))
 
 
-class RegNetFeatures(nn.Module):
+class RegNetFeatures(nn.Sequential):
     """The stem and the first ``depth - 1`` stages (``s1`` ...), each halving height and width."""
 
     def __init__(self, in_channels: int, depth: int, stem: int, widths, depths, group_size: int,
                  se_ratio: float):
         super().__init__()
-        self.stem = ConvBn(in_channels, stem, 3, 2)
+        self.add_module("stem", ConvBn(in_channels, stem, 3, 2))
         cin = stem
-        self.stage_names = []
         for i, (width, blocks) in enumerate(zip(widths[: depth - 1], depths[: depth - 1], strict=True)):
             stage = nn.Sequential()
             for b in range(blocks):
@@ -77,12 +79,12 @@ class RegNetFeatures(nn.Module):
                                                          group_size, se_ratio))
             cin = width
             self.add_module(f"s{i + 1}", stage)
-            self.stage_names.append(f"s{i + 1}")
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        feats = [self.stem(x)]
-        for name in self.stage_names:
-            feats.append(getattr(self, name)(feats[-1]))
+    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:  # noqa: UP006
+        feats: List[torch.Tensor] = []  # noqa: UP006
+        for module in self:
+            x = module(x)
+            feats.append(x)
         return feats
 
 
@@ -93,8 +95,8 @@ class RegNetEncoder(nn.Module):
         super().__init__()
         self.model = RegNetFeatures(**kwargs)
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return [x, *self.model(x)]
+    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:  # noqa: UP006
+        return [x] + self.model(x)
 
 
 def conv_relu(cin: int, cout: int) -> nn.Sequential:
@@ -109,7 +111,7 @@ class DecoderBlock(nn.Module):
         self.conv1 = conv_relu(cin + skip, cout)
         self.conv2 = conv_relu(cout, cout)
 
-    def forward(self, x: torch.Tensor, size: list[int], skip: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, size: List[int], skip: Optional[torch.Tensor]) -> torch.Tensor:  # noqa: UP006,UP045
         x = F.interpolate(x, size=size, mode="nearest")
         if skip is not None:
             x = torch.cat([x, skip], dim=1)
@@ -125,12 +127,14 @@ class Decoder(nn.Module):
         widths = zip(ins, skips, decoder_channels, strict=True)
         self.blocks = nn.ModuleList(DecoderBlock(i, s, o) for i, s, o in widths)
 
-    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
-        sizes = [list(f.shape[2:]) for f in features][::-1]
-        feats = features[1:][::-1]
-        x = feats[0]
+    def forward(self, features: List[torch.Tensor]) -> torch.Tensor:  # noqa: UP006
+        n = len(features)
+        x = features[n - 1]
         for i, block in enumerate(self.blocks):
-            x = block(x, sizes[i + 1], feats[i + 1] if i + 1 < len(feats) else None)
+            # up to the next finer feature map; the last block (the input's size) has no skip
+            target = features[n - 2 - i]
+            skip: Optional[torch.Tensor] = target if n - 2 - i > 0 else None  # noqa: UP045
+            x = block(x, [target.shape[2], target.shape[3]], skip)
         return x
 
 
@@ -156,3 +160,56 @@ class RegNetUnet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.segmentation_head(self.decoder(self.encoder(x)))
+
+
+def _round_half_even(v: float) -> int:
+    """Python's ``round`` (half to even), written so that TorchScript compiles it."""
+    low = math.floor(v)
+    rest = v - low
+    if rest > 0.5 or (rest == 0.5 and low % 2 == 1):
+        return int(low) + 1
+    return int(low)
+
+
+class ScaledRegNetUnet(RegNetUnet):
+    """The whole network step of napari-mitoseg for one slice, as a model package runs it.
+
+    (N, 1, H, W) normalised slices at the model's pixel size in, (N, 1, H, W) foreground
+    probability out: resized by ``input_scale`` (antialiased when shrinking), padded to a multiple
+    of ``2 ** encoder_depth`` (reflected), the U-Net, a sigmoid, cropped and resized back. The
+    weights are :class:`RegNetUnet`'s, under the same keys.
+    """
+
+    def __init__(self, encoder: str = "regnety_004", encoder_depth: int = 5,
+                 decoder_channels=(128, 64, 32, 16, 16), in_channels: int = 1, classes: int = 1,
+                 input_scale: float = 1.0):
+        super().__init__(encoder, encoder_depth, decoder_channels, in_channels, classes)
+        self.input_scale = float(input_scale)
+        self.stride = 2**encoder_depth
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.probability(x)
+
+    def probability(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[2], x.shape[3]
+        nh = max(8, _round_half_even(h * self.input_scale))
+        nw = max(8, _round_half_even(w * self.input_scale))
+        if nh != h or nw != w:
+            x = F.interpolate(x, size=[nh, nw], mode="bilinear", align_corners=False,
+                              antialias=nh < h or nw < w)
+        ph, pw = (-nh) % self.stride, (-nw) % self.stride
+        if ph > 0 or pw > 0:
+            x = F.pad(x, [0, pw, 0, ph], mode="reflect" if ph < nh and pw < nw else "replicate")
+        y = torch.sigmoid(self.segmentation_head(self.decoder(self.encoder(x))))[:, :, :nh, :nw]
+        if nh != h or nw != w:
+            y = F.interpolate(y, size=[h, w], mode="bilinear", align_corners=False, antialias=h < nh or w < nw)
+        return y.clamp(0.0, 1.0)
+
+
+class PackagedRegNetUnet(ScaledRegNetUnet):
+    """:class:`ScaledRegNetUnet` with two outputs, the probability and (thresholded by the model
+    package's post-processing) the mask; the same tensor twice."""
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:  # noqa: UP006
+        p = self.probability(x)
+        return p, p
