@@ -248,3 +248,87 @@ def test_training_on_a_busy_machine_uses_one_thread_and_restores_torch(monkeypat
     progress = list(iter_train(image, mask, spec=tiny_spec, config=cfg, device="cpu"))
     assert [h["threads"] for h in progress[-1].history] == [1, 1]
     assert torch.get_num_threads() == before
+
+
+# --------------------------------------------------------------------------- broken models
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("pixel_size_nm", 0, "pixel_size_nm must be a positive number or null \\(unknown\\), got 0"),
+    ("pixel_size_nm", "5", "pixel_size_nm must be a positive number or null \\(unknown\\), got '5'"),
+    ("pixel_size_nm", -4, "pixel_size_nm must be a positive number .* got -4"),
+    ("pixel_size_nm", float("nan"), "pixel_size_nm must be a positive number .* got nan"),
+    ("encoder_depth", "5", "encoder_depth must be a whole number >= 1, got '5'"),
+    ("encoder_depth", 5.0, "encoder_depth must be a whole number >= 1, got 5.0"),
+    ("decoder_channels", [128, "64", 32, 16, 16], "decoder_channels must be a list of positive whole numbers"),
+    ("decoder_channels", [16.7, 8, 8, 8, 8], "decoder_channels must be a list of positive whole numbers"),
+    ("input_scale", "0.5", "input_scale must be a positive number, got '0.5'"),
+    ("tile_size", None, "tile_size must be a whole number >= 1, got None"),
+    ("invert", "no", "invert must be true or false, got 'no'"),
+])
+def test_a_broken_config_is_refused_with_one_consistent_line(tiny_model_dir, field, value, message):
+    cfg = json.loads((tiny_model_dir / M.CONFIG_NAME).read_text())
+    cfg["spec"][field] = value
+    (tiny_model_dir / M.CONFIG_NAME).write_text(json.dumps(cfg))
+    with pytest.raises(ModelError, match=message) as err:
+        M.load_model(tiny_model_dir, device="cpu")
+    text = str(err.value)
+    assert "\n" not in text and "config.json" in text
+    assert "--" not in text  # never "the model takes -1.25--20 nm"
+    assert "5 entries but encoder_depth is 5" not in text
+
+
+def _user_copy(src: Path, name: str) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(src, M.user_model_dir() / name))
+
+
+def test_models_without_usable_weights_are_listed_as_broken_with_the_reason(tiny_model_dir):
+    good = _user_copy(tiny_model_dir, "good")
+    (_user_copy(tiny_model_dir, "no-weights") / M.WEIGHTS_NAME).unlink()
+    w = _user_copy(tiny_model_dir, "truncated") / M.WEIGHTS_NAME
+    w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
+    nan = _user_copy(tiny_model_dir, "nan")
+    state = {k: v.clone() for k, v in M.load_model(good, device="cpu").net.state_dict().items()}
+    state["segmentation_head.0.bias"][:] = float("nan")
+    M.save_model(_StateOnly(state), M.read_config(good)[0], nan, half=True)
+
+    usable = [e.name for e in M.list_models() if not e.shipped]
+    assert usable == ["good"]
+    broken = {e.name: e.broken for e in M.list_models(include_broken=True) if e.broken}
+    assert set(broken) == {"nan", "no-weights", "truncated"}
+    assert "no model.safetensors" in broken["no-weights"]
+    assert "corrupt or truncated" in broken["truncated"]
+    assert "not finite" in broken["nan"]
+
+
+class _StateOnly:
+    def __init__(self, state):
+        self._state = state
+
+    def state_dict(self):
+        return self._state
+
+
+def test_a_model_with_nan_weights_is_refused_at_load(tiny_model, tmp_path):
+    state = {k: v.clone() for k, v in tiny_model.net.state_dict().items()}
+    next(v for k, v in state.items() if k.endswith("weight") and v.is_floating_point())[0] = float("nan")
+    folder = M.save_model(_StateOnly(state), tiny_model.spec, tmp_path / "nan-ft1")
+    with pytest.raises(ModelError, match=r"weights in .*nan-ft1 are not finite \(NaN or infinite in 1 tensors"):
+        M.load_model(folder, device="cpu")
+
+
+@pytest.mark.parametrize("source", ["", "  "])
+def test_an_empty_model_name_is_refused_not_read_as_the_default(source):
+    with pytest.raises(ModelError, match=r"the model name is empty; give a name \(mito-em-v2, mito-em-v3"):
+        M.resolve_model_path(source)
+
+
+@pytest.mark.parametrize("source", [123, 1.5, ["mito-em-v3"], None])
+def test_a_model_given_as_something_else_is_a_type_error(source):
+    with pytest.raises(TypeError, match=r"a model is given by its name or the path of its folder or "
+                                        r"package \(a string or a path\), got \w+ "):
+        M.resolve_model_path(source)
+    with pytest.raises(ModelError):  # the command line's and widgets' one error class too
+        M.resolve_model_path(source)

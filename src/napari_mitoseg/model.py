@@ -1,6 +1,7 @@
-"""Model specs, building, self-describing checkpoints, the model registry and device choice.
+"""Building, self-describing checkpoints, the model registry and device choice.
 
-A saved model is a folder holding ``config.json`` (the :class:`ModelSpec` plus provenance),
+A saved model is a folder holding ``config.json`` (the :class:`ModelSpec` of
+:mod:`~napari_mitoseg.model_spec` plus provenance),
 ``model.safetensors`` (the weights) and ``README.md`` (the model card). Shipped models live in
 the package (``napari_mitoseg/models/<name>``); fine-tuned ones in the user's model folder
 (``platformdirs`` user data dir, or ``$MITOSEG_MODEL_DIR``). Both go through the same
@@ -9,7 +10,7 @@ the package (``napari_mitoseg/models/<name>``); fine-tuned ones in the user's mo
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import json
 import logging
 import os
@@ -17,6 +18,14 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .model_spec import (  # noqa: F401 - the spec's names are the model's too
+    NORMALISATIONS,
+    ModelError,
+    ModelSourceTypeError,
+    ModelSpec,
+    threshold_problem,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -26,110 +35,26 @@ CARD_NAME = "README.md"
 SHIPPED_DIR = Path(__file__).parent / "models"
 DEFAULT_MODEL = "mito-em-v3"
 DEVICES = ("auto", "cpu", "cuda", "mps")
-NORMALISATIONS = ("percentile", "none")
 
 
-class ModelError(RuntimeError):
-    """A model could not be found, built or loaded; the message says why."""
+def build_for_weights(spec: ModelSpec):
+    """The network that saved weights of ``spec`` load into (random weights until they do): for a
+    U-Net with a RegNet encoder the plain-torch :class:`~napari_mitoseg.regnet_unet.RegNetUnet`
+    (the same keys and outputs as smp's, without importing smp, timm or torchvision), else
+    :func:`build_model`."""
+    from .networks import plain_torch_encoder
 
+    regnet = plain_torch_encoder(spec)
+    if regnet is None:
+        return build_model(spec)
+    from .regnet_unet import RegNetUnet
 
-def threshold_problem(value) -> str | None:
-    """Why ``value`` is not a usable probability threshold (a number strictly between 0 and 1),
-    or None when it is. The one check behind the model spec, :class:`PredictOptions` and the
-    command line."""
-    import numbers
-
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        return f"threshold must be a number in (0, 1), got {value!r}"
-    if not 0.0 < float(value) < 1.0:  # also False for NaN
-        return f"threshold must lie in (0, 1), got {value}"
-    return None
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Everything needed to rebuild a network and to feed it correctly.
-
-    Attributes
-    ----------
-    arch, encoder : smp architecture and encoder names (``smp.create_model``).
-    encoder_depth : number of encoder stages; inputs are padded to ``2 ** encoder_depth``.
-    decoder_channels : decoder widths, one per encoder stage.
-    in_channels : 1 for grey-scale EM.
-    normalisation : ``"percentile"`` (per slice, 1st-99th percentile to zero mean, unit-ish
-        spread) or ``"none"`` (uint8 scaled to [0, 1]).
-    threshold : probability above which a pixel is foreground.
-    pixel_size_nm : pixel size (nm, in Y and X) of the stacks this model takes as they are, at
-        pixel ratio 1: the training data's native pixel size (before ``input_scale``). None if
-        unknown; then a stack's pixel size in nm cannot be turned into a pixel ratio.
-    tile_size, tile_overlap : slices larger than ``tile_size`` run as overlapping tiles
-        (sizes in the network's pixels, after ``input_scale``).
-    input_scale : slices are resized by this factor before the network sees them and the
-        probabilities resized back (0.5: the network works at half resolution, seeing twice
-        the context for a quarter of the compute). Training crops use the same factor.
-    invert : slices are contrast-inverted after normalisation, before the network sees them
-        (and so are training crops): a model set up for stacks whose contrast is the reverse of
-        its training data's, bright membranes on a dark background.
-    """
-
-    arch: str = "Unet"
-    encoder: str = "resnet18"
-    encoder_depth: int = 5
-    decoder_channels: tuple[int, ...] = (128, 64, 32, 16, 16)
-    in_channels: int = 1
-    normalisation: str = "percentile"
-    threshold: float = 0.5
-    pixel_size_nm: float | None = None
-    tile_size: int = 1024
-    tile_overlap: int = 64
-    input_scale: float = 1.0
-    invert: bool = False
-
-    def __post_init__(self) -> None:
-        if self.normalisation not in NORMALISATIONS:
-            raise ModelError(
-                f"unknown normalisation {self.normalisation!r}; choose one of {NORMALISATIONS}"
-            )
-        if len(self.decoder_channels) != self.encoder_depth:
-            raise ModelError(
-                f"decoder_channels has {len(self.decoder_channels)} entries but encoder_depth "
-                f"is {self.encoder_depth}; give one width per stage"
-            )
-        problem = threshold_problem(self.threshold)
-        if problem:
-            raise ModelError(problem)
-        if not 0.125 <= self.input_scale <= 4.0:
-            raise ModelError(f"input_scale must lie in [0.125, 4], got {self.input_scale}")
-        if self.tile_size % self.stride or self.tile_overlap >= self.tile_size // 2:
-            raise ModelError(
-                f"tile_size ({self.tile_size}) must be a multiple of {self.stride} and "
-                f"exceed twice tile_overlap ({self.tile_overlap})"
-            )
-
-    @property
-    def stride(self) -> int:
-        """Inputs' height and width must be multiples of this."""
-        return 2**self.encoder_depth
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["decoder_channels"] = list(self.decoder_channels)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ModelSpec:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ModelError(f"unknown model spec keys {sorted(unknown)}; known: {sorted(known)}")
-        d = dict(d)
-        if "decoder_channels" in d:
-            d["decoder_channels"] = tuple(int(c) for c in d["decoder_channels"])
-        return cls(**d)
+    return RegNetUnet(regnet, spec.encoder_depth, spec.decoder_channels, spec.in_channels, 1)
 
 
 def build_model(spec: ModelSpec):
-    """Build the torch network for ``spec`` with random weights (no download, ever)."""
+    """Build the smp network for ``spec`` with random weights (no download, ever); training from
+    scratch starts here (smp's initialisation)."""
     import segmentation_models_pytorch as smp
 
     try:
@@ -288,24 +213,43 @@ def load_model(source: str | os.PathLike = DEFAULT_MODEL, device: str = "auto") 
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    from .networks import convert_legacy_keys
+
     path = resolve_model_path(source)
     spec, info = read_config(path)
-    net = build_model(spec)
+    net = build_for_weights(spec)
     try:
         state = load_file(str(path / WEIGHTS_NAME))
     except FileNotFoundError as exc:
         raise ModelError(f"{path} has no {WEIGHTS_NAME}") from exc
     except (SafetensorError, OSError, RuntimeError) as exc:
         raise ModelError(f"weights in {path} are corrupt: {exc}") from exc
-    ref = net.state_dict()
-    _check_weights_fit(state, ref, spec, path)
-    state = {k: v.to(ref[k].dtype) for k, v in state.items()}
-    net.load_state_dict(state, strict=True)
+    state = convert_legacy_keys(state, spec.encoder)
+    _check_weights_fit(state, net.state_dict(), spec, path)
+    _check_finite(state, path)
+    net.load_state_dict(state, strict=True)  # casts float16 weights to the network's float32
     dev = resolve_device(device)
     net = net.to(dev).eval()
     if dev.type == "cpu":
         net = net.to(memory_format=torch.channels_last)
     return LoadedModel(net=net, spec=spec, name=path.name, path=path, info=info)
+
+
+def _check_finite(state: dict, path: Path) -> None:
+    """One-line :class:`ModelError` when a saved weight is NaN or infinite (a training run that
+    diverged): such a model segments nothing, silently."""
+    import numpy as np
+    import torch
+
+    def finite(v) -> bool:
+        if v.dtype == torch.bfloat16:  # numpy has no bfloat16
+            return bool(torch.isfinite(v).all())
+        return bool(np.isfinite(v.numpy()).all())
+
+    bad = [k for k, v in state.items() if v.is_floating_point() and not finite(v)]
+    if bad:
+        raise ModelError(f"weights in {path} are not finite (NaN or infinite in {len(bad)} tensors, "
+                         f"e.g. {bad[0]}): the model is broken; retrain or fine-tune it again")
 
 
 def _check_weights_fit(state: dict, ref: dict, spec: ModelSpec, path: Path) -> None:
@@ -340,11 +284,39 @@ class ModelEntry:
     path: Path
     shipped: bool
     summary: str
-    #: why the model cannot be loaded (a corrupt config.json), None when it can
+    #: why the model cannot be loaded (a corrupt config.json; weights missing, truncated or
+    #: not finite), None when it can
     broken: str | None = None
 
 
-def _entries(root: Path, shipped: bool) -> list[ModelEntry]:
+def weights_problem(path: str | os.PathLike) -> str | None:
+    """Why the weights of model folder ``path`` cannot be used (missing, unreadable, truncated,
+    not finite), or None when they can. Reads the file once per (size, modification time)."""
+    w = Path(path) / WEIGHTS_NAME
+    try:
+        st = w.stat()
+    except OSError:
+        return f"it has no {WEIGHTS_NAME} (the weights)"
+    return _weights_problem(str(w), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _weights_problem(weights: str, size: int, mtime_ns: int) -> str | None:
+    import numpy as np
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    try:
+        state = load_file(weights)
+    except (SafetensorError, OSError, ValueError, TypeError) as exc:
+        return f"its {WEIGHTS_NAME} is corrupt or truncated ({exc})"
+    if not state:
+        return f"its {WEIGHTS_NAME} holds no tensors"
+    bad = [k for k, v in state.items() if v.dtype.kind == "f" and not np.isfinite(v).all()]
+    return f"its weights are not finite (NaN or infinite in {len(bad)} tensors)" if bad else None
+
+
+def _entries(root: Path, shipped: bool, check_weights: bool = True) -> list[ModelEntry]:
     if not root.is_dir():
         return []
     out = []
@@ -356,14 +328,16 @@ def _entries(root: Path, shipped: bool) -> list[ModelEntry]:
         except ModelError as exc:
             out.append(ModelEntry(p.name, p, shipped, "", broken=str(exc)))
             continue
-        out.append(ModelEntry(p.name, p, shipped, str(info.get("summary", ""))))
+        problem = weights_problem(p) if check_weights else None
+        out.append(ModelEntry(p.name, p, shipped, str(info.get("summary", "")), broken=problem))
     return out
 
 
-def list_models(include_broken: bool = False) -> list[ModelEntry]:
+def list_models(include_broken: bool = False, check_weights: bool = True) -> list[ModelEntry]:
     """Shipped models first, then the user's (fine-tuned) ones; with ``include_broken`` also
-    the folders whose config cannot be read (``broken`` says why)."""
-    found = _entries(SHIPPED_DIR, True) + _entries(user_model_dir(), False)
+    the folders whose config or weights cannot be used (``broken`` says why). Without
+    ``check_weights`` the weights are not read (a model with unusable weights looks usable)."""
+    found = _entries(SHIPPED_DIR, True, check_weights) + _entries(user_model_dir(), False, check_weights)
     return found if include_broken else [e for e in found if e.broken is None]
 
 
@@ -379,14 +353,23 @@ def resolve_model_path(source: str | os.PathLike) -> Path:
     ``"default"`` is the shipped default model; a training run folder (``train --out``) stands
     for its ``best`` model (a note says so).
     """
+    if not isinstance(source, (str, os.PathLike)):
+        raise ModelSourceTypeError(
+            f"a model is given by its name or the path of its folder or package (a string or a "
+            f"path), got {type(source).__name__} {source!r}")
+    if not str(os.fspath(source)).strip():
+        raise ModelError(f"the model name is empty; give a name ({', '.join(_usable_names())}), a model "
+                         f"folder or a package .zip, or leave the model out for {DEFAULT_MODEL!r}")
     p = Path(os.fsdecode(source))
     if p.is_dir():
         return _model_in_folder(p)
+    if p.is_file() and p.suffix.lower() == ".zip":
+        return _unpack(p)
     if p.is_file():
         hint = (f"it is a training checkpoint; use its run folder {p.parent} (its best model) "
                 f"or {p.parent / 'best'}") if p.suffix == ".pt" else "a model is a folder holding config.json"
         raise ModelError(f"{p} is a file, not a model: {hint}")
-    entries = list_models(include_broken=True)
+    entries = list_models(include_broken=True, check_weights=False)  # loading checks the weights
     name = DEFAULT_MODEL if str(source) == DEFAULT_ALIAS and DEFAULT_ALIAS not in [e.name for e in entries] \
         else str(source)
     for entry in entries:
@@ -398,6 +381,20 @@ def resolve_model_path(source: str | os.PathLike) -> Path:
     names = [e.name for e in entries]
     raise ModelError(f"unknown model {str(source)!r}; available: {names or 'none'} "
                      f"(the shipped default is {DEFAULT_MODEL!r})")
+
+
+def _usable_names() -> list[str]:
+    return [e.name for e in list_models()] or ["none"]
+
+
+def _unpack(p: Path) -> Path:
+    """The model folder unpacked from bioimage.io package ``p`` (exported by this plugin)."""
+    from .bioimageio_import import PackageError, unpack_package
+
+    try:
+        return unpack_package(p, user_model_dir() / ".packages", CONFIG_NAME, WEIGHTS_NAME, CARD_NAME)
+    except PackageError as exc:
+        raise ModelError(str(exc)) from exc
 
 
 def _model_in_folder(p: Path) -> Path:

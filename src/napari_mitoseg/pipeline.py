@@ -39,7 +39,7 @@ _CACHE: dict[tuple[str, str, float], LoadedModel] = {}
 
 def get_model(source: str | os.PathLike | None = None, device: str = "auto") -> LoadedModel:
     """Load ``source`` (name or folder; default the shipped model) once per (folder, device)."""
-    path = resolve_model_path(source or DEFAULT_MODEL).resolve()
+    path = resolve_model_path(DEFAULT_MODEL if source is None else source).resolve()
     weights = path / "model.safetensors"
     key = (str(path), device, weights.stat().st_mtime if weights.exists() else 0.0)
     if key not in _CACHE:
