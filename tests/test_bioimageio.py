@@ -85,3 +85,26 @@ def test_exported_packages_pass_the_bioimageio_model_test(which, tiny_regnet_dir
     assert summary.status == "passed", failed
     formats = {d.name for d in summary.details if "torchscript" in d.name.lower()}
     assert formats, "the TorchScript weights were not tested"
+
+
+def test_the_export_command_writes_a_package_the_segment_command_reads(tiny_model_dir, tiny_regnet_dir, sample,
+                                                                        tmp_path, capsys):
+    import tifffile
+
+    from napari_mitoseg.cli import main
+    from napari_mitoseg.io import read_stack
+
+    package = tmp_path / "shared" / "tiny.zip"
+    assert main(["export", str(tiny_regnet_dir), "-o", str(package), "--no-torchscript"]) == 0
+    assert f"wrote {package}" in capsys.readouterr().out and zipfile.is_zipfile(package)
+    image = tmp_path / "im.tif"
+    tifffile.imwrite(image, sample[0], photometric="minisblack")
+    assert main(["segment", str(image), "--model", str(package), "--device", "cpu",
+                 "-o", str(tmp_path / "from_zip.tif")]) == 0
+    assert main(["segment", str(image), "--model", str(tiny_regnet_dir), "--device", "cpu",
+                 "-o", str(tmp_path / "from_folder.tif")]) == 0
+    assert np.array_equal(read_stack(tmp_path / "from_zip.tif"), read_stack(tmp_path / "from_folder.tif"))
+    # a model that cannot travel as a package: one line, exit 2, nothing written
+    assert main(["export", str(tiny_model_dir), "-o", str(tmp_path / "x.zip")]) == 2
+    assert "packages hold U-Nets with a RegNet encoder" in capsys.readouterr().err
+    assert not (tmp_path / "x.zip").exists()

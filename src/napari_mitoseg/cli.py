@@ -188,9 +188,23 @@ def _small_parsers(sub) -> None:
     d.add_argument("-o", "--out", default=None, help="labels to write (.tif or .zarr; default: none)")
 
 
+def _export_parser(sub) -> argparse.ArgumentParser:
+    x = sub.add_parser("export", help="write a model as a bioimage.io model package (.zip)")
+    x.add_argument("model", help="a model name ('default', a shipped or fine-tuned one), a model folder "
+                                 "or a training run folder")
+    x.add_argument("-o", "--out", required=True, help="the package to write (FILE.zip)")
+    x.add_argument("--author", action="append", default=None,
+                   help="an author's name; repeat for several (default: the model's recorded authors)")
+    x.add_argument("--licence", default="BSD-3-Clause",
+                   help="SPDX licence id of the weights (default: %(default)s)")
+    x.add_argument("--no-torchscript", action="store_true",
+                   help="leave out the TorchScript weights (default: state dict and TorchScript)")
+    return x
+
+
 #: one builder per sub-command (or group of small ones), in the order ``--help`` lists them
 SUBCOMMANDS = [_segment_parser, _suggest_parser, _evaluate_parser, _train_parser, _measure_parser,
-               _small_parsers]
+               _export_parser, _small_parsers]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -426,6 +440,21 @@ def cmd_train(args) -> int:
     return run_train(args)
 
 
+def cmd_export(args) -> int:
+    from .bioimageio_export import ExportError, export_bioimageio
+
+    print(f"exporting {args.model} to {args.out} (the package is checked as it is written: up to a minute)",
+          flush=True)
+    try:
+        out = export_bioimageio(args.model, args.out, authors=args.author, licence=args.licence,
+                                torchscript=not args.no_torchscript)
+    except ExportError as exc:
+        print(f"mitoseg: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from . import api
 
@@ -435,7 +464,8 @@ def cmd_demo(args) -> int:
 
 
 _COMMANDS = {"segment": cmd_segment, "suggest": cmd_suggest, "evaluate": cmd_evaluate, "train": cmd_train,
-             "measure": cmd_measure, "models": cmd_models, "info": cmd_info, "demo": cmd_demo}
+             "measure": cmd_measure, "export": cmd_export, "models": cmd_models, "info": cmd_info,
+             "demo": cmd_demo}
 
 
 def run() -> None:  # console-script entry point
