@@ -326,9 +326,10 @@ def test_a_block_widens_to_the_batch_edges_of_a_single_pass(tiny_model_dir, stac
     seen = []
     real = inference.iter_predict
 
-    def spy(model, image, options=None):
-        seen.append(image.shape[0])
-        return real(model, image, options)
+    def spy(model, image, options=None, *, zrange=None, **kw):
+        a, b = zrange or (0, image.shape[0])
+        seen.append(b - a)
+        return real(model, image, options, zrange=zrange, **kw)
 
     monkeypatch.setattr(inference, "iter_predict", spy)
     path = tmp_path / "im.zarr"
