@@ -279,8 +279,11 @@ class EvaluateWidget(QWidget):
             layer = self.viewer.layers[name]
             layer.data = errors
         else:
+            # (added with the prediction's units: a layer in pixels beside layers in nm would
+            # turn off napari's physical units for all of them)
             layer = self.viewer.add_labels(
                 errors, name=name, colormap=DirectLabelColormap(color_dict=colours), opacity=0.8,
+                scale=pred.scale, translate=pred.translate, units=pred.units,
             )
         layer.scale, layer.translate, layer.units = pred.scale, pred.translate, pred.units
 
