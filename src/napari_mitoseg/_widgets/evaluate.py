@@ -242,7 +242,8 @@ class EvaluateWidget(QWidget):
         filled prediction)."""
         names = [ly.name for ly in self.viewer.layers]
         if layer.name in names and other.name in names and names.index(layer.name) < names.index(other.name):
-            self.viewer.layers.move(names.index(layer.name), names.index(other.name))
+            # (napari inserts before the destination index, counted before the move)
+            self.viewer.layers.move(names.index(layer.name), names.index(other.name) + 1)
 
     def _plot(self, report, corrected=()) -> None:
         from matplotlib.ticker import MaxNLocator
