@@ -206,6 +206,8 @@ def test_evaluate_draws_truth_as_contour_prediction_filled_and_shows_the_key(vie
     ev = _open(viewer, "Evaluate segmentation")
     _wait(qtbot, ev, ev.evaluated, ev.run_button.click)
     assert truth.contour > 0 and pred.contour == 0
+    names = [ly.name for ly in viewer.layers]
+    assert names.index("em ground truth") > names.index("em mitochondria")  # the outline on top
     assert not np.allclose(truth.colormap.map(np.array([1]))[0], pred.colormap.map(np.array([1]))[0])
     key = ev.error_key
     assert key.isVisibleTo(ev)

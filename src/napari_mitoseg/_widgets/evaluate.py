@@ -242,7 +242,8 @@ class EvaluateWidget(QWidget):
         filled prediction)."""
         names = [ly.name for ly in self.viewer.layers]
         if layer.name in names and other.name in names and names.index(layer.name) < names.index(other.name):
-            self.viewer.layers.move(names.index(layer.name), names.index(other.name))
+            # (napari inserts before the destination index, counted before the move)
+            self.viewer.layers.move(names.index(layer.name), names.index(other.name) + 1)
 
     def _plot(self, report, corrected=()) -> None:
         from matplotlib.ticker import MaxNLocator
@@ -279,8 +280,11 @@ class EvaluateWidget(QWidget):
             layer = self.viewer.layers[name]
             layer.data = errors
         else:
+            # (added with the prediction's units: a layer in pixels beside layers in nm would
+            # turn off napari's physical units for all of them)
             layer = self.viewer.add_labels(
                 errors, name=name, colormap=DirectLabelColormap(color_dict=colours), opacity=0.8,
+                scale=pred.scale, translate=pred.translate, units=pred.units,
             )
         layer.scale, layer.translate, layer.units = pred.scale, pred.translate, pred.units
 

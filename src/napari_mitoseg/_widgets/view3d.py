@@ -265,7 +265,8 @@ class View3DWidget(ObjectEdits, ObjectSelection, QWidget):
                 layer = self.viewer.layers[name]
                 layer.data = inst
             else:
-                layer = self.viewer.add_labels(inst, name=name)
+                layer = self.viewer.add_labels(inst, name=name, scale=src.scale, translate=src.translate,
+                                               units=src.units)
         self._set_scale(src, layer)
         self._attach(layer)
         self._snapshot = snapshot
