@@ -117,6 +117,8 @@ def test_segment_score_correct_finetune_resegment_3d(make_napari_viewer, qtbot, 
     # 3D view and measurements
     v3 = _open(viewer, "Mitochondria 3D & measurements")
     v3.labels_choice.set_layer("EM sample mitochondria")
+    assert not v3.voxel.known()  # the sample records no voxel size: measuring waits for one
+    v3.voxel.set_value((30.0, 8.0, 8.0))
     args = _wait(qtbot, v3, v3.measured, v3.run_button.click)
     rows = args[0]
     assert viewer.dims.ndisplay == 3
