@@ -54,7 +54,7 @@ def test_segment_ortho_from_the_command_line_and_refused_for_a_thin_stack(stack_
     np.testing.assert_array_equal(read_stack(out), api.segment(image, model, PredictOptions(ortho=True)))
     thin = tmp_path / "thin.tif"
     tifffile.imwrite(thin, image[:3], photometric="minisblack")
-    assert _cli("segment", thin, "--model", tiny_model_dir, "--device", "cpu", "--ortho") == 2
+    assert _cli("segment", thin, "--model", tiny_model_dir, "--device", "cpu", "--ortho", "--json") == 2
     assert "at least 8 slices" in capsys.readouterr().err
 
 
