@@ -4,10 +4,8 @@ docks that do not fit a laptop screen, a plot whose legend hides the bars, stall
 loop, no time left shown, and no pixel size in nm."""
 
 import dataclasses
-import json
 import os
 import re
-import shutil
 import threading
 import time
 
@@ -17,9 +15,8 @@ from functools import partial
 
 import numpy as np
 import pytest
-from gui_helpers import wait_for
+from gui_helpers import open_dock, run_segment, segment_dock, user_models, wait_for
 
-from napari_mitoseg import model as model_mod
 from napari_mitoseg.synthetic import make_sample
 
 pytestmark = pytest.mark.gui
@@ -31,16 +28,7 @@ _wait = partial(wait_for, timeout=60_000)
 @pytest.fixture
 def models(tmp_path, monkeypatch, tiny_template):
     """"tiny" (no pixel size recorded) and "tiny-nm" (the same weights, 5 nm pixels)."""
-    root = tmp_path / "models"
-    shutil.copytree(tiny_template, root / "tiny")
-    shutil.copytree(tiny_template, root / "tiny-nm")
-    cfg_path = root / "tiny-nm" / "config.json"
-    cfg = json.loads(cfg_path.read_text())
-    cfg["spec"]["pixel_size_nm"] = 5.0
-    cfg_path.write_text(json.dumps(cfg))
-    monkeypatch.setenv("MITOSEG_MODEL_DIR", str(root))
-    monkeypatch.setattr(model_mod, "SHIPPED_DIR", tmp_path / "no-shipped-models")
-    return root
+    return user_models(tmp_path, monkeypatch, tiny_template)
 
 
 @pytest.fixture
@@ -48,20 +36,11 @@ def viewer(make_napari_viewer):
     return make_napari_viewer()
 
 
-def _open(viewer, title):
-    """A widget as napari's Plugins menu opens it (with a public-only proxy of the viewer)."""
-    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, title)
-    return widget
-
-
-def _segment(viewer, model="tiny"):
-    w = _open(viewer, "Segment mitochondria")
-    assert w.model_choice.select(model)
-    return w
+_open, _segment = open_dock, segment_dock
 
 
 def _run(qtbot, w):
-    return _wait(qtbot, w, w.run_finished, w.run_button.click)[0]
+    return run_segment(qtbot, w)
 
 
 def _same(a, b) -> bool:
