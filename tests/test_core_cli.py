@@ -227,7 +227,7 @@ def test_every_option_says_what_it_does_and_its_default():
     import argparse
 
     actions = list(_all_options())
-    assert len({c for c, _ in actions}) == 9  # the top level and its eight sub-commands
+    assert len({c for c, _ in actions}) == 10  # the top level and its nine sub-commands
     silent = [f"{c} {a.dest}" for c, a in actions if not (a.help or "").strip()]
     assert silent == []
     plain = (argparse._HelpAction, argparse._VersionAction, argparse._SubParsersAction)
