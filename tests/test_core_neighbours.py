@@ -79,3 +79,9 @@ def test_a_z_series_is_still_smoothed(tiny_model, z_series, caplog):
     assert not np.allclose(smoothed[2].prob, raw[2], atol=1e-4)
     assert [r.linked for r in smoothed] == [False, True, True, True, True]
     assert not [r for r in caplog.records if getattr(r, "note", False)]
+
+
+def test_float64_beyond_float32s_range_keeps_its_neighbours(z_series):
+    image = np.asarray(z_series, np.float64)
+    for scaled in (image * 1e300 + 1e302, image * 1e-300 + 1e-298):
+        np.testing.assert_array_equal(neighbour_pairs(scaled), neighbour_pairs(image))

@@ -24,6 +24,8 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from .normalisation import _float64_to_unit
+
 #: side of the (n, n) :func:`signature` of a slice
 SIGNATURE_SIZE = 64
 #: adjacent slices whose signatures correlate at least this much are neighbours in space
@@ -37,7 +39,8 @@ def signature(slice_) -> np.ndarray:
     n = SIGNATURE_SIZE
     h, w = slice_.shape[-2:]
     step = max(1, min(h, w) // (2 * n))
-    x = _normalised(np.asarray(slice_[::step, ::step], dtype=np.float32))
+    # float64 first to [0, 1] in float64: values beyond float32's range (1e302) keep their contrast
+    x = _normalised(np.asarray(_float64_to_unit(slice_[::step, ::step]), dtype=np.float32))
     by, bx = max(1, x.shape[0] // n), max(1, x.shape[1] // n)
     ny, nx = min(n, x.shape[0]), min(n, x.shape[1])
     x = x[: by * ny, : bx * nx].reshape(ny, by, nx, bx).mean((1, 3), dtype=np.float32)
