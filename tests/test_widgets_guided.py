@@ -10,12 +10,17 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 from functools import partial
 
+import dataclasses
+import zipfile
+
 import numpy as np
 import pytest
+import torch
 from gui_helpers import wait_for
 from qtpy.QtCore import Qt
 
 from napari_mitoseg import model as model_mod
+from napari_mitoseg.model import ModelSpec, build_model, load_model, save_model
 from napari_mitoseg.synthetic import make_sample
 from napari_mitoseg.uncertainty import suggest_slices
 
@@ -27,9 +32,14 @@ _wait = partial(wait_for, timeout=60_000)
 
 @pytest.fixture
 def models(tmp_path, monkeypatch, tiny_template):
-    """"tiny" in the user's model folder, nothing shipped."""
+    """"tiny" (a ResNet U-Net, which cannot be exported) and "tiny-regnet" (can) in the user's
+    model folder, nothing shipped."""
     root = tmp_path / "models"
     shutil.copytree(tiny_template, root / "tiny")
+    torch.manual_seed(0)
+    spec = ModelSpec(encoder="tu-regnety_004", encoder_depth=3, decoder_channels=(32, 16, 8), tile_size=256,
+                     tile_overlap=32)
+    save_model(build_model(spec), spec, root / "tiny-regnet", info={"summary": "tiny test model"})
     monkeypatch.setenv("MITOSEG_MODEL_DIR", str(root))
     monkeypatch.setattr(model_mod, "SHIPPED_DIR", tmp_path / "no-shipped-models")
     return root
@@ -113,3 +123,62 @@ def test_a_second_run_updates_the_uncertainty_layer(viewer, qtbot, models):
     assert [ly.name for ly in viewer.layers].count("em uncertainty") == 1
     assert viewer.layers["em uncertainty"] is first
     assert w.uncertainty.table.rowCount() == 4
+
+
+# --------------------------------------------------------------------------- Fine-tune: export
+
+
+def _fine_tune(viewer, qtbot, base):
+    """Segment with ``base``, correct slice 1, fine-tune for 2 steps: the Fine-tune widget."""
+    from napari_mitoseg.training import FINETUNE
+
+    image, gt = make_sample(shape=(3, 64, 64), seed=7)
+    viewer.add_image(image, name="em")
+    seg = _open(viewer, "Segment mitochondria")
+    assert seg.model_choice.select(base)
+    layer = _wait(qtbot, seg, seg.run_finished, seg.run_button.click)[0]
+    layer.data[1] = gt[1]
+    layer.refresh()
+    ft = _open(viewer, "Fine-tune model")
+    assert ft.model_choice.select(base)
+    ft.find_button.click()
+    assert ft.slices() == [1]
+    ft.base_config = dataclasses.replace(FINETUNE, batch_size=2, tile=64)
+    ft.steps.setValue(2)
+    assert not ft.export_button.isEnabled()  # no fine-tuned model yet
+    assert _wait(qtbot, ft, ft.finetuned, ft.run_button.click)[0] is not None
+    return ft
+
+
+def test_export_for_bioimageio_writes_a_package_that_reads_back(viewer, qtbot, models, tmp_path, monkeypatch):
+    from qtpy.QtWidgets import QFileDialog
+
+    ft = _fine_tune(viewer, qtbot, "tiny-regnet")
+    assert ft.export_button.isEnabled()
+    target = tmp_path / "out" / "shared"  # no suffix given: .zip is added
+    asked = []
+    monkeypatch.setattr(QFileDialog, "getSaveFileName",
+                        staticmethod(lambda *a, **k: (asked.append(a) or str(target), "")))
+    path = wait_for(qtbot, ft, ft.exported, ft.export_button.click, timeout=180_000)[0]
+    assert asked and path is not None
+    assert str(path) == str(target) + ".zip" and zipfile.is_zipfile(path)
+    assert "rdf.yaml" in zipfile.ZipFile(path).namelist()
+    assert load_model(path, device="cpu").spec == load_model(ft.result.path, device="cpu").spec
+    assert ft.message.text() == f"Exported the bioimage.io model package {path}."
+    assert ft.export_button.isEnabled()
+
+
+def test_export_of_a_model_that_cannot_be_packaged_says_why(viewer, qtbot, models, tmp_path, monkeypatch):
+    from qtpy.QtWidgets import QFileDialog
+
+    ft = _fine_tune(viewer, qtbot, "tiny")
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", staticmethod(lambda *a, **k: ("", "")))
+    ft.export_button.click()  # the dialog cancelled: nothing happens
+    assert ft.export_worker is None and ft.export_button.isEnabled()
+    monkeypatch.setattr(QFileDialog, "getSaveFileName",
+                        staticmethod(lambda *a, **k: (str(tmp_path / "x.zip"), "")))
+    assert wait_for(qtbot, ft, ft.exported, ft.export_button.click, timeout=60_000)[0] is None
+    assert ft.message.text().startswith("Export failed: ")
+    assert "RegNet encoder" in ft.message.text()
+    assert not (tmp_path / "x.zip").exists()
+    assert ft.export_button.isEnabled()  # another try is possible
