@@ -8,10 +8,9 @@ import shutil
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-from functools import partial
-
 import dataclasses
 import zipfile
+from functools import partial
 
 import numpy as np
 import pytest
