@@ -181,3 +181,43 @@ def test_export_of_a_model_that_cannot_be_packaged_says_why(viewer, qtbot, model
     assert "RegNet encoder" in ft.message.text()
     assert not (tmp_path / "x.zip").exists()
     assert ft.export_button.isEnabled()  # another try is possible
+
+
+# --------------------------------------------------------------------------- Evaluate without truth
+
+
+def test_evaluate_without_ground_truth_plots_the_recorded_uncertainty(viewer, qtbot, models):
+    from types import SimpleNamespace
+
+    image, gt = make_sample(shape=(5, 64, 64), seed=8)
+    _, labels = _segment(viewer, qtbot, image)
+    values = labels.metadata["mitoseg_slice_uncertainty"]
+    ev = _open(viewer, "Evaluate segmentation")
+    assert ev.pred_choice.layer().name == labels.name
+    assert ev.gt_choice.layer() is None or not ev.gt_choice.layer().name.endswith("ground truth")
+    plotted = _wait(qtbot, ev, ev.uncertainty_plotted, ev.run_button.click)[0]
+    assert plotted == values
+    bars = [p.get_height() for p in ev.plot.axes.patches]
+    assert np.allclose(bars, values)
+    assert ev.plot.axes.get_ylabel() == "uncertainty"
+    assert ev.message.text().startswith("No ground truth")
+    assert "em mitochondria errors" not in [ly.name for ly in viewer.layers]
+    ev._on_click(SimpleNamespace(inaxes=ev.plot.axes, xdata=3.1))  # a click on bar 3
+    assert viewer.dims.current_step[0] == 3
+
+    # with a ground truth the IoU plot and the scores come back
+    viewer.add_labels(gt, name="em ground truth", scale=(40.0, 5.0, 5.0))
+    assert ev.gt_choice.layer().name == "em ground truth"
+    report = _wait(qtbot, ev, ev.evaluated, ev.run_button.click)[0]
+    assert report is not None and ev.uncertainty is None
+    assert ev.plot.axes.get_ylabel() == "IoU"
+    assert ev.values["iou"].text() != "-"
+
+
+def test_evaluate_without_ground_truth_or_uncertainty_still_asks_for_one(viewer, qtbot, models):
+    image, _ = make_sample(shape=(3, 64, 64), seed=9)
+    _segment(viewer, qtbot, image, uncertainty=False)
+    ev = _open(viewer, "Evaluate segmentation")
+    ev.gt_choice.set_layer("em mitochondria")  # the prediction itself
+    assert _wait(qtbot, ev, ev.evaluated, ev.run_button.click)[0] is None
+    assert "same layer" in ev.message.text()
