@@ -124,6 +124,30 @@ def test_a_second_run_updates_the_uncertainty_layer(viewer, qtbot, models):
     assert w.uncertainty.table.rowCount() == 4
 
 
+def test_the_uncertainty_map_is_never_taken_for_the_em_image(viewer, qtbot, models):
+    image, _ = make_sample(shape=(4, 64, 64), seed=6)
+    w, _ = _segment(viewer, qtbot, image)
+    assert w.image_choice.layer().name == "em"
+    ft = _open(viewer, "Fine-tune model")
+    assert ft.image_choice.layer().name == "em"
+    from napari.layers import Image
+
+    from napari_mitoseg._widgets._common import is_em_image
+    from napari_mitoseg._widgets._controls import LayerChoice
+
+    fresh = LayerChoice(viewer, Image, prefer=is_em_image)  # as a widget opened now chooses
+    assert fresh.layer().name == "em"
+
+
+def test_a_layer_of_the_users_with_the_maps_name_is_left_alone(viewer, qtbot, models):
+    image, _ = make_sample(shape=(3, 64, 64), seed=2)
+    mine = np.full(image.shape, 7, np.uint8)
+    viewer.add_image(mine.copy(), name="em uncertainty")
+    _segment(viewer, qtbot, image)
+    np.testing.assert_array_equal(viewer.layers["em uncertainty"].data, mine)
+    assert viewer.layers["em uncertainty (2)"].data.dtype == np.uint8
+
+
 # --------------------------------------------------------------------------- Fine-tune: export
 
 

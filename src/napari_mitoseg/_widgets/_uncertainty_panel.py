@@ -23,6 +23,8 @@ from ._controls import message_label
 
 #: the result layer's metadata key holding each slice's uncertainty (list of floats, slice order)
 SLICE_UNCERTAINTY = "mitoseg_slice_uncertainty"
+#: an image layer's metadata key marking the uncertainty map the Segment widget made
+UNCERTAINTY_MAP = "mitoseg_uncertainty_map"
 
 
 def slice_list(indices: list[int]) -> str:
@@ -89,11 +91,17 @@ class UncertaintyPanel(QWidget):
     def _put_layer(self, name: str, data, image_layer, labels_layer) -> None:
         from napari.layers import Image
 
-        layer = next((ly for ly in self.viewer.layers if ly.name == name and isinstance(ly, Image)), None)
+        # only a map this panel made is replaced; another layer with the name is left alone
+        layer = next((ly for ly in self.viewer.layers if ly.name == name and isinstance(ly, Image)
+                      and ly.metadata.get(UNCERTAINTY_MAP)), None)
         if layer is None:
-            layer = self.viewer.add_image(data, name=name, colormap="inferno", contrast_limits=(0, 255),
+            taken, k, free = {ly.name for ly in self.viewer.layers}, 2, name
+            while free in taken:
+                free, k = f"{name} ({k})", k + 1
+            layer = self.viewer.add_image(data, name=free, colormap="inferno", contrast_limits=(0, 255),
                                           opacity=0.7, blending="additive", scale=image_layer.scale,
-                                          translate=image_layer.translate, units=image_layer.units)
+                                          translate=image_layer.translate, units=image_layer.units,
+                                          metadata={UNCERTAINTY_MAP: True})
         else:
             layer.data = data
             layer.scale, layer.translate = image_layer.scale, image_layer.translate
