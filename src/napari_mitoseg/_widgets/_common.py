@@ -58,7 +58,7 @@ PIXEL_SIZE_NM = "mitoseg_pixel_size_nm"
 #: layer.metadata key set by the reader: the voxel size in nm, (Z, Y, X).
 VOXEL_SIZE_NM = "voxel_size_nm"
 #: endings of the names of the layers the plugin writes
-_RESULT_SUFFIXES = (" mitochondria", " errors", " instances")
+_RESULT_SUFFIXES = (" mitochondria", " errors", " instances", " uncertainty")
 
 
 def unwrapped(layer):

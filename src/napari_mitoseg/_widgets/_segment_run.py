@@ -80,7 +80,7 @@ class SegmentOutcome:
 
 def segment_job(
     source: str, device: str, image, options, instances: bool, min_size: int,
-    old: np.ndarray | None, outputs: tuple, extra_keep: Sequence[int], dtype,
+    old: np.ndarray | None, outputs: tuple, extra_keep: Sequence[int], dtype, recorder=None,
 ) -> Iterator:
     """Generator run in the worker thread: yields a :class:`Preview`, status strings and
     ``SliceResult``s (each already written into the preview buffer), returns a
@@ -88,7 +88,8 @@ def segment_job(
 
     ``old`` is the result layer's data (None for a new layer), ``outputs`` its recorded
     (last, earlier) model outputs; the painted slices found against them, with ``extra_keep``,
-    are kept exactly.
+    are kept exactly. ``recorder`` (a callable, e.g. an ``UncertaintyRecorder``) is called with
+    each ``SliceResult`` in the worker.
     """
     from ..api import get_model, merge_unpainted
     from ..inference import iter_predict
@@ -111,6 +112,8 @@ def segment_job(
         mask[r.index] = r.mask
         if r.index not in keep:
             buffer3[r.index] = r.mask
+        if recorder is not None:
+            recorder(r)
         yield r
     if instances:
         from ..postprocess import instances as to_instances
@@ -149,7 +152,7 @@ class SegmentationRun(QObject):
     def __init__(
         self, viewer, image_layer, source: str, *, device: str = "auto", options=None,
         instances: bool = False, min_size: int = 64, target_name: str | None = None,
-        extra_keep: Sequence[int] = (), pixel_size_nm: float | None = None,
+        extra_keep: Sequence[int] = (), pixel_size_nm: float | None = None, recorder=None,
         parent: QObject | None = None,
     ) -> None:
         super().__init__(parent)
@@ -158,6 +161,8 @@ class SegmentationRun(QObject):
         self.target_name = target_name or f"{image_layer.name} mitochondria"
         self.extra_keep = sorted({int(z) for z in extra_keep})
         self.pixel_size_nm = pixel_size_nm
+        #: called with each SliceResult in the worker (read it only once the run is done)
+        self.recorder = recorder
         self.worker = None
         self.layer = None
         self.kept: list[int] = []
@@ -239,7 +244,7 @@ class SegmentationRun(QObject):
         self.layer.editable = False  # painting now would be lost when the result lands
         self.worker = create_worker(
             segment_job, self.source, self.device, image, self.options, self.instances,
-            self.min_size, old, outputs, self.extra_keep, dtype, _ignore_errors=True,
+            self.min_size, old, outputs, self.extra_keep, dtype, self.recorder, _ignore_errors=True,
             _start_thread=False,
         )
         self.worker.yielded.connect(self._on_yielded)

@@ -1,4 +1,5 @@
-"""Dock widget "Evaluate segmentation": scores, a per-slice IoU plot and an error overlay."""
+"""Dock widget "Evaluate segmentation": scores, a per-slice IoU plot and an error overlay; without
+a ground truth, the per-slice uncertainty the segmentation recorded."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from qtpy.QtWidgets import (
 
 from ._common import CORRECTED, is_mask_layer, layer_array, same_layer, written_by_plugin
 from ._controls import LayerChoice, PlotCanvas, message_label, scrollable
+from ._uncertainty_panel import SLICE_UNCERTAINTY
 
 #: colours of the error overlay: 1 false positive, 2 false negative
 ERROR_COLOURS = {1: "magenta", 2: "cyan"}
@@ -82,14 +84,20 @@ class EvaluateWidget(QWidget):
     Shows IoU, Dice, precision and recall over the stack, a per-slice IoU bar plot (click a bar
     to go to that slice) and adds an error layer "<prediction> errors": 1 = false positive
     (magenta), 2 = false negative (cyan). ``evaluated`` fires with the report (None on error).
+
+    Without a ground truth (none chosen, the prediction itself, or an EM image rather than a
+    mask), a prediction segmented with "Uncertainty" gets its per-slice uncertainty plotted
+    instead; ``uncertainty_plotted`` fires with the values.
     """
 
     evaluated = Signal(object)
+    uncertainty_plotted = Signal(list)
 
     def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.viewer = napari_viewer
         self.report = None
+        self.uncertainty: list[float] | None = None  # the plotted per-slice uncertainty
         self.worker = None
         self._scored_layer = self._truth_layer = None
 
@@ -161,6 +169,8 @@ class EvaluateWidget(QWidget):
         from napari.qt.threading import create_worker
 
         pred, gt = self.pred_choice.layer(), self.gt_choice.layer()
+        if pred is not None and _no_truth(pred, gt) and _recorded_uncertainty(pred):
+            return self.plot_uncertainty(pred)
         if pred is None or gt is None:
             return self._fail("Choose a prediction (labels) layer and a ground-truth layer.")
         if same_layer(pred, gt):
@@ -186,6 +196,26 @@ class EvaluateWidget(QWidget):
         self.worker.start()
         return self.worker
 
+    def plot_uncertainty(self, pred) -> None:
+        """Plot the per-slice uncertainty recorded on ``pred`` (no ground truth needed)."""
+        values = _recorded_uncertainty(pred)
+        self._scored_layer, self.report, self.uncertainty = pred, None, values
+        for label in (*self.values.values(), self.uncorrected):
+            label.setText("-")
+        ax = self.plot.axes
+        ax.clear()
+        ax.set_axis_on()
+        ax.bar(range(len(values)), values, width=0.8, color="#d08a3b", picker=True)
+        ax.set_xlim(-0.6, len(values) - 0.4)
+        ax.set_ylim(0, max(1e-3, max(values)) * 1.05)
+        ax.set_xlabel("slice", labelpad=1)
+        ax.set_ylabel("uncertainty")
+        self.plot.draw()
+        self.message.setText(f"No ground truth: the uncertainty of each slice of '{pred.name}' (higher = "
+                             "more likely wrong); click a bar to go to that slice. Choose a ground truth "
+                             "to score it.")
+        self.uncertainty_plotted.emit(list(values))
+
     def go_to_slice(self, z: int) -> None:
         """Move the viewer to slice ``z`` of the scored layer."""
         layer = self._scored_layer
@@ -204,7 +234,7 @@ class EvaluateWidget(QWidget):
 
     def _on_returned(self, result: Evaluation) -> None:
         report = result.report
-        self.report = report
+        self.report, self.uncertainty = report, None
         for key, value in report.overall.as_dict().items():
             self.values[key].setText(f"{value:.3f}")
         if result.uncorrected is not None:
@@ -266,9 +296,10 @@ class EvaluateWidget(QWidget):
         self.plot.draw()
 
     def _on_click(self, event) -> None:
-        if self.report is None or event.inaxes is not self.plot.axes or event.xdata is None:
+        n = len(self.report.per_slice) if self.report is not None else len(self.uncertainty or [])
+        if n == 0 or event.inaxes is not self.plot.axes or event.xdata is None:
             return
-        z = int(np.clip(round(event.xdata), 0, len(self.report.per_slice) - 1))
+        z = int(np.clip(round(event.xdata), 0, n - 1))
         self.go_to_slice(z)
 
     def _show_errors(self, pred, errors: np.ndarray) -> None:
@@ -287,6 +318,20 @@ class EvaluateWidget(QWidget):
                 scale=pred.scale, translate=pred.translate, units=pred.units,
             )
         layer.scale, layer.translate, layer.units = pred.scale, pred.translate, pred.units
+
+
+def _no_truth(pred, gt) -> bool:
+    """Whether ``gt`` is no ground truth for ``pred``: none, the prediction itself, or an image
+    that is not a mask (the EM stack, an uncertainty map)."""
+    return gt is None or same_layer(pred, gt) or (isinstance(gt, Image) and not is_mask_layer(gt))
+
+
+def _recorded_uncertainty(pred) -> list[float]:
+    """The per-slice uncertainty the segmentation recorded on ``pred`` when it still fits the
+    layer's slices, else []."""
+    values = list(pred.metadata.get(SLICE_UNCERTAINTY) or [])
+    n = pred.data.shape[0] if pred.ndim == 3 else 1
+    return values if len(values) == n else []
 
 
 def _fmt(scale) -> str:

@@ -28,6 +28,7 @@ from ._controls import (
     no_model_message,
     scrollable,
 )
+from ._export_package import ExportPackage
 from ._pixel_size import PixelSizeControls
 from ._progress import RunProgress
 from ._segment_again import SegmentAgain
@@ -50,7 +51,7 @@ def _is_result(layer) -> bool:
     return layer.name.endswith("mitochondria")
 
 
-class FinetuneWidget(CorrectionFinder, SegmentAgain, QWidget):
+class FinetuneWidget(CorrectionFinder, SegmentAgain, ExportPackage, QWidget):
     """Fine-tune a model on the slices corrected in a result layer, then segment again.
 
     Corrected slices are found by comparing the layer with the model output recorded when it
@@ -63,6 +64,7 @@ class FinetuneWidget(CorrectionFinder, SegmentAgain, QWidget):
 
     finetuned = Signal(object)
     resegmented = Signal(object)
+    exported = Signal(object)  # the bioimage.io package written (a Path), or None when it failed
     #: the corrected slices found in the background (after painting or a segmentation)
     slices_found = Signal(list)
 
@@ -166,7 +168,7 @@ class FinetuneWidget(CorrectionFinder, SegmentAgain, QWidget):
         self.result_label.setVisible(False)  # until there is a result
         self.message = message_label()
         layout.addLayout(run_row)
-        for w in (self.progress, self.plot, self.result_label, self.message):
+        for w in (self.progress, self.plot, self.result_label, self._build_export(), self.message):
             layout.addWidget(w)
 
     def _connect(self) -> None:
@@ -278,6 +280,7 @@ class FinetuneWidget(CorrectionFinder, SegmentAgain, QWidget):
         self.result_label.setText("")
         self.result_label.setVisible(False)
         self.segment_again_button.setEnabled(False)
+        self._export_ready()
         self.progress.begin(cfg.steps, "step")
         self._trained_on = (labels, slices)
         self.worker = create_worker(
@@ -358,6 +361,7 @@ class FinetuneWidget(CorrectionFinder, SegmentAgain, QWidget):
         )
         self.message.setText(f"Fine-tuned in {result.seconds:.0f} s. Segment again to use it.")
         self.segment_again_button.setEnabled(True)
+        self._export_ready()
         self.finetuned.emit(result)
 
     def _on_errored(self, exc) -> None:

@@ -30,6 +30,7 @@ from ._display import has_physical_size, show_in_nm
 from ._pixel_size import PixelSizeControls
 from ._progress import RunProgress
 from ._segment_run import SegmentationRun
+from ._uncertainty_panel import UncertaintyPanel
 
 
 class SegmentWidget(QWidget):
@@ -125,6 +126,8 @@ class SegmentWidget(QWidget):
         layout.addLayout(buttons)
         layout.addWidget(self.progress)
         layout.addWidget(self.message)
+        self.uncertainty = UncertaintyPanel(self.viewer, self)
+        layout.addWidget(self.uncertainty)
 
     def _connect(self) -> None:
         if not self.device_choice.is_ready:
@@ -209,7 +212,7 @@ class SegmentWidget(QWidget):
         run = SegmentationRun(
             self.viewer, image, source, device=self.device_choice.device(), options=options,
             instances=self.instances.isChecked(), pixel_size_nm=self.pixel_size.pixel_size_nm(),
-            parent=self,
+            recorder=self.uncertainty.recorder(image.data.shape), parent=self,
         )
         run.progress.connect(self._on_progress)
         run.status.connect(self.message.setText)
@@ -259,6 +262,8 @@ class SegmentWidget(QWidget):
         note = f" Kept your painted slices {kept} exactly." if kept else ""
         if self.current_run is not None:
             note += self.current_run.undo_note
+            if self.current_run.recorder is not None:
+                self.uncertainty.show_result(self.current_run.image_layer, layer, self.current_run.recorder)
         self.message.setText(f"Done: '{layer.name}' ({layer.metadata.get('mitoseg_model')}).{note}")
         self.run_finished.emit(layer)
 
