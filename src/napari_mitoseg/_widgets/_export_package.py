@@ -21,18 +21,20 @@ class ExportPackage:
     signal, emitted with the package's path, or None when the export failed)."""
 
     def _build_export(self) -> QPushButton:
-        """The button, disabled until a fine-tuned model exists (see :meth:`_export_ready`)."""
+        """The button, hidden and disabled until a fine-tuned model exists (see :meth:`_export_ready`)."""
         self.export_worker = None
         self.export_button = QPushButton("Export for bioimage.io…")
         self.export_button.setToolTip("Save the fine-tuned model as a bioimage.io model package (.zip) "
                                       "that other tools (deepImageJ, ilastik, bioimage.io) can run")
         self.export_button.setEnabled(False)
+        self.export_button.setVisible(False)  # until there is a model to export
         self.export_button.clicked.connect(lambda *a: self.export_package())
         return self.export_button
 
     def _export_ready(self) -> None:
         """Enable the button when there is a fine-tuned model and no export running."""
         self.export_button.setEnabled(self.result is not None and self.export_worker is None)
+        self.export_button.setVisible(self.result is not None or self.export_worker is not None)
 
     def export_package(self, path: str | None = None):
         """Ask where (unless ``path``), then write the package in a worker (returns it, or None)."""
