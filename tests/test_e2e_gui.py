@@ -121,7 +121,8 @@ def test_segment_score_correct_finetune_resegment_3d(make_napari_viewer, qtbot, 
     v3.voxel.set_value((30.0, 8.0, 8.0))
     args = _wait(qtbot, v3, v3.measured, v3.run_button.click)
     rows = args[0]
-    assert viewer.dims.ndisplay == 3
+    assert rows is not None, f"measuring failed: {v3.message.text()!r}"
+    assert viewer.dims.ndisplay == 3, f"still in 2D after measuring; the widget says {v3.message.text()!r}"
     assert v3.table.rowCount() == len(rows)
     instances = viewer.layers["EM sample mitochondria instances"]
     assert instances.data.max() == len(rows)
