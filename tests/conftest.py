@@ -97,3 +97,16 @@ def sample(_sample_cache):
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
+
+
+@pytest.fixture
+def files(tmp_path, sample):
+    """The sample written as TIFFs: {"image": ..., "gt": ...} paths (test files needing more
+    inputs define their own ``files``)."""
+    import tifffile
+
+    image, gt = sample
+    paths = {"image": tmp_path / "image.tif", "gt": tmp_path / "gt.tif"}
+    tifffile.imwrite(paths["image"], image, photometric="minisblack")
+    tifffile.imwrite(paths["gt"], gt, photometric="minisblack")
+    return paths

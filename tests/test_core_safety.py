@@ -33,15 +33,6 @@ TWO_STEPS = TrainConfig(steps=2, batch_size=1, tile=64, warmup=1, val_every=0, c
                         hard_fraction=0.0)
 
 
-@pytest.fixture
-def files(tmp_path, sample):
-    image, gt = sample
-    paths = {"image": tmp_path / "image.tif", "gt": tmp_path / "gt.tif"}
-    tifffile.imwrite(paths["image"], image, photometric="minisblack")
-    tifffile.imwrite(paths["gt"], gt, photometric="minisblack")
-    return paths
-
-
 def _one_error_line(capsys) -> str:
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err

@@ -12,7 +12,6 @@ import sys
 
 import numpy as np
 import pytest
-import tifffile
 import torch
 
 from napari_mitoseg import api, io
@@ -34,15 +33,6 @@ from napari_mitoseg.training.checkpoints import LOCK
 
 FOUR = TrainConfig(steps=4, batch_size=1, tile=64, warmup=1, val_every=0, checkpoint_every=2,
                    hard_fraction=0.0)
-
-
-@pytest.fixture
-def files(tmp_path, sample):
-    image, gt = sample
-    paths = {"image": tmp_path / "image.tif", "gt": tmp_path / "gt.tif"}
-    tifffile.imwrite(paths["image"], image, photometric="minisblack")
-    tifffile.imwrite(paths["gt"], gt, photometric="minisblack")
-    return paths
 
 
 def _train_argv(files, out, *extra):
