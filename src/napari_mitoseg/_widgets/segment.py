@@ -15,7 +15,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ._common import default_z_smooth, is_em_image, is_mask_layer, made_for_a_stack
+from ._common import default_z_smooth, is_em_image, is_mask_layer, layer_array, made_for_a_stack
 from ._controls import (
     DeviceChoice,
     LayerChoice,
@@ -212,7 +212,7 @@ class SegmentWidget(QWidget):
         run = SegmentationRun(
             self.viewer, image, source, device=self.device_choice.device(), options=options,
             instances=self.instances.isChecked(), pixel_size_nm=self.pixel_size.pixel_size_nm(),
-            recorder=self.uncertainty.recorder(image.data.shape), parent=self,
+            recorder=self.uncertainty.recorder(layer_array(image).shape), parent=self,
         )
         run.progress.connect(self._on_progress)
         run.status.connect(self.message.setText)
