@@ -87,6 +87,16 @@ def test_zarr_image_with_a_missing_chunk_is_not_segmented_silently(tmp_path, sam
     assert out.exists()
 
 
+def test_cluster_path_warns_of_a_missing_chunk_before_any_work(tmp_path, sample, tiny_model_dir, caplog):
+    from napari_mitoseg.distributed.run import prepare
+
+    store = _zarr(tmp_path / "im.zarr", sample[0])
+    _chunk_files(store)[1].unlink()
+    with caplog.at_level("WARNING"):
+        prepare(str(store), str(tmp_path / "out.zarr"), model=str(tiny_model_dir), device="cpu")
+    assert "1 of 3 chunks are not stored and read as 0" in caplog.text
+
+
 @pytest.mark.parametrize("suffix", [".tif", ".zarr"])
 def test_zarr_with_an_undecodable_chunk_is_one_clear_error(suffix, tmp_path, sample, tiny_model_dir, capsys):
     store = _zarr(tmp_path / "im.zarr", sample[0])

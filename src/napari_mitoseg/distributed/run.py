@@ -113,10 +113,11 @@ def prepare(image, out, *, model=None, device: str = "auto", options: PredictOpt
             pixel_ratio: float | None = None, pixel_size_nm: float | None = None) -> Job:
     """Check everything before any work; returns the :class:`Job`."""
     from .. import ngff
-    from ..io import read_voxel_size
+    from ..io import read_voxel_size, warn_missing_chunks
     from ..model import DEFAULT_MODEL, resolve_model_path
 
     image, out, stack = check_request(image, out, block_slices)
+    warn_missing_chunks(image)
     shape = tuple(int(s) for s in stack.shape)
     model_path = str(resolve_model_path(model or DEFAULT_MODEL).resolve())
     nm = read_voxel_size(image)
