@@ -186,6 +186,7 @@ class CheckedRegions(QWidget):
                                    "drawing rectangles on the corrected slices")
         self.new_button.clicked.connect(self.add_layer)
         self.note = message_label()
+        self.note.setVisible(False)  # while empty: no space taken on a small screen
         row = QHBoxLayout()
         row.addWidget(self.choice, 1)
         row.addWidget(self.new_button)
@@ -213,7 +214,7 @@ class CheckedRegions(QWidget):
         drawing rectangles."""
         ref = self._reference()
         if ref is None:
-            self.note.setText("Choose the image first: the regions layer takes its scale.")
+            self.say("Choose the image first: the regions layer takes its scale.")
             return None
         layer = self._viewer.add_shapes(
             ndim=ref.ndim, scale=ref.scale, translate=ref.translate, name=REGIONS_NAME,
@@ -228,6 +229,11 @@ class CheckedRegions(QWidget):
         :class:`RegionError` when they cannot mark the image's regions."""
         layer, ref = self.layer(), self._reference()
         return None if layer is None or ref is None else snapshot(layer, ref)
+
+    def say(self, text: str) -> None:
+        """Show ``text`` under the choice (nothing, and no space taken, when empty)."""
+        self.note.setText(text)
+        self.note.setVisible(bool(text))
 
     def schedule(self, *args) -> None:
         """Update the note shortly (after drawing or editing the slice list stops)."""
@@ -253,10 +259,10 @@ class CheckedRegions(QWidget):
         try:
             snap = self.snapshot()
         except RegionError as exc:
-            self.note.setText(str(exc))
+            self.say(str(exc))
             return
         if snap is None:
-            self.note.setText("")
+            self.say("")
             return
         if len(self._cache) > 512:
             self._cache.clear()
@@ -265,7 +271,7 @@ class CheckedRegions(QWidget):
 
         def show(text: str) -> None:
             if worker is self._worker:
-                self.note.setText(text)
+                self.say(text)
 
         worker.returned.connect(show)
         self._worker = worker
