@@ -62,8 +62,49 @@ def _train_checks(args) -> tuple[list[float], list[float]]:
         raise TrainingError("--val-image and --val-mask go together; give both or neither")
     if args.val_image and n > 1:
         raise ModelError("--val-image/--val-mask go with a single --image; use --val-fraction")
-    check_run_dir(args.out, args.resume, [*args.image, *args.mask, args.val_image, args.val_mask])
+    checked = args.checked or []
+    if checked:
+        _check_checked_files(args.image, checked)
+    check_run_dir(args.out, args.resume, [*args.image, *args.mask, *checked, args.val_image, args.val_mask])
     return sizes, fractions * n if len(fractions) == 1 else fractions
+
+
+def _check_checked_files(images: list[str], checked: list[str]) -> None:
+    """Each --checked file read (lazily) and checked against its --image's shape, before any
+    model is loaded: one per --image, of the image's (Z, Y, X) shape, a mask (not floats)."""
+    from .io import read_stack
+    from .training import TrainingError
+
+    if len(checked) != len(images):
+        raise TrainingError(f"give one --checked per --image ({len(images)} images, {len(checked)} "
+                            "checked masks)")
+    for im_path, ck_path in zip(images, checked, strict=True):
+        image, ck = read_stack(im_path), read_stack(ck_path)
+        if tuple(ck.shape) != tuple(image.shape):
+            raise TrainingError(f"--checked {ck_path} {tuple(ck.shape)} and --image {im_path} "
+                                f"{tuple(image.shape)} differ in shape: give a mask of the image's "
+                                "shape, nonzero where the labels were checked")
+        if ck.dtype.kind not in "biu":
+            raise TrainingError(f"--checked {ck_path} holds {ck.dtype} values; give a mask (0 "
+                                "unchecked, nonzero checked)")
+
+
+def _apply_checked(mask, ck_path: str, ignore_value):
+    """(training masks, share of the pixels that train): ``mask`` read by ``training_masks`` with
+    ``ignore_value``, its unchecked pixels (per --checked ``ck_path``) unlabelled on every slice
+    with checked pixels; a slice without any trains whole."""
+    import numpy as np
+
+    from .io import read_stack
+    from .training import checked_regions, checked_shares, mask_unchecked, overall_share, training_masks
+
+    masks = training_masks(mask, ignore_value)
+    depth = masks.shape[0] if masks.ndim == 3 else 1
+    regions = checked_regions(np.asarray(read_stack(ck_path)), masks.shape, range(depth))
+    share = overall_share(checked_shares(regions, range(depth)))
+    logger.info("%s: checked regions on %d of %d slice(s); %.0f%% of the pixels train, the rest is "
+                "unlabelled", ck_path, len(regions), depth, 100 * share, extra={"note": True})
+    return mask_unchecked(masks, regions, copy=False), share
 
 
 def _train_model(args, sizes: list[float]):
@@ -121,18 +162,25 @@ def _train_model(args, sizes: list[float]):
 
 def _train_volumes(args, ratios: list[float], fractions: list[float], sizes: list[float], model_nm):
     """Read each --image / --mask pair into a :class:`~napari_mitoseg.training.Volume`, with its
-    validation slices (--val-image / --val-mask, or the held-out fraction)."""
+    validation slices (--val-image / --val-mask, or the held-out fraction); with --checked, the
+    masks are read here (unchecked pixels unlabelled, as IGNORE) and the shares that train are
+    returned too (one per volume; else [])."""
     import numpy as np
 
     from .io import read_stack
-    from .training import Volume, split_validation
+    from .training import Volume, split_validation, training_masks
 
-    volumes = []
+    volumes, shares, checked = [], [], args.checked or []
     for k, (im_path, mk_path) in enumerate(zip(args.image, args.mask, strict=True)):
         image, mask = np.asarray(read_stack(im_path)), np.asarray(read_stack(mk_path))
+        if checked:  # read here, so the validation slices are scored on their checked pixels too
+            mask, share = _apply_checked(mask, checked[k], args.ignore_value)
+            shares.append(share)
         if args.val_image and args.val_mask:
             tr_i, tr_m = image, mask
             va_i, va_m = np.asarray(read_stack(args.val_image)), np.asarray(read_stack(args.val_mask))
+            if checked:
+                va_m = training_masks(va_m, args.ignore_value)
         else:
             tr_i, tr_m, va_i, va_m = split_validation(image, mask, fractions[k])
         volumes.append(Volume(tr_i, tr_m, va_i if len(va_i) else None, va_m if len(va_m) else None,
@@ -140,7 +188,7 @@ def _train_volumes(args, ratios: list[float], fractions: list[float], sizes: lis
         if ratios[k] != 1.0:
             print(f"{im_path}: pixel size {sizes[k] if sizes else '?'} nm, model {model_nm} nm: "
                   f"slices resized by {ratios[k]:.3g} to the model's pixel size", flush=True)
-    return volumes
+    return volumes, shares
 
 
 def cmd_train(args) -> int:
@@ -148,7 +196,7 @@ def cmd_train(args) -> int:
 
     from ._progress import Progress
     from .model import ModelError
-    from .training import FINETUNE, TrainConfig, iter_train_volumes
+    from .training import FINETUNE, IGNORE, TrainConfig, iter_train_volumes
 
     sizes, fractions = _train_checks(args)
     base_cfg = FINETUNE if args.base else TrainConfig()
@@ -162,16 +210,20 @@ def cmd_train(args) -> int:
     except (json.JSONDecodeError, TypeError) as exc:
         raise ModelError(f"--config must be a JSON object of training settings: {exc}") from exc
     base, spec, ratios, sizes, model_nm = _train_model(args, sizes)
-    volumes = _train_volumes(args, ratios, fractions, sizes, model_nm)
+    volumes, shares = _train_volumes(args, ratios, fractions, sizes, model_nm)
     info = {"command": "mitoseg " + shlex.join(sys.argv[1:]) if sys.argv else "",
             "train_image": " ".join(str(i) for i in args.image),
             "train_slices": sum(len(v.images) for v in volumes),
             "val_slices": sum(len(v.val_images) for v in volumes if v.val_images is not None)}
     if sizes:
         info["train_pixel_sizes_nm"] = sizes
+    if args.checked:  # the masks are read (unchecked pixels unlabelled): IGNORE marks unlabelled
+        info["checked"] = " ".join(args.checked)
+        info["checked_share"] = [round(s, 4) for s in shares]
     gen = iter_train_volumes(
         volumes, spec=spec, config=cfg, base=base, out_dir=args.out, resume=args.resume,
-        ignore_value=args.ignore_value, max_seconds=args.minutes * 60 if args.minutes else None,
+        ignore_value=IGNORE if args.checked else args.ignore_value,
+        max_seconds=args.minutes * 60 if args.minutes else None,
         device=args.device, info=info,
     )
     last = None

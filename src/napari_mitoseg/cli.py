@@ -113,6 +113,10 @@ def _train_data_flags(t: argparse.ArgumentParser) -> None:
     t.add_argument("--ignore-value", type=_ignore_value, default="auto",
                    help="mask value of unlabelled pixels, left out of training: an integer, 'none' "
                         "or 'auto' (default: %(default)s, i.e. 255 unless 0 and 255 are the mask's only values)")
+    t.add_argument("--checked", action="append", metavar="FILE",
+                   help="one per --image: a mask of the image's shape, nonzero where you checked the "
+                        "labels; on each slice with checked pixels only those train, the rest is "
+                        "unlabelled (a slice without any trains whole) (default: whole slices)")
     t.add_argument("--pixel-size", type=float, action="append", metavar="NM",
                    help="pixel size of each --image in nm (one per --image, in order; default: from "
                         "the files' metadata when each has one); each volume is resized to the "

@@ -32,6 +32,10 @@ class FinetuneResult:
     iou_after: float
     seconds: float
     steps: int
+    #: share (0-1) of the corrected slices' pixels that trained (checked regions), None: whole slices
+    checked_share: float | None = None
+    #: each corrected slice -> share of it checked, None where it trained whole (no region drawn)
+    checked: dict[int, float | None] | None = None
 
 
 def iter_finetune(
@@ -48,6 +52,7 @@ def iter_finetune(
     invert: bool = False,
     pixel_size_nm: float | None = None,
     ignore_value: int | str | None = "auto",
+    checked=None,
 ) -> Iterator:
     """Fine-tune ``base`` on the corrected ``slices`` of (Z, Y, X) ``image`` / ``labels``.
 
@@ -64,12 +69,28 @@ def iter_finetune(
     (not both). ``labels`` are read as :func:`~napari_mitoseg.training.training_masks` reads
     masks (``ignore_value``: 0/255-only labels are background / mitochondrion). ``name`` is a
     plain name (no folder: ``out_root`` chooses another folder), never a shipped model's.
+
+    ``checked``: the regions the user checked (nonzero), as a (Z, Y, X) mask of the labels'
+    shape or ``{z: (Y, X) mask}``; on each corrected slice with checked pixels only those train
+    and score, the rest is unlabelled. A corrected slice without a checked pixel (no region
+    drawn on it) trains whole; None (the default): every corrected slice trains whole. A mask of
+    the wrong shape is refused before the model is loaded. The card records the share of the
+    corrected slices' pixels that trained (:mod:`~napari_mitoseg.training.regions`).
     """
-    from .training import FINETUNE, IGNORE, iter_train, training_masks
+    from .training import (
+        FINETUNE,
+        IGNORE,
+        checked_regions,
+        checked_shares,
+        iter_train,
+        mask_unchecked,
+        training_masks,
+    )
 
     if name is not None:
         _check_model_name(name)
     image, labels, sl = _finetune_inputs(image, labels, slices)
+    regions = checked_regions(checked, image.shape, sl) if checked is not None else {}
     if pixel_size_nm is not None and pixel_ratio != 1.0:
         raise InputError("give the stack's pixel size or a pixel ratio, not both")
     cfg = config or FINETUNE
@@ -79,7 +100,7 @@ def iter_finetune(
         logger.info(note, extra=NOTE)
     base_model = for_stack(model, pixel_ratio, invert)
     root, name = _new_model_place(name, base_model.name, out_root)
-    ims, mks = image[sl], training_masks(labels, ignore_value)[sl]
+    ims, mks = image[sl], mask_unchecked(training_masks(labels, ignore_value), regions, copy=False)[sl]
     before = score(segment(ims, base_model) > 0, mks == 1, ignore=mks == 255).iou
     t0 = time.perf_counter()
     tuned: LoadedModel = yield from iter_train(ims, mks, config=cfg, base=base_model, device=device,
@@ -87,6 +108,11 @@ def iter_finetune(
     seconds = time.perf_counter() - t0
     after = score(segment(ims, tuned) > 0, mks == 1, ignore=mks == 255).iou
     result = FinetuneResult(name, root / name, sl, before, after, seconds, cfg.steps)
+    if checked is not None:
+        from .training import overall_share
+
+        shares = checked_shares(regions, sl)
+        result = dataclasses.replace(result, checked_share=overall_share(shares), checked=shares)
     info, card = _finetune_card(result, base_model, cfg, pixel_ratio, invert)
     path = save_model(tuned.net, tuned.spec, root / name, info=info, card=card)
     return dataclasses.replace(result, path=path)
@@ -156,10 +182,20 @@ def _finetune_card(res: FinetuneResult, base_model: LoadedModel, cfg, pixel_rati
         f", for pixels {pixel_ratio:g}x the size of its base model's training data" if pixel_ratio != 1 else "",
         ", for contrast the reverse of its base model's training data" if invert else "",
     ])
+    checked_note, scored = "", "the corrected slices"
+    if res.checked is not None:
+        from .training import describe_shares
+
+        info["checked_share"] = round(res.checked_share, 4)
+        info["checked_slices"] = {str(z): (1.0 if s is None else round(s, 4)) for z, s in res.checked.items()}
+        info["summary"] += f" (checked regions: {res.checked_share:.0%} of their pixels)"
+        checked_note = (f"\n\nTrained on checked regions only: {res.checked_share:.0%} of the corrected "
+                        f"slices' pixels ({describe_shares(res.checked)}); the rest was unlabelled.")
+        scored = "the checked pixels of the corrected slices"
     card = (
         f"# {res.name}\n\nFine-tuned from `{base_model.name}` on slices {sl} "
-        f"({cfg.steps} steps, {seconds:.0f} s){scale_note}.\n\n"
-        "| | IoU on the corrected slices |\n|---|---|\n"
+        f"({cfg.steps} steps, {seconds:.0f} s){scale_note}.{checked_note}\n\n"
+        f"| | IoU on {scored} |\n|---|---|\n"
         f"| before | {before:.4f} |\n| after | {after:.4f} |\n"
     )
     return info, card

@@ -62,7 +62,8 @@ class LayerChoice(QComboBox):
     ``layer_changed`` fires (with the layer or None) whenever the chosen layer changes, whether
     by the user or because layers were added, removed or renamed. Until the user picks a layer,
     the choice follows ``prefer``: the last preferred layer, and a preferred layer added later
-    replaces a choice that is not preferred.
+    replaces a choice that is not preferred. ``none`` (e.g. "(whole slices)") adds a first item
+    meaning no layer, chosen while no preferred layer exists: other layers then wait for the user.
     """
 
     layer_changed = Signal(object)
@@ -70,9 +71,11 @@ class LayerChoice(QComboBox):
     def __init__(
         self, viewer, types: type | tuple[type, ...], prefer: Callable[[object], bool] | None = None,
         parent: QWidget | None = None, avoid: Callable[[object], bool] | None = None,
+        none: str | None = None,
     ) -> None:
         super().__init__(parent)
         self._viewer, self._types, self._prefer, self._avoid = viewer, types, prefer, avoid
+        self._none = none
         self._last: str | None = None
         self._picked = False  # the user chose the current layer
         self.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
@@ -95,11 +98,14 @@ class LayerChoice(QComboBox):
         auto_names = [ly.name for ly in auto]
         current = self.currentText()
         preferred = [ly.name for ly in auto if self._prefer is None or self._prefer(ly)]
+        if self._none is not None:
+            names, auto_names = [self._none, *names], [self._none, *auto_names]
         if current not in names:
             self._picked = False
         if current not in names or (not self._picked and (
                 current not in auto_names or (preferred and current not in preferred))):
-            current = preferred[-1] if preferred else (auto_names[-1] if auto_names else "")
+            fallback = self._none if self._none is not None else (auto_names[-1] if auto_names else "")
+            current = preferred[-1] if preferred else fallback
         self.blockSignals(True)
         self.clear()
         self.addItems(names)
@@ -118,7 +124,8 @@ class LayerChoice(QComboBox):
     def layer(self):
         """The chosen layer, or None."""
         name = self.currentText()
-        if name and name in self._viewer.layers and isinstance(self._viewer.layers[name], self._types):
+        if name and name != self._none and name in self._viewer.layers \
+                and isinstance(self._viewer.layers[name], self._types):
             return self._viewer.layers[name]
         return None
 

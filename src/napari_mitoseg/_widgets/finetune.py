@@ -1,8 +1,8 @@
 """Dock widget "Fine-tune model": learn from the slices you corrected, then segment again.
 
-The widget reads as its sections: the training slices (:mod:`._training_slices`), the model and
-its settings, the run (this module: worker, progress, loss plot, result) and "Segment again"
-(:mod:`._segment_again`).
+The widget reads as its sections: the training slices (:mod:`._training_slices`) and the checked
+regions of them (:mod:`._checked_regions`), the model and its settings, the run (this module:
+worker, progress, loss plot, result) and "Segment again" (:mod:`._segment_again`).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from napari.utils.notifications import show_error
 from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QSpinBox, QWidget
 
+from ._checked_regions import CheckedRegions, RegionError, region_masks
 from ._common import CORRECTED, avoid_llvm_clash, is_em_image, is_mask_layer, layer_array
 from ._controls import (
     DeviceChoice,
@@ -36,13 +37,15 @@ from ._segment_run import SegmentationRun
 from ._training_slices import CorrectionFinder, SliceEditor
 
 
-def finetune_job(image, labels, slices, base, config, device, pixel_ratio=1.0, invert=False):
+def finetune_job(image, labels, slices, base, config, device, pixel_ratio=1.0, invert=False, regions=None):
     """Worker: :func:`api.iter_finetune`, yielding ``TrainProgress`` per step, then the
-    ``FinetuneResult`` (also returned)."""
+    ``FinetuneResult`` (also returned). ``regions``: a :class:`RegionSnapshot` of the checked
+    regions, made into per-slice masks here (None, or no shape on any training slice: whole slices)."""
     from ..api import iter_finetune
 
+    checked = region_masks(regions, image.shape, slices) if regions is not None else None
     result = yield from iter_finetune(image, labels, slices, base=base, config=config, device=device,
-                                      pixel_ratio=pixel_ratio, invert=invert)
+                                      pixel_ratio=pixel_ratio, invert=invert, checked=checked or None)
     yield result  # the model is saved by now: report it even if Cancel comes this instant
     return result
 
@@ -113,6 +116,9 @@ class FinetuneWidget(CorrectionFinder, SegmentAgain, ExportPackage, QWidget):
         labels_row.addWidget(self.find_button)
         form.addRow("Corrected labels", labels_row)
         form.addRow("Training slices", ed)
+        self.regions = CheckedRegions(self.viewer, self.image_choice.layer, self.slices, self)
+        self.regions_choice, self.regions_note = self.regions.choice, self.regions.note
+        form.addRow("Checked regions", self.regions)
 
     def _build_model(self, form) -> None:
         """Base model, device, the stack's pixel size and contrast, the number of steps."""
@@ -185,6 +191,8 @@ class FinetuneWidget(CorrectionFinder, SegmentAgain, ExportPackage, QWidget):
         model = self.slice_list.model()
         for sig in (model.rowsInserted, model.rowsRemoved, model.modelReset):
             sig.connect(self.show_estimate)
+            sig.connect(self.regions.schedule)
+        self.image_choice.layer_changed.connect(self.regions.schedule)
         self.show_estimate()
 
     # ------------------------------------------------------------------ expected time
@@ -270,7 +278,8 @@ class FinetuneWidget(CorrectionFinder, SegmentAgain, ExportPackage, QWidget):
 
         try:
             ratio = self.pixel_size.pixel_ratio()
-        except InputError as exc:
+            regions = self.regions.snapshot()
+        except (InputError, RegionError) as exc:
             return self._fail(f"Cannot fine-tune on '{image.name}': {exc}")
         cfg = self.config()
         self.losses = []
@@ -285,13 +294,14 @@ class FinetuneWidget(CorrectionFinder, SegmentAgain, ExportPackage, QWidget):
         self._trained_on = (labels, slices)
         self.worker = create_worker(
             finetune_job, img, np.array(labels.data), slices, base, cfg, self.device_choice.device(),
-            ratio, self.invert.isChecked(), _ignore_errors=True, _start_thread=False,
+            ratio, self.invert.isChecked(), regions, _ignore_errors=True, _start_thread=False,
         )
         self.worker.yielded.connect(self._on_step)
-        self.worker.returned.connect(self._on_returned)
-        self.worker.errored.connect(self._on_errored)
-        # a cancelled run's late 'aborted'/'finished' must not end the run started after it
+        # a run's late signals ('returned' after its yielded result, a cancelled run's
+        # 'aborted'/'finished') must not end the run started after it
         worker = self.worker
+        self.worker.returned.connect(lambda r: self._on_returned(r) if worker is self.worker else None)
+        self.worker.errored.connect(self._on_errored)
         self.worker.aborted.connect(lambda: self._on_aborted() if worker is self.worker else None)
         self.worker.finished.connect(lambda: self._on_finished() if worker is self.worker else None)
         self._training = True
@@ -355,8 +365,11 @@ class FinetuneWidget(CorrectionFinder, SegmentAgain, ExportPackage, QWidget):
             labels.metadata[CORRECTED] = list(result.slices)
         self.model_choice.select(result.name)
         self.result_label.setVisible(True)
+        scored, share = "the corrected slices", getattr(result, "checked_share", None)
+        if share is not None:
+            scored = f"the checked regions ({share:.0%} of the corrected slices' pixels)"
         self.result_label.setText(
-            f"IoU on the corrected slices: before {result.iou_before:.3f} -> after "
+            f"IoU on {scored}: before {result.iou_before:.3f} -> after "
             f"{result.iou_after:.3f}\nNew model: {result.name} (saved in {result.path.parent})"
         )
         self.message.setText(f"Fine-tuned in {result.seconds:.0f} s. Segment again to use it.")

@@ -13,9 +13,9 @@ is the common binary format and reads as background / mitochondrion (with a note
 
 One module per idea: :mod:`.config` (settings, progress, errors), :mod:`.volumes` (masks,
 training pairs, validation split), :mod:`.augment` (transforms and microscope artefacts),
-:mod:`.sampling` (which crops a step sees), :mod:`.loss`, :mod:`.checkpoints` (the run folder,
-its checkpoint and lock), :mod:`.threads` (CPU threads as the load changes) and :mod:`.engine`
-(the loop).
+:mod:`.sampling` (which crops a step sees), :mod:`.regions` (the checked part of a slice),
+:mod:`.loss`, :mod:`.checkpoints` (the run folder, its checkpoint and lock), :mod:`.threads`
+(CPU threads as the load changes) and :mod:`.engine` (the loop).
 """
 
 from .augment import em_artefacts
@@ -36,6 +36,14 @@ from .config import (
 )
 from .engine import iter_train, iter_train_volumes, train, validate
 from .loss import DiceBCELoss
+from .regions import (
+    checked_regions,
+    checked_shares,
+    checked_training_masks,
+    describe_shares,
+    mask_unchecked,
+    overall_share,
+)
 from .sampling import CropSampler
 from .threads import ThreadChoice, check_thread_setting
 from .volumes import Volume, prepare, split_validation, training_masks, volume_weights
@@ -44,6 +52,7 @@ __all__ = [
     "ARCHITECTURE_FIELDS", "AUGMENTS", "AUTO", "CHECKPOINT", "FINETUNE", "FINETUNE_SECONDS", "HISTORY",
     "IGNORE", "NOTE", "RUN_FILES", "CropSampler", "DiceBCELoss", "TrainConfig", "TrainProgress",
     "ThreadChoice", "TrainingError", "Volume", "check_run_dir", "check_thread_setting",
-    "check_val_fraction", "em_artefacts", "iter_train", "iter_train_volumes",
+    "check_val_fraction", "checked_regions", "checked_shares", "checked_training_masks",
+    "describe_shares", "em_artefacts", "iter_train", "iter_train_volumes", "mask_unchecked", "overall_share",
     "prepare", "respec", "split_validation", "train", "training_masks", "validate", "volume_weights",
 ]
