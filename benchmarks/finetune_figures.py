@@ -12,10 +12,11 @@ fine-tuning, with the fine-tune's wall time.
 
 ``--data val`` runs the same protocol on the validation block of the training stack: that is
 where the fine-tuning defaults (``training.FINETUNE``) are chosen, trying settings with
-``--config '{"steps": 300}'``.
+``--config '{"steps": 300}'``. Several ``--config`` run one after another in one process, the
+base model's scores ("before") computed once per case; ``{}`` is the defaults.
 
     python benchmarks/finetune_figures.py [--model mito-em-v3] [--volume sbem|lucchipp] \
-        [--cases same shifted] [--data test|val] [--config JSON] [--corrected Z ...]
+        [--cases same shifted] [--data test|val] [--config JSON ...] [--corrected Z ...]
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import tempfile
 import time
@@ -44,12 +46,18 @@ def shifted(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return (255 - small).astype(np.uint8), (msk > 0).astype(np.uint8)
 
 
-def run_case(name: str, image, mask, model: str, corrected, config, pixel_ratio=1.0,
-             invert=False) -> dict:
+def score_before(image, mask, model: str, corrected, pixel_ratio=1.0, invert=False) -> float:
+    """IoU of the base model on the slices not corrected."""
     others = [z for z in range(image.shape[0]) if z not in corrected]
-    base = get_model(model, "cpu")
     told = PredictOptions(pixel_ratio=pixel_ratio, invert=invert)
-    before = score(segment(image[others], base, told), mask[others]).iou
+    return score(segment(image[others], get_model(model, "cpu"), told), mask[others]).iou
+
+
+def run_case(name: str, image, mask, model: str, corrected, config, pixel_ratio=1.0,
+             invert=False, before: float | None = None) -> dict:
+    others = [z for z in range(image.shape[0]) if z not in corrected]
+    if before is None:
+        before = score_before(image, mask, model, corrected, pixel_ratio, invert)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         gen = iter_finetune(image, mask, corrected, base=model, device="cpu", out_root=tmp,
@@ -68,8 +76,8 @@ def run_case(name: str, image, mask, model: str, corrected, config, pixel_ratio=
             "iou_corrected_before": round(res.iou_before, 4),
             "iou_corrected_after": round(res.iou_after, 4),
             "steps": res.steps, "lr": config.lr, "pixel_ratio": round(pixel_ratio, 3),
-            "finetune_seconds": round(seconds, 1),
-            "threads": torch.get_num_threads()}
+            "finetune_seconds": round(seconds, 1), "train_seconds": round(res.seconds, 1),
+            "threads": torch.get_num_threads(), "load_1min": round(os.getloadavg()[0], 2)}
 
 
 def main(argv=None) -> int:
@@ -79,11 +87,12 @@ def main(argv=None) -> int:
     ap.add_argument("--cases", nargs="+", default=["same", "shifted", "shifted-set"],
                     choices=["same", "shifted", "shifted-set"])
     ap.add_argument("--data", choices=["test", "val"], default="test")
-    ap.add_argument("--config", default="{}", help="JSON overrides of training.FINETUNE")
+    ap.add_argument("--config", nargs="+", default=["{}"],
+                    help="JSON overrides of training.FINETUNE; several run one after another")
     ap.add_argument("--corrected", type=int, nargs="+", default=None,
                     help="the corrected slices (default: 2 spread over the stack)")
     args = ap.parse_args(argv)
-    config = dataclasses.replace(FINETUNE, **json.loads(args.config))
+    configs = [(c, dataclasses.replace(FINETUNE, **json.loads(c))) for c in args.config]
     image, mask = em_data.load(args.data, args.volume)
     mask = mask.astype(np.uint8)
     z = image.shape[0]
@@ -94,8 +103,10 @@ def main(argv=None) -> int:
         im, mk = (image, mask) if case == "same" else shifted(image, mask)
         told = {"same": {"pixel_ratio": ratio}, "shifted": {},
                 "shifted-set": {"pixel_ratio": 2.0 * ratio, "invert": True}}[case]
-        row = run_case(case, im, mk, args.model, corrected, config, **told)
-        print(json.dumps({"volume": args.volume, "data": args.data, **row}), flush=True)
+        before = score_before(im, mk, args.model, corrected, **told)
+        for text, config in configs:
+            row = run_case(case, im, mk, args.model, corrected, config, before=before, **told)
+            print(json.dumps({"volume": args.volume, "data": args.data, "config": text, **row}), flush=True)
     return 0
 
 

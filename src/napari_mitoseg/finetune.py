@@ -60,6 +60,9 @@ def iter_finetune(
     ``invert`` (the stack's contrast is reversed) are kept in the new model's spec
     (:func:`~napari_mitoseg.inference.for_stack`): the new model segments this stack as it is.
 
+    The uncorrected slices are unlabelled: a configuration that adapts to the stack
+    (``TrainConfig.bn = "stack"``, self-training) uses up to ``stack_slices`` of them.
+
     Yields :class:`~napari_mitoseg.training.TrainProgress` per step; returns (as the
     generator's value) a :class:`FinetuneResult`. The new model is saved as a new version in
     the user's model folder (``<base>-ftN``), never over an existing model; its card records
@@ -84,6 +87,7 @@ def iter_finetune(
         checked_shares,
         iter_train,
         mask_unchecked,
+        overall_share,
         training_masks,
     )
 
@@ -104,18 +108,27 @@ def iter_finetune(
     before = score(segment(ims, base_model) > 0, mks == 1, ignore=mks == 255).iou
     t0 = time.perf_counter()
     tuned: LoadedModel = yield from iter_train(ims, mks, config=cfg, base=base_model, device=device,
-                                               ignore_value=IGNORE)
+                                               ignore_value=IGNORE, unlabelled=_unlabelled(image, sl, cfg))
     seconds = time.perf_counter() - t0
     after = score(segment(ims, tuned) > 0, mks == 1, ignore=mks == 255).iou
     result = FinetuneResult(name, root / name, sl, before, after, seconds, cfg.steps)
     if checked is not None:
-        from .training import overall_share
-
         shares = checked_shares(regions, sl)
         result = dataclasses.replace(result, checked_share=overall_share(shares), checked=shares)
     info, card = _finetune_card(result, base_model, cfg, pixel_ratio, invert)
     path = save_model(tuned.net, tuned.spec, root / name, info=info, card=card)
     return dataclasses.replace(result, path=path)
+
+
+def _unlabelled(image: np.ndarray, corrected: list[int], cfg) -> np.ndarray | None:
+    """The stack's uncorrected slices the configuration adapts to (AdaBN, self-training): at
+    most ``cfg.stack_slices`` of them, spread over the stack; None when it uses none."""
+    from .training.adapt import spread
+
+    others = [z for z in range(image.shape[0]) if z not in set(corrected)]
+    if not cfg.uses_stack or not others:
+        return None
+    return image[spread(others, cfg.stack_slices)]
 
 
 def _finetune_inputs(image, labels, slices: Sequence[int]) -> tuple[np.ndarray, np.ndarray, list[int]]:

@@ -14,7 +14,8 @@ is the common binary format and reads as background / mitochondrion (with a note
 One module per idea: :mod:`.config` (settings, progress, errors), :mod:`.volumes` (masks,
 training pairs, validation split), :mod:`.augment` (transforms and microscope artefacts),
 :mod:`.sampling` (which crops a step sees), :mod:`.regions` (the checked part of a slice),
-:mod:`.loss`, :mod:`.checkpoints` (the run folder, its checkpoint and lock), :mod:`.threads`
+:mod:`.adapt` (adapting a model to a new stack: frozen layers, AdaBN, self-training's weak
+labels), :mod:`.loss`, :mod:`.checkpoints` (the run folder, its checkpoint and lock), :mod:`.threads`
 (CPU threads as the load changes) and :mod:`.engine` (the loop).
 """
 

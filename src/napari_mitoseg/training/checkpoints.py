@@ -104,7 +104,9 @@ def read_checkpoint(out: Path, cfg: TrainConfig, spec: ModelSpec, device) -> dic
     if missing:
         raise _damaged(ck, f"no {', '.join(missing)}")
     # JSON's view of both: a tuple and a list of the same numbers are the same setting
-    saved = json.loads(json.dumps(saved))
+    # settings added since the checkpoint was written take their defaults
+    saved = json.loads(json.dumps({**dataclasses.asdict(TrainConfig()), **saved}))
+    saved.pop("steps", None)
     now_cfg = json.loads(json.dumps({k: v for k, v in dataclasses.asdict(cfg).items() if k != "steps"}))
     # specs compare as specs: a field added since the checkpoint takes its default
     if saved != now_cfg or ModelSpec.from_dict(state["spec"]) != spec:

@@ -13,6 +13,8 @@ from ..model import ModelSpec
 IGNORE = 255
 #: the augmentation recipes of :class:`TrainConfig`
 AUGMENTS = ("full", "strong", "basic")
+#: ``bn`` of :class:`TrainConfig`: what batch normalisation does while training
+BN_MODES = ("train", "frozen", "stack")
 #: ``ignore_value`` of :func:`training_masks`: decide from the values the masks hold
 AUTO = "auto"
 #: ``extra`` of a log record that states a decision the user should see (the CLI prints it)
@@ -42,6 +44,27 @@ class TrainConfig:
         noise, debris and missing data) or ``"basic"`` (flips, rotations, brightness: the
         naive baseline).
     val_every, checkpoint_every : in steps (0 = only at the end).
+
+    Adapting a trained model to a new stack from a few labelled slices (fine-tuning; each off
+    by default, see :data:`FINETUNE` for what was chosen):
+
+    bn : ``"train"`` (batch norm learns from each batch, as when training from scratch),
+        ``"frozen"`` (batch-norm layers keep the base model's running statistics; their scale
+        and shift still learn) or ``"stack"`` (AdaBN: the running statistics are first
+        re-estimated on the stack's slices, the labelled ones and up to ``stack_slices``
+        unlabelled ones, then kept).
+    encoder_lr : the encoder's learning rate as a share of ``lr``; 0 freezes the encoder
+        (weights and batch-norm statistics fixed, no gradients: cheaper steps).
+    pseudo_fraction : self-training: share of crops drawn from up to ``stack_slices``
+        unlabelled slices of the stack, labelled where the model is confident (probability
+        above ``pseudo_confidence``: mitochondrion; below ``1 - pseudo_confidence``:
+        background; between: unlabelled). 0 turns it off.
+    pseudo_after : share of the steps run before those slices are labelled, by the model as it
+        is then (0: the base model labels them before the first step).
+    stack_slices : at most this many unlabelled slices, spread over the stack, for ``bn =
+        "stack"`` and self-training. The fine-tune widget and :func:`api.iter_finetune` give the
+        stack's uncorrected slices; ``mitoseg train`` gives none (AdaBN then sees the labelled
+        slices only, and self-training is skipped with a note).
     """
 
     steps: int = 3000
@@ -58,6 +81,12 @@ class TrainConfig:
     val_every: int = 250
     checkpoint_every: int = 50
     seed: int = 0
+    bn: str = "train"
+    encoder_lr: float = 1.0
+    pseudo_fraction: float = 0.0
+    pseudo_confidence: float = 0.9
+    pseudo_after: float = 0.0
+    stack_slices: int = 8
 
     def __post_init__(self) -> None:
         if self.augment not in AUGMENTS:
@@ -78,11 +107,36 @@ class TrainConfig:
         if self.hard_fraction + self.foreground_fraction > 1:
             raise TrainingError("hard_fraction and foreground_fraction must add up to at most 1, got "
                                 f"{self.hard_fraction} + {self.foreground_fraction}")
+        self._check_adaptation()
         sr = self.scale_range
         if (not isinstance(sr, (list, tuple)) or len(sr) != 2
                 or not all(_is_number(v) and math.isfinite(v) and v > 0 for v in sr) or sr[0] > sr[1]):
             raise TrainingError(f"scale_range must be two numbers LOW, HIGH with 0 < LOW <= HIGH "
                                 f"(e.g. [0.5, 2.0]), got {sr!r}")
+
+
+    def _check_adaptation(self) -> None:
+        if self.bn not in BN_MODES:
+            raise TrainingError(f"bn must be one of {', '.join(BN_MODES)}, got {self.bn!r}")
+        _check_number("encoder_lr", self.encoder_lr, 0.0, 1.0)
+        _check_number("pseudo_fraction", self.pseudo_fraction, 0.0, 0.9)
+        _check_number("pseudo_confidence", self.pseudo_confidence, 0.5, 1.0, low_open=True)
+        if self.pseudo_confidence == 1.0:
+            raise TrainingError("pseudo_confidence must be below 1 (e.g. 0.9): no probability lies above 1")
+        _check_number("pseudo_after", self.pseudo_after, 0.0, 1.0)
+        if self.pseudo_after == 1.0:
+            raise TrainingError("pseudo_after must be below 1: at 1 no step would learn from the labelled slices")
+        _check_int("stack_slices", self.stack_slices, 1)
+
+    @property
+    def uses_stack(self) -> bool:
+        """Whether training uses the stack's unlabelled slices (AdaBN or self-training)."""
+        return self.bn == "stack" or self.pseudo_fraction > 0
+
+    @property
+    def pseudo_step(self) -> int:
+        """The step before which the unlabelled slices are labelled (self-training)."""
+        return int(round(self.pseudo_after * self.steps))
 
 
 #: the largest learning rate taken: AdamW steps of this size already destroy a network
@@ -121,7 +175,10 @@ def check_val_fraction(fraction) -> float:
 #: blocks of both training volumes (``benchmarks/finetune_figures.py --data val --volume V``,
 #: 2 corrected slices): 300 steps at lr 1e-3 gave the other slices IoU 0.782 (SBEM) and 0.932
 #: (Lucchi++), against 0.775 / 0.932 at 200 steps, 0.759 / 0.930 at 150, and 0.757 / 0.931 at
-#: 150 steps of lr 2e-3. See :data:`FINETUNE_SECONDS` for the time.
+#: 150 steps of lr 2e-3. See :data:`FINETUNE_SECONDS` for the time. The adaptation options
+#: (``bn`` "frozen" / "stack", ``encoder_lr`` 0, self-training, ``augment`` "basic") were tried
+#: on the same blocks and none beat these defaults on both volumes (docs/benchmarks.md,
+#: "Raising the fine-tune ceiling"): they stay off.
 FINETUNE = TrainConfig(
     steps=300, batch_size=4, lr=1e-3, warmup=10, val_every=0, checkpoint_every=50,
     foreground_fraction=0.5, hard_fraction=0.0,

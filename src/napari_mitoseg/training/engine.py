@@ -19,9 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..inference import for_stack, predict_slice
+from ..inference import for_stack, normalise01, predict_slice
 from ..metrics import Counts, counts, scores_from_counts
 from ..model import LoadedModel, ModelSpec, build_model, load_model, resolve_device
+from .adapt import adapt_batchnorm, param_groups, pseudo_masks, set_train_mode, spread
 from .checkpoints import (
     CHECKPOINT,
     check_run_dir,
@@ -31,7 +32,7 @@ from .checkpoints import (
     unlock,
     write_checkpoint,
 )
-from .config import AUTO, IGNORE, TrainConfig, TrainingError, TrainProgress
+from .config import AUTO, IGNORE, NOTE, TrainConfig, TrainingError, TrainProgress
 from .loss import DiceBCELoss
 from .sampling import CropSampler
 from .threads import ThreadChoice, check_thread_setting
@@ -71,16 +72,19 @@ def validate(model: LoadedModel, images: Sequence[np.ndarray], masks: Sequence[n
 class _Data:
     """The training volumes' slices side by side: ``images`` / ``masks`` (as :func:`prepare`
     gives them), each slice's pixel ``ratios``, the slices ``per_volume`` and the validation
-    sets ``vals`` as (name, pixel ratio, images, masks)."""
+    sets ``vals`` as (name, pixel ratio, images, masks); ``unlabelled`` (raw slices, pixel
+    ratios): the unlabelled slices kept for adapting to the stack (none unless the
+    configuration uses them)."""
 
     images: list = field(default_factory=list)
     masks: list = field(default_factory=list)
     ratios: list = field(default_factory=list)
     per_volume: list = field(default_factory=list)
     vals: list = field(default_factory=list)
+    unlabelled: tuple = field(default_factory=lambda: ([], []))
 
 
-def _prepare_volumes(volumes: Sequence[Volume]) -> _Data:
+def _prepare_volumes(volumes: Sequence[Volume], cfg: TrainConfig) -> _Data:
     data = _Data()
     for k, vol in enumerate(volumes):
         name = vol.name or f"volume {k + 1}"
@@ -93,6 +97,11 @@ def _prepare_volumes(volumes: Sequence[Volume]) -> _Data:
         data.per_volume.append(len(v_ims))
         if vol.val_images is not None:  # with its masks: _read_masks checked that
             data.vals.append((name, vol.pixel_ratio, *_validation_pair(vol, name)))
+        if vol.unlabelled is not None and cfg.uses_stack:
+            stack = _as_slices(vol.unlabelled, f"{name} unlabelled slices")
+            picked = [stack[i] for i in spread(range(len(stack)), cfg.stack_slices)]
+            data.unlabelled[0].extend(picked)
+            data.unlabelled[1].extend([float(vol.pixel_ratio)] * len(picked))
     return data
 
 
@@ -142,6 +151,9 @@ class _Run:
     history: list = field(default_factory=list)
     #: the step of the last checkpoint written or resumed from
     checkpointed: int | None = None
+    #: (raw slices, pixel ratios) without labels, and their weak labels once made (self-training)
+    unlabelled: tuple = ((), ())
+    pseudo: list | None = None
 
     @property
     def model(self) -> LoadedModel:
@@ -151,7 +163,8 @@ class _Run:
         return {"model": self.net.state_dict(), "optimizer": self.opt.state_dict(),
                 "scheduler": self.sched.state_dict(), "step": self.step, "best": self.best,
                 "history": self.history, "config": dataclasses.asdict(self.cfg),
-                "spec": self.spec.to_dict(), "hard": [h.astype(np.int32) for h in self.sampler.hard]}
+                "spec": self.spec.to_dict(), "hard": [h.astype(np.int32) for h in self.sampler.hard],
+                "pseudo": self.pseudo}
 
     def restore(self, state: dict) -> None:
         self.net.load_state_dict(state["model"])
@@ -159,21 +172,23 @@ class _Run:
         self.sched.load_state_dict(state["scheduler"])
         self.step, self.best, self.history = state["step"], state["best"], state["history"]
         self.checkpointed = self.step
+        if state.get("pseudo") is not None:
+            use_pseudo(self, state["pseudo"])
         self.sampler.hard = [np.asarray(h, np.int64) for h in state.get("hard", self.sampler.hard)]
 
 
 def _set_up(net, spec: ModelSpec, cfg: TrainConfig, sampler: CropSampler, dev, out, resume: bool,
-            meta: dict) -> _Run:
+            meta: dict, unlabelled: tuple = ((), ())) -> _Run:
     """The network on ``dev`` with its optimiser and schedule, gone on from ``out``'s checkpoint
-    when ``resume``."""
+    when ``resume``; ``unlabelled`` as :class:`_Data` holds it."""
     import torch
 
     net = net.to(dev)
     if dev.type == "cpu":
         net = net.to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(param_groups(net, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
-    run = _Run(cfg, spec, net, opt, sched, sampler, dev, out, meta)
+    run = _Run(cfg, spec, net, opt, sched, sampler, dev, out, meta, unlabelled=unlabelled)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         state = read_checkpoint(out, cfg, spec, dev) if resume else None
@@ -243,12 +258,36 @@ def _refresh_hard(run: _Run) -> None:
         logger.info("step %d: %d hard pixels", run.step, n_hard)
 
 
+def use_pseudo(run: _Run, masks: list) -> None:
+    """The unlabelled slices with their weak labels ``masks`` join the crops drawn."""
+    ims, ratios = run.unlabelled
+    run.pseudo = masks
+    run.sampler.add_slices([normalise01(i) for i in ims], masks, ratios, run.cfg.pseudo_fraction)
+
+
+def _label_unlabelled(run: _Run) -> None:
+    """Self-training: from ``cfg.pseudo_step`` on, the unlabelled slices, labelled where the
+    model (as it is then) is confident, share the crops."""
+    cfg = run.cfg
+    if cfg.pseudo_fraction == 0 or run.pseudo is not None or run.step < cfg.pseudo_step:
+        return
+    if not run.unlabelled[0]:
+        logger.info("self-training skipped: no unlabelled slices of the stack were given (the "
+                    "fine-tune widget and api.iter_finetune give the uncorrected ones)", extra=NOTE)
+        run.pseudo = []
+        return
+    masks = pseudo_masks(run.model, *run.unlabelled, cfg.pseudo_confidence)
+    use_pseudo(run, masks)
+    logger.info("step %d: %d unlabelled slices labelled, %.0f %% of their pixels", run.step, len(masks),
+                100 * np.mean([(m != IGNORE).mean() for m in masks]))
+
+
 def _one_step(run: _Run, loss_fn) -> float:
     """One optimiser step on a fresh batch of crops; returns the loss."""
     import torch
 
     net, dev = run.net, run.dev
-    net.train()
+    set_train_mode(net, run.cfg)
     x, y = run.sampler.sample(run.step)
     x, y = x.to(dev), y.to(dev)
     if dev.type == "cpu":
@@ -279,13 +318,15 @@ def _validate(run: _Run, vals: list, rec: dict) -> float:
     return val_iou
 
 
-def iter_train(images, masks, *, val_images=None, val_masks=None, **kwargs) -> Iterator[TrainProgress]:
+def iter_train(images, masks, *, val_images=None, val_masks=None, unlabelled=None,
+               **kwargs) -> Iterator[TrainProgress]:
     """Train (or fine-tune from ``base``) on raw (Z, Y, X) images and masks, yielding progress.
 
-    One volume; see :func:`iter_train_volumes` for the keywords and for several volumes.
+    One volume (``unlabelled``: its slices without labels, see :class:`Volume`); see
+    :func:`iter_train_volumes` for the keywords and for several volumes.
     The generator's final value (``StopIteration.value``) is the trained :class:`LoadedModel`.
     """
-    vol = Volume(images, masks, val_images, val_masks)
+    vol = Volume(images, masks, val_images, val_masks, unlabelled=unlabelled)
     return (yield from iter_train_volumes([vol], **kwargs))
 
 
@@ -325,13 +366,17 @@ def iter_train_volumes(
     dev = resolve_device(device)
     t_start = time.perf_counter()
     net, spec, base_info = _start_network(base, spec, cfg)
-    data = _prepare_volumes(volumes)
+    data = _prepare_volumes(volumes, cfg)
     sampler = CropSampler(data.images, data.masks, cfg, spec.input_scale, spec.invert, ratios=data.ratios,
                           weights=None if len(volumes) == 1 else volume_weights(data.masks, data.per_volume))
     out = Path(out_dir) if out_dir is not None else None
     lock = lock_run_dir(out) if out is not None else None
     try:
-        run = _set_up(net, spec, cfg, sampler, dev, out, resume, {**(info or {}), **base_info})
+        run = _set_up(net, spec, cfg, sampler, dev, out, resume, {**(info or {}), **base_info},
+                      data.unlabelled)
+        if cfg.bn == "stack" and run.checkpointed is None:
+            adapt_batchnorm(run.net, spec, data.images + data.unlabelled[0],
+                            data.ratios + data.unlabelled[1], dev)
         yield from _loop(run, data.vals, t_start, max_seconds)
         _finish(run, have_val=bool(data.vals))
     finally:
@@ -363,6 +408,7 @@ def _loop(run: _Run, vals: list, t_start: float, max_seconds: float | None) -> I
         t_chunk = time.perf_counter()
         while run.step < cfg.steps:
             _refresh_hard(run)
+            _label_unlabelled(run)
             _follow_load(run, choice)
             loss = _one_step(run, loss_fn)
             if not math.isfinite(loss):

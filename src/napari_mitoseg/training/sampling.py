@@ -41,6 +41,20 @@ class CropSampler:
         self.geometry, self.intensity = transforms(cfg)
         self._torch = torch
 
+    def add_slices(self, images: list[np.ndarray], masks: list[np.ndarray], ratios: Sequence[float],
+                   share: float) -> None:
+        """Draw from more slices (weakly labelled ones: self-training): ``share`` of the crops
+        from them, each by its labelled pixels, the rest from the slices drawn so far."""
+        w = np.array([float((m != IGNORE).sum()) for m in masks])
+        if not len(masks) or w.sum() == 0:
+            return
+        self.p_slice = np.concatenate([self.p_slice * (1.0 - share), share * w / w.sum()])
+        self.images, self.masks = [*self.images, *images], [*self.masks, *masks]
+        self.ratios = [*self.ratios, *(float(r) for r in ratios)]
+        self.hard += [np.zeros(0, np.int64) for _ in masks]
+        self.fg += [np.flatnonzero(m.ravel() == 1) for m in masks]
+        self.lab += [np.flatnonzero(m.ravel() != IGNORE) for m in masks]
+
     def crop_size(self, i: int, scale: float = 1.0) -> int:
         """Side in slice ``i``'s pixels of a crop that becomes one ``tile`` at the network, for an
         augmentation rescale by ``scale``."""

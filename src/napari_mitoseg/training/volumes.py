@@ -140,7 +140,9 @@ class Volume:
     mitochondrion, 255 unlabelled), optional held-out ``val_images`` / ``val_masks``, and
     ``pixel_ratio``, the volume's pixel size over the model's (``ModelSpec.pixel_size_nm``):
     its slices reach the network resized by it, as :func:`inference.for_stack` does at
-    inference, so volumes of different pixel sizes train one model."""
+    inference, so volumes of different pixel sizes train one model. ``unlabelled``: raw
+    (Z, Y, X) slices of the same stack without labels, for adapting a model to it
+    (``TrainConfig.bn = "stack"``, self-training); unused otherwise."""
 
     images: Any
     masks: Any
@@ -148,6 +150,7 @@ class Volume:
     val_masks: Any = None
     pixel_ratio: float = 1.0
     name: str = ""
+    unlabelled: Any = None
 
 
 def _read_masks(vol: Volume, k: int, ignore_value) -> Volume:
