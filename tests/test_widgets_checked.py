@@ -57,8 +57,8 @@ def test_a_rectangle_on_checked_regions_trains_only_that_part(viewer, qtbot, mod
     from napari_mitoseg._widgets._checked_regions import REGIONS_NAME, WHOLE
 
     image, gt = make_sample(shape=(3, 96, 96), seed=3)
-    viewer.add_image(image, name="em", scale=SCALE)
-    labels = viewer.add_labels(gt.copy(), name="em mitochondria", scale=SCALE)
+    viewer.add_image(image, name="em", scale=SCALE, units=("nm",) * 3)
+    labels = viewer.add_labels(gt.copy(), name="em mitochondria", scale=SCALE, units=("nm",) * 3)
     ft = open_dock(viewer, "Fine-tune model")
     assert ft.labels_choice.layer().name == labels.name
     ft.set_slices([0, 2])
@@ -68,6 +68,7 @@ def test_a_rectangle_on_checked_regions_trains_only_that_part(viewer, qtbot, mod
     shapes = viewer.layers[REGIONS_NAME]
     assert ft.regions.layer().name == REGIONS_NAME
     assert shapes.ndim == 3 and tuple(shapes.scale) == SCALE
+    assert [str(u) for u in shapes.units] == ["nanometer"] * 3  # the scale bar keeps reading nm
     # the user draws the left half of slice 0 (a shape on slice z carries z first)
     shapes.add_rectangles(_rect(0, -0.5, -0.5, 95.5, 47.5))
     qtbot.waitUntil(lambda: "slice 0" in ft.regions_note.text(), timeout=10_000)

@@ -237,6 +237,13 @@ def test_evaluate_without_ground_truth_plots_the_recorded_uncertainty(viewer, qt
     assert ev.plot.axes.get_ylabel() == "IoU"
     assert ev.values["iou"].text() != "-"
 
+    # a longer stack: the slice axis still counts whole slices (no "2.5")
+    long = viewer.add_labels(np.zeros((20, 8, 8), np.uint8), name="long mitochondria",
+                             metadata={"mitoseg_slice_uncertainty": [0.1] * 20})
+    ev.plot_uncertainty(long)
+    ticks = [t for t in ev.plot.axes.get_xticks() if -0.6 <= t <= 20]
+    assert len(ticks) > 2 and all(float(t).is_integer() for t in ticks)
+
 
 def test_evaluate_without_ground_truth_or_uncertainty_still_asks_for_one(viewer, qtbot, models):
     image, _ = make_sample(shape=(3, 64, 64), seed=9)

@@ -217,7 +217,7 @@ class CheckedRegions(QWidget):
             self.say("Choose the image first: the regions layer takes its scale.")
             return None
         layer = self._viewer.add_shapes(
-            ndim=ref.ndim, scale=ref.scale, translate=ref.translate, name=REGIONS_NAME,
+            ndim=ref.ndim, scale=ref.scale, translate=ref.translate, units=ref.units, name=REGIONS_NAME,
             face_color="#3b8bd040", edge_color="#3b8bd0", edge_width=2, metadata={REGIONS_KEY: True})
         self.choice.set_layer(layer)
         layer.mode = "add_rectangle"

@@ -198,6 +198,8 @@ class EvaluateWidget(QWidget):
 
     def plot_uncertainty(self, pred) -> None:
         """Plot the per-slice uncertainty recorded on ``pred`` (no ground truth needed)."""
+        from matplotlib.ticker import MaxNLocator
+
         values = _recorded_uncertainty(pred)
         self._scored_layer, self.report, self.uncertainty = pred, None, values
         for label in (*self.values.values(), self.uncorrected):
@@ -208,6 +210,7 @@ class EvaluateWidget(QWidget):
         ax.bar(range(len(values)), values, width=0.8, color="#d08a3b", picker=True)
         ax.set_xlim(-0.6, len(values) - 0.4)
         ax.set_ylim(0, max(1e-3, max(values)) * 1.05)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # slices are whole numbers
         ax.set_xlabel("slice", labelpad=1)
         ax.set_ylabel("uncertainty")
         self.plot.draw()
