@@ -177,26 +177,45 @@ def main(argv: list[str] | None = None) -> int:
         print(f"model {model!r} not found", file=sys.stderr)
         return 1
     viewer.dims.set_current_step(0, image.data.shape[0] // 2)
+    seg.uncertainty.enabled.setChecked(True)  # the guided loop: where is the model unsure?
     seg.run_button.click()
     wait_for(seg.run_finished)
     result = viewer.layers[f"{image.name} mitochondria"]
+    umap = viewer.layers[f"{image.name} uncertainty"]
+    umap.visible = False
     shot("01-segment.png")
     save_png(grab(seg.scroll_area.widget()), out / "segment-widget.png", 420)
 
-    # 2. evaluate against the ground truth
+    # 1b. which slices to correct first: the uncertainty map and Suggest slices
+    umap.visible, result.contour = True, 2  # the heat map under the result's outlines
+    image.visible = False  # on black: the thin bright bands along the edges read
+    suggested = seg.uncertainty.suggest()
+    seg.scroll_area.ensureWidgetVisible(seg.uncertainty.table)
+    seg.uncertainty.table.scrollToTop()
+    shot("01b-suggest.png")
+    umap.visible, result.contour, image.visible = False, 0, True
+
+    # 2a. without ground truth: Evaluate plots the uncertainty per slice
     steps.setCurrentWidget(ev)
+    ev.pred_choice.set_layer(result)
+    ev.gt_choice.set_layer(image)  # no ground truth: the EM stack itself is chosen
+    ev.run_button.click()
+    shot("02a-evaluate-uncertainty.png")
+
+    # 2. evaluate against the ground truth
+    ev.gt_choice.set_layer(truth)
     truth.visible = True
     ev.run_button.click()
     wait_for(ev.evaluated)
-    worst = int(np.argmin([s.iou for s in ev.report.per_slice]))
-    ev.go_to_slice(worst)
+    ev.go_to_slice(int(np.argmin([s.iou for s in ev.report.per_slice])))  # the worst slice
     shot("02-evaluate.png")
     viewer.layers.remove(f"{image.name} mitochondria errors")
 
-    # 3. paint a correction on the worst slice: here, copy the truth into the result
-    z = worst
-    result.data[z] = truth.data[z]
+    # 3. paint corrections on the suggested slices: here, copy the truth into the result
+    for z in suggested:
+        result.data[z] = truth.data[z]
     result.refresh()
+    viewer.dims.set_current_step(0, suggested[0])
     viewer.layers.selection.active = result
     result.mode = "paint"
     shot("03-paint.png")
@@ -205,6 +224,16 @@ def main(argv: list[str] | None = None) -> int:
     # 4. fine-tune on the corrected slice
     steps.setCurrentWidget(ft)
     ft.find_button.click()
+    # 4a. only the left half of each corrected slice was checked: a rectangle on each
+    regions = ft.regions.add_layer()
+    depth, height, width = image.data.shape
+    for z in suggested:
+        regions.add_rectangles([[z, 0, 0], [z, 0, width // 2], [z, height, width // 2], [z, height, 0]])
+    regions.mode = "pan_zoom"
+    viewer.layers.selection.active = result
+    settle(1500)  # the note of each slice's checked share comes from a worker
+    ft.scroll_area.ensureWidgetVisible(ft.regions)
+    shot("04a-checked-regions.png")
     ft.steps.setValue(20)  # a short run: the screenshot shows the widget, not a good model
     ft.base_config = dataclasses.replace(FINETUNE, batch_size=2, tile=128)
     ft.run_button.click()
