@@ -245,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     shot("04-finetune.png")
 
     # 5. segment again: the corrected slice is kept
+    regions.visible = False  # the result, not the regions, from here on
     ft.segment_again_button.click()
     wait_for(ft.resegmented)
     steps.setCurrentWidget(ev)
