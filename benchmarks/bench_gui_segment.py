@@ -26,6 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "docs"))
+from make_screenshots import wait_for  # noqa: E402  (run Qt's loop until a signal fires)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
@@ -80,24 +83,6 @@ class GapMeter:
         """(longest gap in ms, how many gaps over 100 ms)."""
         self.timer.stop()
         return 1000 * max(self.gaps, default=0.0), sum(g > 0.1 for g in self.gaps)
-
-
-def wait_for(signal, timeout_s: float = 900.0):
-    from qtpy.QtCore import QEventLoop, QTimer
-
-    loop, got = QEventLoop(), []
-
-    def on_signal(*args):
-        got.append(args)
-        loop.quit()
-
-    signal.connect(on_signal)
-    QTimer.singleShot(int(timeout_s * 1000), loop.quit)
-    loop.exec()
-    signal.disconnect(on_signal)
-    if not got:
-        raise TimeoutError(f"no signal within {timeout_s} s")
-    return got[0]
 
 
 def open_viewer(image: np.ndarray, pixel_nm: float | None):

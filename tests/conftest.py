@@ -110,3 +110,19 @@ def files(tmp_path, sample):
     tifffile.imwrite(paths["image"], image, photometric="minisblack")
     tifffile.imwrite(paths["gt"], gt, photometric="minisblack")
     return paths
+
+
+@pytest.fixture
+def captured_masks(monkeypatch) -> list[np.ndarray]:
+    """The masks fine-tuning hands to the training loop, recorded as it runs (in a worker too)."""
+    from napari_mitoseg import training
+
+    seen = []
+    real = training.iter_train
+
+    def recording(images, masks, **kw):
+        seen.append(np.array(masks))
+        return (yield from real(images, masks, **kw))
+
+    monkeypatch.setattr(training, "iter_train", recording)
+    return seen

@@ -76,22 +76,10 @@ def test_a_checked_mask_of_the_wrong_shape_is_refused(checked, message):
         checked_training_masks(labels, checked)
 
 
-def _capture_masks(monkeypatch):
-    """Record the masks ``api.iter_finetune`` hands to the training loop."""
-    seen = []
-    real = training.iter_train
 
-    def recording(images, masks, **kw):
-        seen.append(np.array(masks))
-        return (yield from real(images, masks, **kw))
-
-    monkeypatch.setattr(training, "iter_train", recording)
-    return seen
-
-
-def test_iter_finetune_trains_only_the_checked_region_and_says_so(tiny_model_dir, sample, monkeypatch):
+def test_iter_finetune_trains_only_the_checked_region_and_says_so(tiny_model_dir, sample, captured_masks):
     image, mask = sample  # (3, 100, 124)
-    seen = _capture_masks(monkeypatch)
+    seen = captured_masks
     checked = _left_half(mask.shape, [0])
     result = result_of(api.iter_finetune(image, mask, [0, 2], base=tiny_model_dir, config=FT,
                                          device="cpu", checked=checked))

@@ -40,20 +40,8 @@ def _rect(z: float, y0: float, x0: float, y1: float, x1: float) -> np.ndarray:
     return np.array([[z, y0, x0], [z, y0, x1], [z, y1, x1], [z, y1, x0]], float)
 
 
-def _capture_masks(monkeypatch) -> list[np.ndarray]:
-    """The masks the fine-tuning hands to the training loop, recorded (it runs in a worker)."""
-    seen = []
-    real = training.iter_train
 
-    def recording(images, masks, **kw):
-        seen.append(np.array(masks))
-        return (yield from real(images, masks, **kw))
-
-    monkeypatch.setattr(training, "iter_train", recording)
-    return seen
-
-
-def test_a_rectangle_on_checked_regions_trains_only_that_part(viewer, qtbot, models, monkeypatch):
+def test_a_rectangle_on_checked_regions_trains_only_that_part(viewer, qtbot, models, captured_masks):
     from napari_mitoseg._widgets._checked_regions import REGIONS_NAME, WHOLE
 
     image, gt = make_sample(shape=(3, 96, 96), seed=3)
@@ -74,7 +62,7 @@ def test_a_rectangle_on_checked_regions_trains_only_that_part(viewer, qtbot, mod
     qtbot.waitUntil(lambda: "slice 0" in ft.regions_note.text(), timeout=10_000)
     assert ft.regions_note.text() == "Trains slice 0: 50% checked; slice 2: whole slice."
 
-    seen = _capture_masks(monkeypatch)
+    seen = captured_masks  # filled by the fine-tuning's worker
     ft.base_config = dataclasses.replace(training.FINETUNE, batch_size=2, tile=64)
     ft.steps.setValue(2)
     result = _wait(qtbot, ft, ft.finetuned, ft.run_button.click)[0]
