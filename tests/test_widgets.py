@@ -437,6 +437,8 @@ def test_finetune_finds_corrections_trains_saves_and_segments_again(viewer, qtbo
     ft.remove_button.click()
     assert ft.slices() == [1]
 
+    assert ft.plot.axes.get_xlim() == (0, FINETUNE.steps)  # before a run: the run's steps, not -0.04..0.04
+    assert ft.plot.axes.get_ylim() == (0, 1)
     ft.base_config = dataclasses.replace(FINETUNE, batch_size=2, tile=64)
     ft.steps.setValue(3)
     args = _wait(qtbot, ft, ft.finetuned, ft.run_button.click)
@@ -449,6 +451,7 @@ def test_finetune_finds_corrections_trains_saves_and_segments_again(viewer, qtbo
     assert info["pixel_ratio"] == 1.5 and info["invert"] is True
     assert len(ft.losses) == 3 and all(np.isfinite(ft.losses))
     assert len(ft._loss_line.get_xdata()) == 3
+    assert ft.plot.axes.get_xlim() == (0, 3)
     assert ft.progress.value() == 3
     assert "before" in ft.result_label.text() and "tiny-ft1" in ft.result_label.text()
     assert ft.model_choice.currentText() == "tiny-ft1"

@@ -168,6 +168,7 @@ class FinetuneWidget(CorrectionFinder, SegmentAgain, ExportPackage, QWidget):
         self.plot.axes.set_xlabel("step")
         self.plot.axes.set_ylabel("loss")
         (self._loss_line,) = self.plot.axes.plot([], [], color="#3b8bd0", lw=1.2)
+        self._empty_plot(self.steps.value())
         self.result_label = QLabel("")
         self.result_label.setWordWrap(True)
         self.result_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
@@ -283,8 +284,7 @@ class FinetuneWidget(CorrectionFinder, SegmentAgain, ExportPackage, QWidget):
             return self._fail(f"Cannot fine-tune on '{image.name}': {exc}")
         cfg = self.config()
         self.losses = []
-        self._loss_line.set_data([], [])
-        self.plot.draw()
+        self._empty_plot(cfg.steps)
         self.result = None
         self.result_label.setText("")
         self.result_label.setVisible(False)
@@ -333,6 +333,13 @@ class FinetuneWidget(CorrectionFinder, SegmentAgain, ExportPackage, QWidget):
         self.run_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
 
+    def _empty_plot(self, steps: int) -> None:
+        """No loss yet: the step axis spans the run (0 to ``steps``), the loss 0 to 1."""
+        self._loss_line.set_data([], [])
+        self.plot.axes.set_xlim(0, max(1, steps))
+        self.plot.axes.set_ylim(0, 1)
+        self.plot.draw()
+
     def _on_step(self, p) -> None:
         if not hasattr(p, "step"):  # the FinetuneResult
             self._on_returned(p)
@@ -342,7 +349,7 @@ class FinetuneWidget(CorrectionFinder, SegmentAgain, ExportPackage, QWidget):
         self._loss_line.set_data(np.arange(1, len(self.losses) + 1), self.losses)
         ax = self.plot.axes
         ax.relim()
-        ax.autoscale_view()
+        ax.autoscale_view(scalex=False)  # the step axis spans the whole run from the start
         self.plot.draw()
         left = self.progress.time_left()
         left = f", {left} left" if left and p.step < p.total else ""
