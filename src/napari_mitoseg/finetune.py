@@ -125,7 +125,8 @@ def _unlabelled(image: np.ndarray, corrected: list[int], cfg) -> np.ndarray | No
     most ``cfg.stack_slices`` of them, spread over the stack; None when it uses none."""
     from .training.adapt import spread
 
-    others = [z for z in range(image.shape[0]) if z not in set(corrected)]
+    done = set(corrected)
+    others = [z for z in range(image.shape[0]) if z not in done]
     if not cfg.uses_stack or not others:
         return None
     return image[spread(others, cfg.stack_slices)]

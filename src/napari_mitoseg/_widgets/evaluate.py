@@ -198,21 +198,11 @@ class EvaluateWidget(QWidget):
 
     def plot_uncertainty(self, pred) -> None:
         """Plot the per-slice uncertainty recorded on ``pred`` (no ground truth needed)."""
-        from matplotlib.ticker import MaxNLocator
-
         values = _recorded_uncertainty(pred)
         self._scored_layer, self.report, self.uncertainty = pred, None, values
         for label in (*self.values.values(), self.uncorrected):
             label.setText("-")
-        ax = self.plot.axes
-        ax.clear()
-        ax.set_axis_on()
-        ax.bar(range(len(values)), values, width=0.8, color="#d08a3b", picker=True)
-        ax.set_xlim(-0.6, len(values) - 0.4)
-        ax.set_ylim(0, max(1e-3, max(values)) * 1.05)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # slices are whole numbers
-        ax.set_xlabel("slice", labelpad=1)
-        ax.set_ylabel("uncertainty")
+        self._slice_bars(values, "#d08a3b", "uncertainty", max(1e-3, max(values)) * 1.05)
         self.plot.draw()
         self.message.setText(f"No ground truth: the uncertainty of each slice of '{pred.name}' (higher = "
                              "more likely wrong); click a bar to go to that slice. Choose a ground truth "
@@ -278,21 +268,27 @@ class EvaluateWidget(QWidget):
             # (napari inserts before the destination index, counted before the move)
             self.viewer.layers.move(names.index(layer.name), names.index(other.name) + 1)
 
-    def _plot(self, report, corrected=()) -> None:
+    def _slice_bars(self, values, colours, ylabel: str, top: float):
+        """One clickable bar per slice on a fresh plot, the slice axis in whole slices; the axes."""
         from matplotlib.ticker import MaxNLocator
 
         ax = self.plot.axes
         ax.clear()
         ax.set_axis_on()
-        ious = [s.iou for s in report.per_slice]
-        colours = ["#9a9a9a" if z in set(corrected) else "#3b8bd0" for z in range(len(ious))]
-        ax.bar(range(len(ious)), ious, width=0.8, color=colours, picker=True)
-        ax.axhline(report.overall.iou, color="#d05a3b", lw=1, label=f"overall {report.overall.iou:.3f}")
-        ax.set_xlim(-0.6, len(ious) - 0.4)
-        ax.set_ylim(0, 1)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.bar(range(len(values)), values, width=0.8, color=colours, picker=True)
+        ax.set_xlim(-0.6, len(values) - 0.4)
+        ax.set_ylim(0, top)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # slices are whole numbers
         ax.set_xlabel("slice", labelpad=1)
-        ax.set_ylabel("IoU")
+        ax.set_ylabel(ylabel)
+        return ax
+
+    def _plot(self, report, corrected=()) -> None:
+        ious = [s.iou for s in report.per_slice]
+        grey = set(corrected)
+        colours = ["#9a9a9a" if z in grey else "#3b8bd0" for z in range(len(ious))]
+        ax = self._slice_bars(ious, colours, "IoU", 1)
+        ax.axhline(report.overall.iou, color="#d05a3b", lw=1, label=f"overall {report.overall.iou:.3f}")
         # above the axes, never over the bars
         ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), fontsize="small", frameon=False,
                   borderaxespad=0.1)
