@@ -100,6 +100,7 @@ def test_block_edges_follow_the_z_smoothing_halo_and_workers_load_the_model_once
     assert 1 <= sum(loads.values()) <= 2 and all(n <= 1 for n in loads.values())
 
 
+@pytest.mark.processes
 @pytest.mark.slow
 def test_a_worker_killed_mid_run_has_its_blocks_rerun(client, tiny_model_dir, tmp_path):
     image, _ = make_sample((8, 160, 160), seed=5)  # slices above the tile size: slower blocks
@@ -124,6 +125,32 @@ def test_a_worker_killed_mid_run_has_its_blocks_rerun(client, tiny_model_dir, tm
     import psutil
 
     assert not psutil.pid_exists(killed) or psutil.Process(killed).status() == psutil.STATUS_ZOMBIE
+
+
+@pytest.mark.timeout(180)
+def test_blocks_whose_worker_died_after_they_finished_count_as_done(client, tiny_model_dir, stack_zarr, tmp_path,
+                                                                     monkeypatch):
+    """A worker that dies holding finished blocks' return values makes the client mark them
+    "lost" (not done) after they were reported finished; their slices are on disk, so the run
+    counts them and ends, and never waits on them (it used to wait forever with no worker left)."""
+    from napari_mitoseg.distributed import run as run_module
+
+    real = run_module.as_finished
+    lost = []
+
+    def finished_then_lost(futures, watch):
+        for fut in real(futures, watch):
+            fut._state.lose()  # what the client does on the dead worker's "lost-data"
+            lost.append(fut.key)
+            yield fut
+
+    monkeypatch.setattr(run_module, "as_finished", finished_then_lost)
+    out = tmp_path / "out.zarr"
+    res = dist.segment(stack_zarr, out, client=client, model=tiny_model_dir, device="cpu", options=OPTS,
+                       block_slices=2)
+    assert res.blocks == 5 and len(lost) == 5
+    np.testing.assert_array_equal(np.asarray(read_stack(out)),
+                                  reference(tiny_model_dir, read_stack(stack_zarr, lazy=False)))
 
 
 def test_an_interrupted_run_resumes_and_skips_its_finished_blocks(client, tiny_model_dir, stack_zarr, tmp_path):

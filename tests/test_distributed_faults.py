@@ -166,6 +166,7 @@ def test_no_worker_is_said_after_a_grace_period_and_timeout_stops(no_workers, st
     assert not dist.partial.lock_path(dist.partial_path(out)).exists()  # the lock went with the run
 
 
+@pytest.mark.processes
 @pytest.mark.slow
 def test_the_only_worker_dying_is_said_and_the_run_resumes(no_workers, stack_zarr, tiny_model_dir, tmp_path,
                                                            capsys, monkeypatch):
@@ -223,6 +224,7 @@ def scheduler_process(tmp_path: Path):
         proc.wait()
 
 
+@pytest.mark.processes
 @pytest.mark.slow
 def test_the_scheduler_killed_mid_run_is_one_line_and_the_run_resumes(stack_zarr, tiny_model_dir, tmp_path, capsys,
                                                                        monkeypatch):
@@ -287,6 +289,7 @@ def test_two_runs_on_one_output_the_second_is_refused_up_front(stack_zarr, tiny_
     assert not lock.exists()
 
 
+@pytest.mark.processes
 @pytest.mark.slow
 def test_a_relative_output_reaches_workers_started_elsewhere(stack_zarr, tiny_model_dir, tmp_path, monkeypatch,
                                                               no_workers):
@@ -323,6 +326,7 @@ def in_private_mounts(script: str) -> list[str]:
     return ["unshare", "-Urm", "sh", "-c", script]
 
 
+@pytest.mark.processes
 @pytest.mark.skipif(not _can_unshare(), reason="needs user namespaces (unshare -Urm) to hide a folder")
 def test_an_output_the_workers_cannot_see_is_refused_before_any_block(stack_zarr, tiny_model_dir, tmp_path, capsys,
                                                                        no_workers):
@@ -356,6 +360,7 @@ def _files_of_a_new_partial(tmp_path: Path) -> int:
     return sum(1 for _ in probe.parent.rglob("*")) + 1
 
 
+@pytest.mark.processes
 @pytest.mark.slow
 @pytest.mark.skipif(not _can_unshare(), reason="needs user namespaces (unshare -Urm) for a small disk of its own")
 def test_a_full_disk_is_one_line_and_keeps_the_finished_blocks(stack_zarr, tiny_model_dir, tmp_path):
@@ -431,6 +436,7 @@ def _wait_for_blocks(partial: Path, n: int, proc: subprocess.Popen, timeout: flo
         time.sleep(0.1)
 
 
+@pytest.mark.processes
 @pytest.mark.slow
 def test_sigterm_keeps_the_finished_blocks_and_the_same_command_resumes(stack_zarr, tiny_model_dir, tmp_path,
                                                                         capsys):
@@ -466,6 +472,7 @@ def test_sigterm_keeps_the_finished_blocks_and_the_same_command_resumes(stack_za
     assert read_stack(out).shape == (6, 64, 80)
 
 
+@pytest.mark.processes
 @pytest.mark.slow
 def test_ctrl_c_on_a_local_cluster_prints_no_worker_traceback(stack_zarr, tiny_model_dir, tmp_path):
     import psutil

@@ -162,16 +162,23 @@ def _run_blocks(job: Job, client, partial: Path, retries: int, dash, t0: float,
                       str(partial / DONE_DIR), key=f"mitoseg-block-{a}-{b}-{token}", retries=retries, pure=False)
         for a, b in todo
     ]
+    counted: set[str] = set()
     try:
         n = skipped
         for fut in as_finished(futures, WorkerWatch(client, partial, timeout)):
             if fut.cancelled():
                 raise lost_scheduler(client, partial)
-            fut.result()  # a failed block raises here (after its retries)
+            if fut.status == "error":
+                fut.result()  # a failed block raises here (after its retries)
+            # finished, or "lost": it finished and then its worker died holding its return value
+            # (None); its slices and marker are on disk either way. Released, so the cluster does
+            # not run it again for a value nobody needs (and result() never waits on it).
+            counted.add(fut.key)
+            fut.release()
             n += 1
             yield Progress("segment", n, len(job.plan), skipped, time.perf_counter() - t0, dash)
     finally:
-        _cancel([f for f in futures if not f.done()], client, partial)
+        _cancel([f for f in futures if f.key not in counted and not f.done()], client, partial)
 
 
 def _cancel(pending: list, client, partial: Path) -> None:
