@@ -1,12 +1,16 @@
-"""Ortho-plane inference on the Lucchi++ testing stack: IoU of the XY, XZ and YZ passes and of
-their mean (what ``mitoseg segment --ortho`` computes), with and without z-smoothing, and how
-well the per-slice uncertainty ranks the slices' errors with and without ortho.
+"""Ortho-plane inference on Lucchi++: IoU of the XY, XZ and YZ passes and of their mean (what
+``mitoseg segment --ortho`` computes), with and without z-smoothing, and how well the per-slice
+uncertainty ranks the slices' errors with and without ortho. On the testing stack (final figures)
+or, with ``--validation``, on the training stack's held-out block (slices 145-164; to choose a
+model by).
 
 The three passes are run one by one with :func:`napari_mitoseg.inference.predict_planes` (the
 function :func:`napari_mitoseg.ortho.window_probs` averages; the stack fits one window) and kept
 under ``--cache`` so that a second run only scores.
 
-    python benchmarks/ortho_planes.py --cache /tmp/ortho [--slices 165]
+    python benchmarks/ortho_planes.py --cache /tmp/ortho [--slices 165] [--model NAME] [--validation]
+
+(one ``--cache`` folder per model and stack: the passes are cached by name).
 """
 
 from __future__ import annotations
@@ -39,10 +43,14 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, required=True)
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--slices", type=int, default=165)
+    ap.add_argument("--model", default=None, help="a model name or folder (default: the default model)")
+    ap.add_argument("--validation", action="store_true",
+                    help="the training stack's held-out block (slices 145-164) instead of the testing stack")
     args = ap.parse_args()
-    image = np.asarray(read_stack(args.data / "test_image.tif"))[: args.slices]
-    gt = np.asarray(read_stack(args.data / "test_mask.tif"))[: args.slices] > 0
-    model = get_model(None, "cpu")
+    which, part = ("train", slice(145, 165)) if args.validation else ("test", slice(0, args.slices))
+    image = np.asarray(read_stack(args.data / f"{which}_image.tif"))[part]
+    gt = np.asarray(read_stack(args.data / f"{which}_mask.tif"))[part] > 0
+    model = get_model(args.model, "cpu")
     args.cache.mkdir(parents=True, exist_ok=True)
     probs, seconds = {}, {}
     for name, axis in (("XY", 0), ("XZ", 1), ("YZ", 2)):
@@ -57,7 +65,8 @@ def main() -> None:
     probs["mean"] = (probs["XY"] + probs["XZ"] + probs["YZ"]) / 3
     links = neighbour_pairs(image)
     thr = model.spec.threshold
-    print(f"Lucchi++ testing slices 0-{args.slices - 1}; {int((~links).sum())} pair(s) not neighbours")
+    print(f"Lucchi++ {which}ing slices {part.start}-{part.stop - 1}, model {args.model or 'default'}; "
+          f"{int((~links).sum())} pair(s) not neighbours")
     print("| probabilities | IoU, no z-smoothing | IoU, z-smoothed (default) | pass seconds |")
     print("|---|---:|---:|---:|")
     smoothed = {}

@@ -100,6 +100,27 @@ def test_train_a_couple_of_steps(files, tiny_spec, tmp_path, capsys):
     assert (run / "best" / "model.safetensors").exists()
 
 
+def test_train_learns_from_side_views_of_a_volume_when_asked(tiny_spec, tmp_path, capsys):
+    import tifffile
+
+    from napari_mitoseg.synthetic import make_sample
+
+    image, gt = make_sample((12, 48, 56), seed=2)
+    files = {"image": tmp_path / "image.tif", "gt": tmp_path / "gt.tif"}
+    tifffile.imwrite(files["image"], image)
+    tifffile.imwrite(files["gt"], gt)
+    base = ["train", "--image", str(files["image"]), "--mask", str(files["gt"]), "--spec",
+            json.dumps(tiny_spec.to_dict()), "--steps", "1", "--batch-size", "2", "--device", "cpu"]
+    assert main([*base, "--views", "xyz", "--val-fraction", "0.25", "--out", str(tmp_path / "run")]) == 0
+    z, y, x = image.shape
+    side = (y + 1) // 2 + (x + 1) // 2  # every second row and column of the 9 training slices
+    assert f"learning from {z - 3} XY slices and {side} XZ and YZ planes" in capsys.readouterr().out
+    config = json.loads((tmp_path / "run" / "last" / "config.json").read_text())
+    assert config["info"]["train_slices"] == z - 3 + side and config["info"]["val_slices"] == 3
+    assert main([*base, "--views", "xy", "--views", "xyz", "--out", str(tmp_path / "r2")]) == 2
+    assert "give one --views, or one per --image (1 images)" in capsys.readouterr().err
+
+
 def test_train_from_a_base_for_another_stack_keeps_its_pixel_ratio_and_contrast(files, tiny_model_dir, tmp_path,
                                                                                 capsys):
     run = tmp_path / "ft"

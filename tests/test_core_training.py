@@ -316,6 +316,49 @@ def test_crops_of_a_coarser_volume_cover_fewer_of_its_pixels():
     assert sampler.crop_size(0) == 128 and sampler.crop_size(1) == 64
 
 
+def test_a_crop_wider_than_its_slice_is_padded_not_stretched():
+    # a side view of a thin stack: 12 planes deep, far less than one crop
+    im = np.tile(np.linspace(0, 1, 300, dtype=np.float32), (12, 1))
+    sampler = CropSampler([im], [np.ones((12, 300), np.uint8)], TrainConfig(tile=64, augment="basic"))
+    _, ys = sampler.sample(0)
+    y = ys.numpy()
+    assert y.shape == (8, 1, 64, 64)
+    # each tile holds the plane at its own aspect ratio: 12 of 64 rows (or columns, when
+    # rotated) labelled, the rest unlabelled padding
+    for t in y[:, 0]:
+        assert set(np.unique(t)) == {1, IGNORE}
+        band = min(np.count_nonzero((t == 1).any(axis=1)), np.count_nonzero((t == 1).any(axis=0)))
+        assert 10 <= band <= 14
+
+
+def test_ortho_planes_are_the_side_views_the_ortho_passes_read(rng):
+    from napari_mitoseg.training import ortho_planes
+
+    image = rng.integers(0, 255, (5, 6, 7), dtype=np.uint8)
+    mask = (image > 128).astype(np.uint8)
+    deep, deep_mask = np.concatenate([image, image]), np.concatenate([mask, mask])
+    ims, mks = ortho_planes(deep, deep_mask, stride=2)
+    assert len(ims) == len(mks) == 3 + 4  # rows 0, 2, 4 and columns 0, 2, 4, 6
+    np.testing.assert_array_equal(ims[1], deep[:, 2, :])
+    np.testing.assert_array_equal(ims[3], deep[:, :, 0])
+    np.testing.assert_array_equal(mks[6], deep_mask[:, :, 6])
+    assert [i.shape for i in ims] == [(10, 7)] * 3 + [(10, 6)] * 4
+    with pytest.raises(TrainingError, match="at least 8 training slices in z, got 5"):
+        ortho_planes(image, mask)
+
+
+def test_training_on_slices_of_several_shapes(tiny_spec, tmp_path):
+    from napari_mitoseg.synthetic import make_sample
+    from napari_mitoseg.training import Volume, iter_train_volumes, ortho_planes
+
+    image, gt = make_sample((10, 48, 56), seed=2)
+    side_i, side_m = ortho_planes(image, gt)
+    vol = Volume([*image, *side_i], [*gt, *side_m], pixel_ratio=1.0)
+    cfg = TrainConfig(tile=64, batch_size=2, steps=2, val_every=0, hard_fraction=0.5, hard_every=1)
+    *_, last = iter_train_volumes([vol], spec=tiny_spec, config=cfg, out_dir=tmp_path / "run", device="cpu")
+    assert last.step == 2 and np.isfinite(last.loss)
+
+
 def test_em_artefacts_mark_blotted_out_pixels_unlabelled():
     im = torch.full((1, 32, 32), 0.5)
     seen = 0

@@ -58,6 +58,10 @@ def _train_checks(args) -> tuple[list[float], list[float]]:
     fractions = [check_val_fraction(f) for f in args.val_fraction or [0.0]]
     if len(fractions) not in (1, n):
         raise ModelError(f"give one --val-fraction, or one per --image ({n} images)")
+    views = args.views or ["xy"]
+    if len(views) not in (1, n):
+        raise ModelError(f"give one --views, or one per --image ({n} images)")
+    args.views = views * n if len(views) == 1 else views
     if (args.val_image is None) != (args.val_mask is None):
         raise TrainingError("--val-image and --val-mask go together; give both or neither")
     if args.val_image and n > 1:
@@ -168,7 +172,7 @@ def _train_volumes(args, ratios: list[float], fractions: list[float], sizes: lis
     import numpy as np
 
     from .io import read_stack
-    from .training import Volume, split_validation, training_masks
+    from .training import Volume, ortho_planes, split_validation, training_masks
 
     volumes, shares, checked = [], [], args.checked or []
     for k, (im_path, mk_path) in enumerate(zip(args.image, args.mask, strict=True)):
@@ -183,6 +187,10 @@ def _train_volumes(args, ratios: list[float], fractions: list[float], sizes: lis
                 va_m = training_masks(va_m, args.ignore_value)
         else:
             tr_i, tr_m, va_i, va_m = split_validation(image, mask, fractions[k])
+        if args.views[k] == "xyz":
+            side_i, side_m = ortho_planes(tr_i, tr_m)
+            print(f"{im_path}: learning from {len(tr_i)} XY slices and {len(side_i)} XZ and YZ planes", flush=True)
+            tr_i, tr_m = [*tr_i, *side_i], [*tr_m, *side_m]
         volumes.append(Volume(tr_i, tr_m, va_i if len(va_i) else None, va_m if len(va_m) else None,
                               pixel_ratio=ratios[k], name=str(im_path)))
         if ratios[k] != 1.0:

@@ -128,6 +128,11 @@ def _train_data_flags(t: argparse.ArgumentParser) -> None:
     t.add_argument("--val-fraction", type=float, action="append", metavar="FRACTION",
                    help="hold out the last fraction (0-1) of slices for validation, one for all or one per "
                         "--image (default: 0, no validation)")
+    t.add_argument("--views", choices=["xy", "xyz"], action="append",
+                   help="the planes of each --image to learn from, one for all or one per --image: xy "
+                        "(its slices) or xyz (also its XZ and YZ planes, for near-isotropic volumes, so "
+                        "--ortho's side passes are as good as XY; from the training slices only) "
+                        "(default: xy)")
 
 
 def _train_settings_flags(t: argparse.ArgumentParser) -> None:

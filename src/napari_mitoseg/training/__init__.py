@@ -47,13 +47,14 @@ from .regions import (
 )
 from .sampling import CropSampler
 from .threads import ThreadChoice, check_thread_setting
-from .volumes import Volume, prepare, split_validation, training_masks, volume_weights
+from .volumes import Volume, ortho_planes, prepare, split_validation, training_masks, volume_weights
 
 __all__ = [
     "ARCHITECTURE_FIELDS", "AUGMENTS", "AUTO", "CHECKPOINT", "FINETUNE", "FINETUNE_SECONDS", "HISTORY",
     "IGNORE", "NOTE", "RUN_FILES", "CropSampler", "DiceBCELoss", "TrainConfig", "TrainProgress",
     "ThreadChoice", "TrainingError", "Volume", "check_run_dir", "check_thread_setting",
     "check_val_fraction", "checked_regions", "checked_shares", "checked_training_masks",
-    "describe_shares", "em_artefacts", "iter_train", "iter_train_volumes", "mask_unchecked", "overall_share",
+    "describe_shares", "em_artefacts", "iter_train", "iter_train_volumes", "mask_unchecked",
+    "ortho_planes", "overall_share",
     "prepare", "respec", "split_validation", "train", "training_masks", "validate", "volume_weights",
 ]

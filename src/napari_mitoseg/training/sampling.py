@@ -98,10 +98,10 @@ class CropSampler:
         cy, cx = divmod(self._centre(i, rng), w)
         y0 = int(np.clip(cy - ch // 2 + rng.integers(-ch // 4, ch // 4 + 1), 0, h - ch))
         x0 = int(np.clip(cx - cw // 2 + rng.integers(-cw // 4, cw // 4 + 1), 0, w - cw))
-        crop = img[y0 : y0 + ch, x0 : x0 + cw]
+        crop, crop_mask = _square(img[y0 : y0 + ch, x0 : x0 + cw], msk[y0 : y0 + ch, x0 : x0 + cw], c)
         crop = 1.0 - crop if self.invert else crop  # the network's polarity (spec.invert)
         im = tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(crop))[None])
-        mk = tv_tensors.Mask(torch.from_numpy(np.ascontiguousarray(msk[y0 : y0 + ch, x0 : x0 + cw]))[None])
+        mk = tv_tensors.Mask(torch.from_numpy(np.ascontiguousarray(crop_mask))[None])
         return augment_crop(im, mk, cfg, self.geometry, self.intensity, rng)
 
     def _centre(self, i: int, rng: np.random.Generator) -> int:
@@ -116,3 +116,15 @@ class CropSampler:
         else:
             pool = self.lab[i]
         return int(pool[rng.integers(len(pool))])
+
+
+def _square(crop: np.ndarray, mask: np.ndarray, side: int) -> tuple[np.ndarray, np.ndarray]:
+    """A crop cut short by its slice's edge (a slice, or a side view of a thin stack, narrower
+    than the crop) made ``side`` x ``side`` around its centre: the image mirrored outwards, the
+    mask unlabelled there, so resizing to the tile keeps the crop's aspect ratio."""
+    dy, dx = side - crop.shape[0], side - crop.shape[1]
+    if dy <= 0 and dx <= 0:
+        return crop, mask
+    pad = ((max(dy, 0) // 2, max(dy, 0) - max(dy, 0) // 2), (max(dx, 0) // 2, max(dx, 0) - max(dx, 0) // 2))
+    mode = "symmetric" if min(crop.shape) > 1 else "edge"
+    return np.pad(crop, pad, mode=mode), np.pad(mask, pad, constant_values=IGNORE)

@@ -18,7 +18,14 @@ from .config import AUTO, IGNORE, NOTE, TrainingError, _is_number
 logger = logging.getLogger(__name__)
 
 
+def _ragged(stack) -> bool:
+    """A list of slices of different shapes (a volume's XY slices and its side views)."""
+    return isinstance(stack, (list, tuple)) and len({np.shape(s) for s in stack}) > 1
+
+
 def _as_slices(stack, name: str) -> list[np.ndarray]:
+    if _ragged(stack):
+        return [s for part in stack for s in _as_slices(part, name)]
     arr = np.asarray(stack)
     try:
         check_stack(arr)
@@ -35,6 +42,11 @@ def training_masks(masks, ignore_value: int | str | None = AUTO) -> np.ndarray:
     255 is their only non-zero value (a binary 0/255 mask: 255 is mitochondrion; a note says so).
     Every other value > 0 is mitochondrion.
     """
+    if _ragged(masks):  # decided once for all the slices, then cut back into them
+        parts = [np.asarray(p) for p in masks]
+        flat = training_masks(np.concatenate([p.ravel() for p in parts]), ignore_value)
+        cuts = np.cumsum([p.size for p in parts])[:-1]
+        return [f.reshape(p.shape) for f, p in zip(np.split(flat, cuts), parts, strict=True)]
     m = np.asarray(masks)
     if m.dtype.kind == "f":
         if not np.isfinite(m).all() or (m != np.round(m)).any():
@@ -80,7 +92,7 @@ def _check_mask_values(m: np.ndarray, ignore_value) -> None:
 def check_not_a_mask(image, name: str = "the training image") -> None:
     """:class:`TrainingError` when an image to learn from is itself a mask or label volume (the
     ground truth chosen as the image): integer, at least two values, label-like."""
-    a = np.asarray(image)
+    a = np.asarray(image[0] if _ragged(image) else image)
     if a.dtype.kind not in "iu" or a.ndim not in (2, 3):
         return
     sample = label_sample(a)
@@ -112,7 +124,7 @@ def _check_has_mitochondria(masks: Sequence[np.ndarray], from_scratch: bool) -> 
     """Training masks (0/1/IGNORE) without a single mitochondrion pixel: an error for a new model
     (it would learn that nothing is a mitochondrion); a warning when fine-tuning (slices whose
     false positives were erased are a valid correction)."""
-    if any((m == 1).any() for m in masks):
+    if any((np.asarray(s) == 1).any() for m in masks for s in (m if _ragged(m) else [m])):
         return
     msg = "the training mask holds no mitochondrion (no pixel > 0 outside the unlabelled value)"
     if from_scratch:
@@ -132,6 +144,32 @@ def split_validation(images, masks, fraction: float):
     if n_val >= len(ims):
         raise TrainingError(f"val fraction {fraction} leaves no training slice of {len(ims)}")
     return ims[:-n_val], mks[:-n_val], ims[-n_val:], mks[-n_val:]
+
+
+#: every how many rows (XZ) and columns (YZ) a plane is taken by :func:`ortho_planes`: neighbouring
+#: planes are nearly the same image, so every second one holds as much to learn from at half the memory
+ORTHO_STRIDE = 2
+#: the fewest slices in z whose side views are planes large enough to segment (8 x 8)
+MIN_SIDE_DEPTH = 8
+
+
+def ortho_planes(images, masks, stride: int = ORTHO_STRIDE) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The XZ planes (every ``stride``-th row, (Z, X) each) and YZ planes (every ``stride``-th
+    column, (Z, Y) each) of a (Z, Y, X) image and its mask, oriented as the ortho passes of
+    :mod:`napari_mitoseg.ortho` read them: training on them teaches the model those views of a
+    near-isotropic volume. Give only the slices that train (not the validation block), so no
+    validation voxel reaches training through a side view."""
+    im, mk = np.asarray(images), np.asarray(masks)
+    if im.ndim != 3 or im.shape != mk.shape:
+        raise TrainingError(f"side views need a (Z, Y, X) image and a mask of its shape, got {im.shape} "
+                            f"and {mk.shape}")
+    if im.shape[0] < MIN_SIDE_DEPTH:
+        raise TrainingError(f"side views (--views xyz) need at least {MIN_SIDE_DEPTH} training slices in z, "
+                            f"got {im.shape[0]}: a thinner stack's XZ and YZ planes are too small to learn from")
+    rows = [np.ascontiguousarray(a[:, y, :]) for a in (im, mk) for y in range(0, im.shape[1], stride)]
+    cols = [np.ascontiguousarray(a[:, :, x]) for a in (im, mk) for x in range(0, im.shape[2], stride)]
+    ny, nx = len(rows) // 2, len(cols) // 2
+    return rows[:ny] + cols[:nx], rows[ny:] + cols[nx:]
 
 
 @dataclass
