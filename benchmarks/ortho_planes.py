@@ -9,6 +9,7 @@ function :func:`napari_mitoseg.ortho.window_probs` averages; the stack fits one 
 under ``--cache`` so that a second run only scores.
 
     python benchmarks/ortho_planes.py --cache /tmp/ortho [--slices 165] [--model NAME] [--validation]
+    python benchmarks/ortho_planes.py --cache /tmp/x --validation --side-step 8 --model NAME
 
 (one ``--cache`` folder per model and stack: the passes are cached by name).
 """
@@ -38,6 +39,25 @@ def _pass(model, image, axis: int) -> np.ndarray:
     return np.stack(list(predict_planes(model, planes)), axis=axis).astype(np.float16)
 
 
+def side_views(model, image: np.ndarray, gt: np.ndarray, step: int) -> None:
+    """How good the XZ and YZ passes are against XY, on every ``step``-th row (XZ) and column
+    (YZ) alone: a thin block's side planes are many and small, so all of them cost many times
+    the XY pass. Prints each view's IoU on its planes beside XY's on the same voxels."""
+    thr = model.spec.threshold
+    xy = np.stack(list(predict_planes(model, iter(image))))
+    print(f"| view | planes | its IoU | XY's IoU on the same voxels | seconds |  (every {step}th plane)")
+    print("|---|---:|---:|---:|---:|")
+    for name, axis in (("XZ", 1), ("YZ", 2)):
+        keep = list(range(0, image.shape[axis], step))
+        t = time.perf_counter()
+        side = np.stack(list(predict_planes(model, (np.take(image, k, axis=axis) for k in keep))), axis=axis)
+        sec = time.perf_counter() - t
+        truth = np.take(gt, keep, axis=axis)
+        same = np.take(xy, keep, axis=axis)
+        print(f"| {name} | {len(keep)} | {score(side > thr, truth).iou:.3f} | {score(same > thr, truth).iou:.3f} "
+              f"| {sec:.0f} |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cache", type=Path, required=True)
@@ -46,11 +66,17 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="a model name or folder (default: the default model)")
     ap.add_argument("--validation", action="store_true",
                     help="the training stack's held-out block (slices 145-164) instead of the testing stack")
+    ap.add_argument("--side-step", type=int, default=None, metavar="K",
+                    help="only compare the XZ and YZ passes with XY, on every K-th plane (no cache)")
     args = ap.parse_args()
     which, part = ("train", slice(145, 165)) if args.validation else ("test", slice(0, args.slices))
     image = np.asarray(read_stack(args.data / f"{which}_image.tif"))[part]
     gt = np.asarray(read_stack(args.data / f"{which}_mask.tif"))[part] > 0
     model = get_model(args.model, "cpu")
+    if args.side_step:
+        print(f"Lucchi++ {which}ing slices {part.start}-{part.stop - 1}, model {args.model or 'default'}")
+        side_views(model, image, gt, args.side_step)
+        return
     args.cache.mkdir(parents=True, exist_ok=True)
     probs, seconds = {}, {}
     for name, axis in (("XY", 0), ("XZ", 1), ("YZ", 2)):
