@@ -66,10 +66,13 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="a model name or folder (default: the default model)")
     ap.add_argument("--validation", action="store_true",
                     help="the training stack's held-out block (slices 145-164) instead of the testing stack")
+    ap.add_argument("--val-start", type=int, default=145,
+                    help="with --validation: the block's first slice, for a model trained with a deeper "
+                         "held-out block (default: %(default)s, the shipped models' block)")
     ap.add_argument("--side-step", type=int, default=None, metavar="K",
                     help="only compare the XZ and YZ passes with XY, on every K-th plane (no cache)")
     args = ap.parse_args()
-    which, part = ("train", slice(145, 165)) if args.validation else ("test", slice(0, args.slices))
+    which, part = ("train", slice(args.val_start, 165)) if args.validation else ("test", slice(0, args.slices))
     image = np.asarray(read_stack(args.data / f"{which}_image.tif"))[part]
     gt = np.asarray(read_stack(args.data / f"{which}_mask.tif"))[part] > 0
     model = get_model(args.model, "cpu")
