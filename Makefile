@@ -1,5 +1,6 @@
 # napari-mitoseg: `make run` opens napari with the sample and the Segment widget; `make test` runs
-# the test suite; `make test-all` adds the tests that start, kill and signal whole processes. Both first build .venv (about 6 GB, a few minutes) and reuse it after that.
+# the test suite; `make test-all` adds the tests that start, kill and signal whole processes.
+# Each first builds .venv (about 6 GB, a few minutes) and reuses it after that.
 
 PYTHON ?= python3.11
 VENV := .venv

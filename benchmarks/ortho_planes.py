@@ -33,10 +33,12 @@ from napari_mitoseg.uncertainty import slice_uncertainty
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "lucchipp"
 
 
-def _pass(model, image, axis: int) -> np.ndarray:
-    """(Z, Y, X) float16 probabilities of the planes normal to ``axis`` (0 XY, 1 XZ, 2 YZ)."""
-    planes = (np.take(image, k, axis=axis) for k in range(image.shape[axis]))
-    return np.stack(list(predict_planes(model, planes)), axis=axis).astype(np.float16)
+def _pass(model, image, axis: int, keep=None) -> np.ndarray:
+    """Float32 probabilities of the planes normal to ``axis`` (0 XY, 1 XZ, 2 YZ), those at
+    indices ``keep`` (default all), stacked along ``axis``."""
+    keep = range(image.shape[axis]) if keep is None else keep
+    planes = (np.take(image, k, axis=axis) for k in keep)
+    return np.stack(list(predict_planes(model, planes)), axis=axis)
 
 
 def side_views(model, image: np.ndarray, gt: np.ndarray, step: int) -> None:
@@ -44,13 +46,13 @@ def side_views(model, image: np.ndarray, gt: np.ndarray, step: int) -> None:
     (YZ) alone: a thin block's side planes are many and small, so all of them cost many times
     the XY pass. Prints each view's IoU on its planes beside XY's on the same voxels."""
     thr = model.spec.threshold
-    xy = np.stack(list(predict_planes(model, iter(image))))
+    xy = _pass(model, image, 0)
     print(f"| view | planes | its IoU | XY's IoU on the same voxels | seconds |  (every {step}th plane)")
     print("|---|---:|---:|---:|---:|")
     for name, axis in (("XZ", 1), ("YZ", 2)):
         keep = list(range(0, image.shape[axis], step))
         t = time.perf_counter()
-        side = np.stack(list(predict_planes(model, (np.take(image, k, axis=axis) for k in keep))), axis=axis)
+        side = _pass(model, image, axis, keep)
         sec = time.perf_counter() - t
         truth = np.take(gt, keep, axis=axis)
         same = np.take(xy, keep, axis=axis)
@@ -86,7 +88,7 @@ def main() -> None:
         f = args.cache / f"{name}_{args.slices}.npy"
         if not f.exists():
             t = time.perf_counter()
-            np.save(f, _pass(model, image, axis))
+            np.save(f, _pass(model, image, axis).astype(np.float16))
             (args.cache / f"{name}_{args.slices}.s").write_text(f"{time.perf_counter() - t:.1f}")
             print(f"{name} pass done", flush=True)
         probs[name] = np.load(f).astype(np.float32)

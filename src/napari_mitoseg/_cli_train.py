@@ -55,13 +55,8 @@ def _train_checks(args) -> tuple[list[float], list[float]]:
         raise ModelError(f"give one --pixel-size per --image ({n} images, {len(sizes)} sizes)")
     if sizes and args.pixel_ratio is not None:
         raise ModelError("give either --pixel-size or --pixel-ratio, not both")
-    fractions = [check_val_fraction(f) for f in args.val_fraction or [0.0]]
-    if len(fractions) not in (1, n):
-        raise ModelError(f"give one --val-fraction, or one per --image ({n} images)")
-    views = args.views or ["xy"]
-    if len(views) not in (1, n):
-        raise ModelError(f"give one --views, or one per --image ({n} images)")
-    args.views = views * n if len(views) == 1 else views
+    fractions = _one_or_each([check_val_fraction(f) for f in args.val_fraction or [0.0]], n, "--val-fraction")
+    args.views = _one_or_each(args.views or ["xy"], n, "--views")
     if (args.val_image is None) != (args.val_mask is None):
         raise TrainingError("--val-image and --val-mask go together; give both or neither")
     if args.val_image and n > 1:
@@ -70,7 +65,16 @@ def _train_checks(args) -> tuple[list[float], list[float]]:
     if checked:
         _check_checked_files(args.image, checked)
     check_run_dir(args.out, args.resume, [*args.image, *args.mask, *checked, args.val_image, args.val_mask])
-    return sizes, fractions * n if len(fractions) == 1 else fractions
+    return sizes, fractions
+
+
+def _one_or_each(values: list, n: int, flag: str) -> list:
+    """A flag given once for all ``n`` images, or once per image: one value per image."""
+    from .model import ModelError
+
+    if len(values) not in (1, n):
+        raise ModelError(f"give one {flag}, or one per --image ({n} images)")
+    return values * n if len(values) == 1 else values
 
 
 def _check_checked_files(images: list[str], checked: list[str]) -> None:

@@ -122,9 +122,9 @@ def _square(crop: np.ndarray, mask: np.ndarray, side: int) -> tuple[np.ndarray, 
     """A crop cut short by its slice's edge (a slice, or a side view of a thin stack, narrower
     than the crop) made ``side`` x ``side`` around its centre: the image mirrored outwards, the
     mask unlabelled there, so resizing to the tile keeps the crop's aspect ratio."""
-    dy, dx = side - crop.shape[0], side - crop.shape[1]
-    if dy <= 0 and dx <= 0:
+    dy, dx = max(side - crop.shape[0], 0), max(side - crop.shape[1], 0)
+    if not dy and not dx:
         return crop, mask
-    pad = ((max(dy, 0) // 2, max(dy, 0) - max(dy, 0) // 2), (max(dx, 0) // 2, max(dx, 0) - max(dx, 0) // 2))
+    pad = ((dy // 2, dy - dy // 2), (dx // 2, dx - dx // 2))
     mode = "symmetric" if min(crop.shape) > 1 else "edge"
     return np.pad(crop, pad, mode=mode), np.pad(mask, pad, constant_values=IGNORE)

@@ -166,10 +166,11 @@ def ortho_planes(images, masks, stride: int = ORTHO_STRIDE) -> tuple[list[np.nda
     if im.shape[0] < MIN_SIDE_DEPTH:
         raise TrainingError(f"side views (--views xyz) need at least {MIN_SIDE_DEPTH} training slices in z, "
                             f"got {im.shape[0]}: a thinner stack's XZ and YZ planes are too small to learn from")
-    rows = [np.ascontiguousarray(a[:, y, :]) for a in (im, mk) for y in range(0, im.shape[1], stride)]
-    cols = [np.ascontiguousarray(a[:, :, x]) for a in (im, mk) for x in range(0, im.shape[2], stride)]
-    ny, nx = len(rows) // 2, len(cols) // 2
-    return rows[:ny] + cols[:nx], rows[ny:] + cols[nx:]
+    def planes(a: np.ndarray) -> list[np.ndarray]:
+        return ([np.ascontiguousarray(a[:, y, :]) for y in range(0, a.shape[1], stride)]
+                + [np.ascontiguousarray(a[:, :, x]) for x in range(0, a.shape[2], stride)])
+
+    return planes(im), planes(mk)
 
 
 @dataclass
