@@ -61,6 +61,16 @@ def test_segment_at_a_pixel_ratio_returns_labels_at_the_stacks_size(files, tiny_
     assert report["pixel_ratio"] == 0.5 and report["shape"] == [3, 100, 124]
 
 
+def test_segment_at_several_scales_says_so_and_refuses_a_bad_scale(files, tiny_model_dir, capsys):
+    assert main(["segment", str(files["image"]), "--model", str(tiny_model_dir), "--device", "cpu",
+                 "--gt", str(files["gt"]), "--scales", "1", "1.5", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["scales"] == [1.0, 1.5]
+    assert main(["segment", str(files["image"]), "--model", str(tiny_model_dir), "--device", "cpu",
+                 "--gt", str(files["gt"]), "--scales", "1", "3", "--json"]) != 0
+    captured = capsys.readouterr()
+    assert "between 0.5 and 2" in captured.err and captured.out == ""
+
+
 def test_evaluate(files, capsys):
     assert main(["evaluate", str(files["gt"]), str(files["gt"])]) == 0
     assert capsys.readouterr().out.strip() == "iou=1.0000  dice=1.0000  precision=1.0000  recall=1.0000"

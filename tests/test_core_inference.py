@@ -287,3 +287,40 @@ def test_invert_reads_a_contrast_reversed_stack_as_the_original(tiny_model, rng)
     prob_inv, _ = predict(tiny_model, 255 - x, PredictOptions(invert=True))
     np.testing.assert_allclose(prob_inv, prob, atol=1e-5)
     assert not np.allclose(predict(tiny_model, 255 - x)[0], prob, atol=1e-3)
+
+
+def test_scales_average_the_network_run_at_each_resolution(tiny_model, rng):
+    from napari_mitoseg.inference import at_scales
+
+    x = rng.integers(0, 256, (2, 72, 90), dtype=np.uint8)
+    one, big = at_scales(tiny_model, (1.0, 1.5))
+    assert one is tiny_model and big.spec.input_scale == 1.5 * tiny_model.spec.input_scale
+    seen = []
+    forward = tiny_model.net.forward
+    tiny_model.net.forward = lambda t: (seen.append(tuple(t.shape[-2:])), forward(t))[1]
+    try:
+        by_hand = np.stack([(predict_slice(one, s) + predict_slice(big, s)) / 2 for s in x])
+        seen.clear()
+        opts = PredictOptions(scales=[1, 1.5], z_smooth=False)
+        got = np.stack([r.prob for r in iter_predict(tiny_model, x, opts)])
+    finally:
+        tiny_model.net.forward = forward
+    np.testing.assert_allclose(got, by_hand, atol=1e-6)
+    assert not np.allclose(got, predict(tiny_model, x, PredictOptions(z_smooth=False))[0], atol=1e-3)
+    st = tiny_model.spec.stride  # the network saw each slice at 72 rows and 1.5 x 72 = 108, padded to stride
+    assert {h for h, _ in seen} == {-(-72 // st) * st, -(-108 // st) * st}
+
+
+@pytest.mark.parametrize("scales, message", [
+    ((), "one to four"), ((1.0, 1.0), "one to four different"), ((1, 0.2), "between 0.5 and 2"),
+    ((1, float("nan")), "between 0.5 and 2"), (("a",), "numbers between"),
+    ((1, 1.2, 1.4, 1.6, 1.8), "one to four"),
+])
+def test_bad_scales_are_refused_with_a_message(scales, message):
+    with pytest.raises(InputError, match=message):
+        PredictOptions(scales=scales)
+
+
+def test_scales_are_kept_as_a_tuple_of_floats():
+    assert PredictOptions(scales=[1, 1.5]).scales == (1.0, 1.5)
+    assert PredictOptions(scales=2).scales == (2.0,)

@@ -76,3 +76,14 @@ def test_ortho_default_only_for_a_known_near_isotropic_voxel(given, voxel, z, ex
     on, note = ortho.choose_ortho(given, voxel, z)
     assert on is expected
     assert (note is not None) == (given is None and expected)
+
+
+def test_ortho_with_scales_averages_every_pass_over_the_scales(tiny_model, cube):
+    from napari_mitoseg.inference import at_scales
+
+    small = cube[:12, :20, :24]
+    passes = [_by_hand(m, small) for m in at_scales(tiny_model, (1.0, 1.5))]
+    expected = sum(xy + xz + yz for xy, xz, yz in passes) / 6
+    got = np.stack([r.prob for r in iter_predict(tiny_model, small,
+                                                 PredictOptions(ortho=True, z_smooth=False, scales=(1.0, 1.5)))])
+    np.testing.assert_allclose(got, expected, atol=1e-6)

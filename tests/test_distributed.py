@@ -390,3 +390,14 @@ def test_ortho_on_a_cluster_gives_the_single_process_labels(client, tiny_model_d
     labels = np.asarray(read_stack(tmp_path / "out.zarr"))
     np.testing.assert_array_equal(labels, reference(tiny_model_dir, stack, opts))
     assert (labels != reference(tiny_model_dir, stack)).any()  # the XZ and YZ passes did count
+
+
+def test_multi_scale_on_a_cluster_gives_the_single_process_labels(client, tiny_model_dir, stack, tmp_path):
+    path = tmp_path / "plain.zarr"
+    zarr.open(str(path), mode="w", shape=stack.shape, dtype=stack.dtype, chunks=(1, *stack.shape[1:]))[:] = stack
+    opts = PredictOptions(z_smooth=True, threshold=0.5, scales=(1.0, 1.5))
+    dist.segment(path, tmp_path / "out.zarr", client=client, model=tiny_model_dir, device="cpu", options=opts,
+                 block_slices=3)
+    labels = np.asarray(read_stack(tmp_path / "out.zarr"))
+    np.testing.assert_array_equal(labels, reference(tiny_model_dir, stack, opts))
+    assert (labels != reference(tiny_model_dir, stack)).any()  # the second scale did count

@@ -15,6 +15,7 @@ import pytest
 from gui_helpers import wait_for
 
 from napari_mitoseg import model as model_mod
+from napari_mitoseg.inference import MULTI_SCALE
 from napari_mitoseg.synthetic import make_sample
 
 pytestmark = pytest.mark.gui
@@ -414,10 +415,12 @@ def test_finetune_finds_corrections_trains_saves_and_segments_again(viewer, qtbo
     viewer.add_image(image, name="em")
     seg = _segment_widget(viewer)
     seg.tta.setChecked(True)
+    seg.multi_scale.setChecked(True)
     seg.pixel_ratio.setValue(1.5)  # the user's pixels are 1.5x the model's
     seg.invert.setChecked(True)  # ... and their contrast is reversed
     layer = _run(qtbot, seg)
     assert layer.metadata["mitoseg_options"]["tta"] is True
+    assert tuple(layer.metadata["mitoseg_options"]["scales"]) == MULTI_SCALE
     assert layer.metadata["mitoseg_options"]["pixel_ratio"] == 1.5
 
     ft = _dock(viewer, FinetuneWidget(viewer))
@@ -466,6 +469,7 @@ def test_finetune_finds_corrections_trains_saves_and_segments_again(viewer, qtbo
         np.testing.assert_array_equal(layer.data[z], out[z])
     assert layer.metadata["mitoseg_model"] == "tiny-ft1"
     assert ft.segment_run.options.tta  # segmented again with the settings the layer was made with
+    assert ft.segment_run.options.scales == MULTI_SCALE
     # ... except the pixel ratio, which the new model holds in its spec
     assert ft.segment_run.options.pixel_ratio == 1.0 and not ft.segment_run.options.invert
     tuned = load_model(result.path, device="cpu")

@@ -60,7 +60,7 @@ def segment_file(
     image_path, *, model=None, device="auto", threshold=None, tta=False, z_smooth=None,
     instances=False, out=None, gt=None, pixel_ratio=None, invert=False, pixel_size_nm=None,
     progress: ProgressFn | None = None, client=None, keep_nothing: bool = True,
-    ortho: bool | None = None, uncertainty_out=None,
+    ortho: bool | None = None, uncertainty_out=None, scales=(1.0,),
 ) -> SegmentResult:
     """Read, segment, optionally score against ``gt`` and write ``out`` (atomically).
 
@@ -73,7 +73,8 @@ def segment_file(
     where the file's voxel size is near-isotropic, with a note; see
     :func:`~napari_mitoseg.ortho.choose_ortho`). ``uncertainty_out``: write the per-pixel
     uncertainty map there (uint8 TIFF or zarr, 255 = most unsure); each slice's uncertainty is in
-    :attr:`SegmentResult.uncertainty` either way.
+    :attr:`SegmentResult.uncertainty` either way. ``scales``: multi-scale averaging, see
+    :class:`~napari_mitoseg.inference.PredictOptions`.
 
     Options, the output (a label suffix, a writable folder, never one of the inputs) and the
     inputs are checked before the model is loaded. ``progress(done, total)`` is called after
@@ -96,7 +97,8 @@ def segment_file(
     if client is not None:
         raise TypeError("api.segment_file runs in this process; to segment on a cluster call "
                         "napari_mitoseg.distributed.segment_file(..., client=client)")
-    opts = PredictOptions(threshold=threshold, tta=tta, z_smooth=z_smooth, invert=invert, ortho=bool(ortho))
+    opts = PredictOptions(threshold=threshold, tta=tta, z_smooth=z_smooth, invert=invert, ortho=bool(ortho),
+                          scales=scales)
     _check_scale_args(pixel_ratio, pixel_size_nm)
     for path in (out, uncertainty_out):
         if path:

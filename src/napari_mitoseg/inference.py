@@ -41,6 +41,9 @@ class PredictOptions:
 
     threshold : None uses the model's own threshold.
     tta : average over the 8 flips/rotations (dihedral group); 8x slower.
+    scales : run the network at each of these multiples of its working resolution and average
+        the probabilities (multi-scale averaging; ``(1.0, 1.5)`` costs about 3.3x the time of
+        ``(1.0,)``, the default). Each lies in :data:`SCALE_RANGE`.
     z_smooth : filter probabilities [1/4, 1/2, 1/4] along z before thresholding (see
         :func:`smooth_z`); for stacks of thin serial sections. None: the model's own default
         (``default_z_smooth`` in its config, chosen on validation).
@@ -61,6 +64,7 @@ class PredictOptions:
 
     threshold: float | None = None
     tta: bool = False
+    scales: tuple[float, ...] = (1.0,)
     z_smooth: bool | None = None
     fill_holes: bool | None = None
     batch_size: int = 4
@@ -72,6 +76,38 @@ class PredictOptions:
         problem = None if self.threshold is None else threshold_problem(self.threshold)
         if problem:
             raise InputError(problem)
+        object.__setattr__(self, "scales", check_scales(self.scales))
+
+
+#: the multiples of the working resolution that :attr:`PredictOptions.scales` may hold
+SCALE_RANGE = (0.5, 2.0)
+#: the widget's "Multi-scale" scales, chosen on the validation blocks (docs/benchmarks.md)
+MULTI_SCALE = (1.0, 1.5)
+
+
+def check_scales(scales) -> tuple[float, ...]:
+    """``scales`` as a tuple of floats; :class:`InputError` unless one to four distinct finite
+    numbers within :data:`SCALE_RANGE`."""
+    lo, hi = SCALE_RANGE
+    try:
+        out = tuple(float(k) for k in ([scales] if np.isscalar(scales) else scales))
+    except (TypeError, ValueError):
+        raise InputError(f"scales must be numbers between {lo:g} and {hi:g}, got {scales!r}") from None
+    if not 1 <= len(out) <= 4 or len(set(out)) != len(out):
+        raise InputError(f"scales must be one to four different numbers, got {list(out)}")
+    bad = [k for k in out if not (np.isfinite(k) and lo <= k <= hi)]
+    if bad:
+        raise InputError(f"each scale must lie between {lo:g} and {hi:g} (multiples of the model's working "
+                         f"resolution), got {bad[0]:g}")
+    return out
+
+
+def at_scales(model: LoadedModel, scales: tuple[float, ...]) -> list[LoadedModel]:
+    """``model`` once per scale, its network run at that multiple of ``input_scale``."""
+    spec = model.spec
+    return [model if k == 1.0 else
+            dataclasses.replace(model, spec=dataclasses.replace(spec, input_scale=spec.input_scale * k))
+            for k in scales]
 
 
 #: the pixel ratios :func:`for_stack` accepts (a stack at 4x finer or coarser pixels)
@@ -284,12 +320,17 @@ def _to_slices(probs: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.clip(resize(probs, shape), 0.0, 1.0)
 
 
-def predict_slice(model: LoadedModel, slice_: np.ndarray, tta: bool = False) -> np.ndarray:
-    """(Y, X) raw slice -> (Y, X) float32 foreground probability."""
-    spec: ModelSpec = model.spec
-    x = _to_network([slice_], spec)[0]
-    p = tiled_apply(x, lambda t: _forward(model, t[None], tta)[0], spec.tile_size, spec.tile_overlap)
-    return _to_slices(p, np.shape(slice_))
+def predict_slice(model: LoadedModel, slice_: np.ndarray, tta: bool = False,
+                  scales: tuple[float, ...] = (1.0,)) -> np.ndarray:
+    """(Y, X) raw slice -> (Y, X) float32 foreground probability, the mean over ``scales``."""
+    out = None
+    for m in at_scales(model, scales):
+        spec: ModelSpec = m.spec
+        x = _to_network([slice_], spec)[0]
+        p = tiled_apply(x, lambda t, m=m: _forward(m, t[None], tta)[0], spec.tile_size, spec.tile_overlap)
+        p = _to_slices(p, np.shape(slice_))
+        out = p if out is None else out + p
+    return out if len(scales) == 1 else out / np.float32(len(scales))
 
 
 def iter_predict(
@@ -367,47 +408,51 @@ def _zero_bad(probs: Iterator[np.ndarray], bad: dict[int, np.ndarray | None], st
 def _xy_probs(model: LoadedModel, image, options: PredictOptions, seen, zrange: tuple[int, int],
               on_work=None) -> Iterator[np.ndarray]:
     """(Y, X) probabilities of each XY slice of ``zrange`` in turn; ``seen(i, raw)`` as slice i is read."""
-    spec = model.spec
     a, b = zrange
-    small = max(network_shape(spec, image.shape[1:])) <= spec.tile_size
-    bs = options.batch_size if (model.device.type != "cpu" and small) else 1
+    bs = _batch_size(model, image.shape[1:], options.batch_size, options.scales)
     for start in range(a, b, bs):
         raw = [np.asarray(image[i]) for i in range(start, min(b, start + bs))]
         for k, r in enumerate(raw):
             seen(start + k, r)
-        if bs > 1:
-            probs = _to_slices(_forward(model, _to_network(raw, spec), options.tta), raw[0].shape)
-        else:
-            probs = [predict_slice(model, raw[0], options.tta)]
-        for k, p in enumerate(probs):
+        for k, p in enumerate(_predict_batch(model, raw, options.tta, options.scales)):
             if on_work is not None:
                 on_work(start + k - a + 1, b - a)
             yield p
 
 
 def predict_planes(model: LoadedModel, planes: Iterable[np.ndarray], tta: bool = False,
-                   batch_size: int = 4) -> Iterator[np.ndarray]:
+                   batch_size: int = 4, scales: tuple[float, ...] = (1.0,)) -> Iterator[np.ndarray]:
     """(H, W) float32 probabilities of each raw (H, W) plane of ``planes`` (all of one shape) in
-    turn; batched on a GPU when a plane fits one tile."""
-    spec = model.spec
+    turn, each the mean over ``scales``; batched on a GPU when a plane fits one tile (at the
+    largest scale)."""
     batch: list[np.ndarray] = []
     bs = 1
     for k, plane in enumerate(planes):
         if k == 0:
-            small = max(network_shape(spec, plane.shape)) <= spec.tile_size
-            bs = batch_size if (model.device.type != "cpu" and small) else 1
+            bs = _batch_size(model, plane.shape, batch_size, scales)
         batch.append(np.asarray(plane))
         if len(batch) == bs:
-            yield from _predict_batch(model, batch, tta)
+            yield from _predict_batch(model, batch, tta, scales)
             batch = []
     if batch:
-        yield from _predict_batch(model, batch, tta)
+        yield from _predict_batch(model, batch, tta, scales)
 
 
-def _predict_batch(model: LoadedModel, raw: list[np.ndarray], tta: bool) -> list[np.ndarray]:
+def _batch_size(model: LoadedModel, shape: tuple[int, int], batch_size: int, scales: tuple[float, ...]) -> int:
+    """``batch_size`` on a GPU when a plane of ``shape`` fits one tile at every scale; else 1."""
+    small = all(max(network_shape(m.spec, shape)) <= m.spec.tile_size for m in at_scales(model, scales))
+    return batch_size if (model.device.type != "cpu" and small) else 1
+
+
+def _predict_batch(model: LoadedModel, raw: list[np.ndarray], tta: bool,
+                   scales: tuple[float, ...] = (1.0,)) -> list[np.ndarray]:
+    """Probabilities of equal-shaped raw planes, each the mean over ``scales``; one plane goes
+    through :func:`predict_slice` (tiled)."""
     if len(raw) == 1:
-        return [predict_slice(model, raw[0], tta)]
-    return list(_to_slices(_forward(model, _to_network(raw, model.spec), tta), raw[0].shape))
+        return [predict_slice(model, raw[0], tta, scales)]
+    out = sum(_to_slices(_forward(m, _to_network(raw, m.spec), tta), raw[0].shape)
+              for m in at_scales(model, scales))
+    return list(out / np.float32(len(scales)) if len(scales) > 1 else out)
 
 
 def _or_model_default(value: bool | None, model: LoadedModel, key: str) -> bool:

@@ -31,8 +31,8 @@ MIN_SLICES = 32
 
 #: ``seen(index, raw)``: called once per slice, in order, as it is read
 SeenFn = Callable[[int, np.ndarray], None]
-#: ``predict(model, planes, tta)``: probabilities of each raw plane in turn
-PlanesFn = Callable[[LoadedModel, Iterable[np.ndarray], bool], Iterator[np.ndarray]]
+#: ``predict(model, planes, tta, scales=...)``: probabilities of each raw plane in turn
+PlanesFn = Callable[..., Iterator[np.ndarray]]
 #: ``on_work(done, total)``: planes predicted so far, of all three passes
 WorkFn = Callable[[int, int], None]
 
@@ -66,7 +66,7 @@ def iter_ortho(
 ) -> Iterator[np.ndarray]:
     """(Y, X) float32 probabilities of slices ``zrange`` (default all) of the (Z, Y, X) ``image``,
     each the mean of the XY, XZ and YZ passes, in z order. ``options``: a
-    :class:`~napari_mitoseg.inference.PredictOptions` (``tta`` applies to every plane); ``model``
+    :class:`~napari_mitoseg.inference.PredictOptions` (``tta`` and ``scales`` apply to every plane); ``model``
     already set up for the stack (:func:`~napari_mitoseg.inference.for_stack`); ``predict``:
     :func:`~napari_mitoseg.inference.predict_planes`."""
     z, y, x = (int(s) for s in image.shape)
@@ -86,25 +86,30 @@ def iter_ortho(
         if seen is not None:
             for i in range(max(k0, a), min(k1, b)):
                 seen(i, chunk[i - r0])
-        acc = window_probs(model, chunk, (k0 - r0, k1 - r0), predict, options.tta, tick)
+        acc = window_probs(model, chunk, (k0 - r0, k1 - r0), predict, options.tta, tick, options.scales)
         for i in range(max(k0, a), min(k1, b)):
             yield acc[i - k0]
 
 
 def window_probs(model: LoadedModel, chunk: np.ndarray, keep: tuple[int, int], predict_planes: PlanesFn,
-                 tta: bool = False, tick: Callable[[], None] | None = None) -> np.ndarray:
+                 tta: bool = False, tick: Callable[[], None] | None = None,
+                 scales: tuple[float, ...] = (1.0,)) -> np.ndarray:
     """(K, Y, X) float32 mean of the XY, XZ and YZ probabilities of slices ``keep[0]:keep[1]`` of
     the (Z, Y, X) ``chunk``; ``tick()`` after each plane."""
     k0, k1 = keep
     tick = tick or (lambda: None)
     acc = np.zeros((k1 - k0, *chunk.shape[1:]), np.float32)
-    for i, p in enumerate(predict_planes(model, (chunk[j] for j in range(k0, k1)), tta), start=k0):
+
+    def planes(views: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        return predict_planes(model, views, tta, scales=scales)
+
+    for i, p in enumerate(planes(chunk[j] for j in range(k0, k1)), start=k0):
         acc[i - k0] += p
         tick()
-    for yi, p in enumerate(predict_planes(model, (chunk[:, j, :] for j in range(chunk.shape[1])), tta)):
+    for yi, p in enumerate(planes(chunk[:, j, :] for j in range(chunk.shape[1]))):
         acc[:, yi, :] += p[k0:k1]
         tick()
-    for xi, p in enumerate(predict_planes(model, (chunk[:, :, j] for j in range(chunk.shape[2])), tta)):
+    for xi, p in enumerate(planes(chunk[:, :, j] for j in range(chunk.shape[2]))):
         acc[:, :, xi] += p[k0:k1]
         tick()
     acc /= np.float32(3)

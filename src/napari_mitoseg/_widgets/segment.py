@@ -79,7 +79,7 @@ class SegmentWidget(QWidget):
         form.addRow("Device", self.device_choice)
 
     def _build_options(self, form) -> None:
-        """Threshold, pixel size, contrast, TTA, z-smoothing and 3D objects."""
+        """Threshold, pixel size, contrast, TTA, multi-scale, z-smoothing, ortho planes and 3D objects."""
         self.threshold = QDoubleSpinBox()
         self.threshold.setRange(0.0, 0.99)
         self.threshold.setSingleStep(0.05)
@@ -90,6 +90,9 @@ class SegmentWidget(QWidget):
         self.tta = QCheckBox("TTA (8x slower)")
         self.tta.setToolTip("Test-time augmentation: average the predictions of 8 flipped and rotated "
                             "views; smoother edges, 8x slower")
+        self.multi_scale = QCheckBox("Multi-scale (3x slower)")
+        self.multi_scale.setToolTip("Average the model at its working resolution and at 1.5x it; more "
+                                    "accurate outlines, about 3.3x slower")
         self.z_smooth = QCheckBox("Smooth along z")
         self.z_smooth.setToolTip("Average each slice's probabilities with its neighbours' before "
                                  "thresholding; set to the model's recommendation when you pick it")
@@ -107,7 +110,8 @@ class SegmentWidget(QWidget):
         boxes = QGridLayout()
         boxes.setContentsMargins(0, 0, 0, 0)
         boxes.setVerticalSpacing(2)
-        for i, box in enumerate((self.invert, self.tta, self.z_smooth, self.instances, self.ortho)):
+        for i, box in enumerate((self.invert, self.tta, self.z_smooth, self.multi_scale, self.ortho,
+                                 self.instances)):
             boxes.addWidget(box, i // 2, i % 2)
         form.addRow(boxes)
 
@@ -184,10 +188,11 @@ class SegmentWidget(QWidget):
     def options(self):
         """The ``PredictOptions`` the controls say (raises ``InputError`` when the pixel size
         does not fit the model)."""
-        from ..inference import PredictOptions
+        from ..inference import MULTI_SCALE, PredictOptions
 
         thr = self.threshold.value()
         return PredictOptions(threshold=thr if thr > 0 else None, tta=self.tta.isChecked(),
+                              scales=MULTI_SCALE if self.multi_scale.isChecked() else (1.0,),
                               z_smooth=self.z_smooth.isChecked(),
                               pixel_ratio=self.pixel_size.pixel_ratio(), invert=self.invert.isChecked(),
                               ortho=self.ortho.isChecked())

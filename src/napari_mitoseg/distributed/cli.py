@@ -147,6 +147,7 @@ def run_cli(args) -> int:
     if problem:
         return _fail(problem)
     options = PredictOptions(threshold=args.threshold, tta=args.tta, z_smooth=args.z_smooth, invert=args.invert,
+                             scales=args.scales,
                              ortho=getattr(args, "ortho", False))
     t0 = time.perf_counter()
     try:
