@@ -16,7 +16,7 @@ where the fine-tuning defaults (``training.FINETUNE``) are chosen, trying settin
 base model's scores ("before") computed once per case; ``{}`` is the defaults.
 
     python benchmarks/finetune_figures.py [--model mito-em-v3] [--volume sbem|lucchipp] \
-        [--cases same shifted] [--data test|val] [--config JSON ...] [--corrected Z ...]
+        [--cases same shifted] [--data test|val] [--config JSON ...] [--corrected Z ...] [--scales 1 1.5]
 """
 
 from __future__ import annotations
@@ -46,18 +46,18 @@ def shifted(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return (255 - small).astype(np.uint8), (msk > 0).astype(np.uint8)
 
 
-def score_before(image, mask, model: str, corrected, pixel_ratio=1.0, invert=False) -> float:
+def score_before(image, mask, model: str, corrected, pixel_ratio=1.0, invert=False, scales=(1.0,)) -> float:
     """IoU of the base model on the slices not corrected."""
     others = [z for z in range(image.shape[0]) if z not in corrected]
-    told = PredictOptions(pixel_ratio=pixel_ratio, invert=invert)
+    told = PredictOptions(pixel_ratio=pixel_ratio, invert=invert, scales=scales)
     return score(segment(image[others], get_model(model, "cpu"), told), mask[others]).iou
 
 
 def run_case(name: str, image, mask, model: str, corrected, config, pixel_ratio=1.0,
-             invert=False, before: float | None = None) -> dict:
+             invert=False, before: float | None = None, scales=(1.0,)) -> dict:
     others = [z for z in range(image.shape[0]) if z not in corrected]
     if before is None:
-        before = score_before(image, mask, model, corrected, pixel_ratio, invert)
+        before = score_before(image, mask, model, corrected, pixel_ratio, invert, scales)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         gen = iter_finetune(image, mask, corrected, base=model, device="cpu", out_root=tmp,
@@ -70,12 +70,12 @@ def run_case(name: str, image, mask, model: str, corrected, config, pixel_ratio=
                 break
         seconds = time.perf_counter() - t0
         tuned = get_model(res.path, "cpu")
-        after = score(segment(image[others], tuned), mask[others]).iou
+        after = score(segment(image[others], tuned, PredictOptions(scales=scales)), mask[others]).iou
     return {"case": name, "shape": list(image.shape), "corrected_slices": list(corrected),
             "iou_others_before": round(before, 4), "iou_others_after": round(after, 4),
             "iou_corrected_before": round(res.iou_before, 4),
             "iou_corrected_after": round(res.iou_after, 4),
-            "steps": res.steps, "lr": config.lr, "pixel_ratio": round(pixel_ratio, 3),
+            "steps": res.steps, "lr": config.lr, "pixel_ratio": round(pixel_ratio, 3), "scales": list(scales),
             "finetune_seconds": round(seconds, 1), "train_seconds": round(res.seconds, 1),
             "threads": torch.get_num_threads(), "load_1min": round(os.getloadavg()[0], 2)}
 
@@ -91,6 +91,8 @@ def main(argv=None) -> int:
                     help="JSON overrides of training.FINETUNE; several run one after another")
     ap.add_argument("--corrected", type=int, nargs="+", default=None,
                     help="the corrected slices (default: 2 spread over the stack)")
+    ap.add_argument("--scales", type=float, nargs="+", default=[1.0],
+                    help="segment before and after at these scales (multi-scale averaging; default: 1)")
     args = ap.parse_args(argv)
     configs = [(c, dataclasses.replace(FINETUNE, **json.loads(c))) for c in args.config]
     image, mask = em_data.load(args.data, args.volume)
@@ -103,9 +105,10 @@ def main(argv=None) -> int:
         im, mk = (image, mask) if case == "same" else shifted(image, mask)
         told = {"same": {"pixel_ratio": ratio}, "shifted": {},
                 "shifted-set": {"pixel_ratio": 2.0 * ratio, "invert": True}}[case]
-        before = score_before(im, mk, args.model, corrected, **told)
+        before = score_before(im, mk, args.model, corrected, scales=tuple(args.scales), **told)
         for text, config in configs:
-            row = run_case(case, im, mk, args.model, corrected, config, before=before, **told)
+            row = run_case(case, im, mk, args.model, corrected, config, before=before, scales=tuple(args.scales),
+                           **told)
             print(json.dumps({"volume": args.volume, "data": args.data, "config": text, **row}), flush=True)
     return 0
 

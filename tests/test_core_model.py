@@ -332,3 +332,31 @@ def test_a_model_given_as_something_else_is_a_type_error(source):
         M.resolve_model_path(source)
     with pytest.raises(ModelError):  # the command line's and widgets' one error class too
         M.resolve_model_path(source)
+
+
+def test_precision_follows_the_environment_and_refuses_an_unknown_one(monkeypatch):
+    monkeypatch.setenv("MITOSEG_PRECISION", "float32")
+    assert M.cpu_bf16() is False
+    monkeypatch.setenv("MITOSEG_PRECISION", "BFloat16")
+    assert M.cpu_bf16() is True
+    monkeypatch.setenv("MITOSEG_PRECISION", "fp8")
+    with pytest.raises(ModelError, match="float32 or bfloat16"):
+        M.cpu_bf16()
+
+
+def test_bfloat16_segments_close_to_float32_and_training_stays_float32(tiny_model, rng, monkeypatch):
+    from napari_mitoseg.inference import predict_slice
+
+    x = rng.integers(0, 256, (96, 80), dtype=np.uint8)
+    monkeypatch.setenv("MITOSEG_PRECISION", "float32")
+    p32 = predict_slice(tiny_model, x)
+    monkeypatch.setenv("MITOSEG_PRECISION", "bfloat16")
+    p16 = predict_slice(tiny_model, x)
+    assert p16.dtype == np.float32 and p16.shape == x.shape
+    assert not np.array_equal(p16, p32)  # the bfloat16 path ran ...
+    np.testing.assert_allclose(p16, p32, atol=0.02)  # ... and agrees to bfloat16's precision
+    cpu = torch.device("cpu")
+    with M.autocast(cpu):
+        assert torch.is_autocast_cpu_enabled()
+    with M.autocast(cpu, torch.bfloat16, cpu=False):  # what a training step uses
+        assert not torch.is_autocast_cpu_enabled()

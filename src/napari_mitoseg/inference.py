@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .model import LoadedModel, ModelError, ModelSpec, threshold_problem
+from .model import LoadedModel, ModelError, ModelSpec, autocast, threshold_problem
 from .neighbours import are_neighbours, breaks_note, signature
 from .neighbours import smooth_z as smooth_z  # re-exported: smoothing lives with the neighbour decision
 from .normalisation import check_slice, non_finite, normalise, normalise01  # noqa: F401 - kept importable
@@ -293,10 +293,9 @@ def _forward(model: LoadedModel, batch: np.ndarray, tta: bool) -> np.ndarray:
     t = torch.from_numpy(np.ascontiguousarray(padded))[:, None].to(dev)
     if dev.type == "cpu":
         t = t.contiguous(memory_format=torch.channels_last)
-    use_amp = dev.type == "cuda"
     views = [(k, f) for k in range(4) for f in (False, True)] if tta else [(0, False)]
     acc = None
-    with torch.inference_mode(), torch.autocast(dev.type, enabled=use_amp):
+    with torch.inference_mode(), autocast(dev):
         for k, flip in views:
             v = torch.rot90(t, k, (2, 3)) if k else t
             v = torch.flip(v, (3,)) if flip else v
