@@ -360,3 +360,25 @@ def test_bfloat16_segments_close_to_float32_and_training_stays_float32(tiny_mode
         assert torch.is_autocast_cpu_enabled()
     with M.autocast(cpu, torch.bfloat16, cpu=False):  # what a training step uses
         assert not torch.is_autocast_cpu_enabled()
+
+
+def test_inference_folds_batch_norms_into_a_cached_copy_that_follows_the_weights(tiny_model, rng, monkeypatch):
+    monkeypatch.setenv("MITOSEG_PRECISION", "float32")
+    net = tiny_model.net
+    folded = M.inference_net(net)
+    assert folded is not net and M.inference_net(net) is folded  # made once
+    n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules()) < n_bn  # some were folded
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules()) == n_bn  # the model keeps its own
+    x = torch.from_numpy(rng.standard_normal((1, 1, 64, 64)).astype(np.float32))
+    with torch.inference_mode():
+        torch.testing.assert_close(folded(x), net(x), atol=1e-4, rtol=1e-4)
+    with torch.no_grad():  # the weights change (a fine-tuning step): a fresh copy follows them
+        next(net.parameters()).mul_(1.5)
+    refolded = M.inference_net(net)
+    assert refolded is not folded
+    with torch.inference_mode():
+        torch.testing.assert_close(refolded(x), net(x), atol=1e-4, rtol=1e-4)
+    net.train()
+    assert M.inference_net(net) is net  # training runs the model itself
+    net.eval()

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .model import LoadedModel, ModelError, ModelSpec, autocast, threshold_problem
+from .model import LoadedModel, ModelError, ModelSpec, autocast, inference_net, threshold_problem
 from .neighbours import are_neighbours, breaks_note, signature
 from .neighbours import smooth_z as smooth_z  # re-exported: smoothing lives with the neighbour decision
 from .normalisation import check_slice, non_finite, normalise, normalise01  # noqa: F401 - kept importable
@@ -287,7 +287,7 @@ def _forward(model: LoadedModel, batch: np.ndarray, tta: bool) -> np.ndarray:
     """(B, Y, X) normalised float32 -> (B, Y, X) probabilities, padded to stride inside."""
     import torch
 
-    net, spec = model.net, model.spec
+    net, spec = inference_net(model.net), model.spec
     dev = model.device
     padded, (h, w) = pad_to_stride(batch, spec.stride)
     t = torch.from_numpy(np.ascontiguousarray(padded))[:, None].to(dev)

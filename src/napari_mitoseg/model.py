@@ -11,11 +11,13 @@ the package (``napari_mitoseg/models/<name>``); fine-tuned ones in the user's mo
 from __future__ import annotations
 
 import contextvars
+import copy
 import functools
 import json
 import logging
 import os
 import re
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,6 +156,49 @@ def autocast(device, cuda_dtype=None, cpu: bool = True):
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=cuda_dtype or torch.float16)
     return torch.autocast("cpu", dtype=torch.bfloat16, enabled=cpu and device.type == "cpu" and cpu_bf16())
+
+
+_FOLDED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def inference_net(net):
+    """``net`` as inference runs it: in eval mode, a copy with each batch norm folded into the
+    convolution before it (:func:`fold_batch_norms`), made once and made again only when the weights
+    change (a model being fine-tuned); in training mode, ``net`` itself."""
+    import torch
+
+    if net.training:
+        return net
+    version = tuple(t._version for t in net.state_dict().values())
+    hit = _FOLDED.get(net)
+    if hit is None or hit[0] != version:
+        folded = fold_batch_norms(copy.deepcopy(net))
+        if next(net.parameters()).device.type == "cpu":
+            folded = folded.to(memory_format=torch.channels_last)
+        hit = (version, folded)
+        _FOLDED[net] = hit
+    return hit[1]
+
+
+def fold_batch_norms(net):
+    """``net`` (in eval mode) with every batch norm that directly follows a convolution in an
+    ``nn.Sequential`` folded into that convolution's weights (torch's ``fuse_conv_bn_eval``) and
+    replaced by an identity: the same function, one layer fewer to run (about 1.4x faster on the
+    CPU, ``docs/benchmarks.md``). Only Sequential containers are folded, where the order of the
+    layers is the order they run in."""
+    from torch import nn
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    for module in list(net.modules()):
+        if not isinstance(module, nn.Sequential):
+            continue
+        names = list(module._modules)
+        for a, b in zip(names, names[1:], strict=False):
+            conv, bn = module._modules[a], module._modules[b]
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats:
+                module._modules[a] = fuse_conv_bn_eval(conv, bn)
+                module._modules[b] = nn.Identity()
+    return net
 
 
 def spare_cpu_threads(own: int = 0, cores: int | None = None, load: float | None = None) -> int | None:
