@@ -87,11 +87,12 @@ def test_models_lists_user_models(tiny_model, capsys):
     assert f"mine-ft1\tuser\t{user_model_dir() / 'mine-ft1'}\tmy model" in lines
 
 
-def test_info(capsys):
+def test_info(capsys, monkeypatch):
+    monkeypatch.setenv("MITOSEG_PRECISION", "bfloat16")
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("napari-mitoseg 0.1.0")
-    assert "devices: " in out and "cpu" in out
+    assert "devices: " in out and "cpu" in out and "CPU inference: bfloat16" in out
     assert f"user models: {user_model_dir()}" in out
 
 

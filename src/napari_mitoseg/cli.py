@@ -439,11 +439,13 @@ def cmd_info(args) -> int:
     import torch
 
     from . import __version__
-    from .model import available_devices, user_model_dir
+    from .model import PRECISION_ENV, available_devices, cpu_bf16, user_model_dir
 
     print(f"napari-mitoseg {__version__}  python {platform.python_version()}  torch "
           f"{torch.__version__}")
-    print(f"devices: {', '.join(available_devices())}  threads: {torch.get_num_threads()}")
+    precision = "bfloat16" if cpu_bf16() else "float32"
+    print(f"devices: {', '.join(available_devices())}  threads: {torch.get_num_threads()}  "
+          f"CPU inference: {precision} (set {PRECISION_ENV}=float32 or bfloat16 to fix it)")
     print(f"user models: {user_model_dir()}")
     return 0
 

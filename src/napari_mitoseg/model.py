@@ -87,6 +87,7 @@ def resolve_device(device: str = "auto"):
 
     if device not in DEVICES:
         raise ModelError(f"unknown device {device!r}; choose one of {DEVICES}")
+    cpu_bf16()  # a bad MITOSEG_PRECISION is said before any model loads
     has_mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
     if device == "auto":
         if torch.cuda.is_available():
