@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from napari_mitoseg import model as M
+from napari_mitoseg import precision as P
 from napari_mitoseg.inference import predict
 from napari_mitoseg.model import ModelError, ModelSpec
 
@@ -336,12 +337,12 @@ def test_a_model_given_as_something_else_is_a_type_error(source):
 
 def test_precision_follows_the_environment_and_refuses_an_unknown_one(monkeypatch):
     monkeypatch.setenv("MITOSEG_PRECISION", "float32")
-    assert M.cpu_bf16() is False
+    assert P.cpu_bf16() is False
     monkeypatch.setenv("MITOSEG_PRECISION", "BFloat16")
-    assert M.cpu_bf16() is True
+    assert P.cpu_bf16() is True
     monkeypatch.setenv("MITOSEG_PRECISION", "fp8")
     with pytest.raises(ModelError, match="float32 or bfloat16"):
-        M.cpu_bf16()
+        P.cpu_bf16()
 
 
 def test_bfloat16_segments_close_to_float32_and_training_stays_float32(tiny_model, rng, monkeypatch):
@@ -356,17 +357,17 @@ def test_bfloat16_segments_close_to_float32_and_training_stays_float32(tiny_mode
     assert not np.array_equal(p16, p32)  # the bfloat16 path ran ...
     np.testing.assert_allclose(p16, p32, atol=0.02)  # ... and agrees to bfloat16's precision
     cpu = torch.device("cpu")
-    with M.autocast(cpu):
+    with P.autocast(cpu):
         assert torch.is_autocast_cpu_enabled()
-    with M.autocast(cpu, torch.bfloat16, cpu=False):  # what a training step uses
+    with P.autocast(cpu, torch.bfloat16, cpu=False):  # what a training step uses
         assert not torch.is_autocast_cpu_enabled()
 
 
 def test_inference_folds_batch_norms_into_a_cached_copy_that_follows_the_weights(tiny_model, rng, monkeypatch):
     monkeypatch.setenv("MITOSEG_PRECISION", "float32")
     net = tiny_model.net
-    folded = M.inference_net(net)
-    assert folded is not net and M.inference_net(net) is folded  # made once
+    folded = P.inference_net(net)
+    assert folded is not net and P.inference_net(net) is folded  # made once
     n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
     assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules()) < n_bn  # some were folded
     assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules()) == n_bn  # the model keeps its own
@@ -375,10 +376,10 @@ def test_inference_folds_batch_norms_into_a_cached_copy_that_follows_the_weights
         torch.testing.assert_close(folded(x), net(x), atol=1e-4, rtol=1e-4)
     with torch.no_grad():  # the weights change (a fine-tuning step): a fresh copy follows them
         next(net.parameters()).mul_(1.5)
-    refolded = M.inference_net(net)
+    refolded = P.inference_net(net)
     assert refolded is not folded
     with torch.inference_mode():
         torch.testing.assert_close(refolded(x), net(x), atol=1e-4, rtol=1e-4)
     net.train()
-    assert M.inference_net(net) is net  # training runs the model itself
+    assert P.inference_net(net) is net  # training runs the model itself
     net.eval()

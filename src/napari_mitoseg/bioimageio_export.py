@@ -32,8 +32,9 @@ import numpy as np
 
 from .bioimageio_import import CONFIG_KEY
 from .inference import predict_slice
-from .model import CARD_NAME, LoadedModel, ModelError, load_model, precision
+from .model import CARD_NAME, LoadedModel, ModelError, load_model
 from .networks import plain_torch_encoder
+from .precision import precision
 
 logger = logging.getLogger(__name__)
 

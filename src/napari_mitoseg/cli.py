@@ -439,7 +439,8 @@ def cmd_info(args) -> int:
     import torch
 
     from . import __version__
-    from .model import PRECISION_ENV, available_devices, cpu_bf16, user_model_dir
+    from .model import available_devices, user_model_dir
+    from .precision import PRECISION_ENV, cpu_bf16
 
     print(f"napari-mitoseg {__version__}  python {platform.python_version()}  torch "
           f"{torch.__version__}")

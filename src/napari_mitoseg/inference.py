@@ -13,10 +13,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .model import LoadedModel, ModelError, ModelSpec, autocast, inference_net, threshold_problem
+from .model import LoadedModel, ModelError, ModelSpec, threshold_problem
 from .neighbours import are_neighbours, breaks_note, signature
 from .neighbours import smooth_z as smooth_z  # re-exported: smoothing lives with the neighbour decision
 from .normalisation import check_slice, non_finite, normalise, normalise01  # noqa: F401 - kept importable
+from .precision import autocast, inference_net
 from .tiling import (  # noqa: F401 - re-exported: part of inference's public face
     blend_window,
     network_shape,

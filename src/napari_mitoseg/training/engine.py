@@ -21,7 +21,8 @@ import numpy as np
 
 from ..inference import for_stack, normalise01, predict_slice
 from ..metrics import Counts, counts, scores_from_counts
-from ..model import LoadedModel, ModelSpec, autocast, build_model, load_model, resolve_device
+from ..model import LoadedModel, ModelSpec, build_model, load_model, resolve_device
+from ..precision import autocast
 from .adapt import adapt_batchnorm, param_groups, pseudo_masks, set_train_mode, spread
 from .checkpoints import (
     CHECKPOINT,
