@@ -48,7 +48,7 @@ def main(argv=None) -> int:
             raw = {}
             for v, (image, _) in data.items():
                 m = for_stack(model, em_data.VOLUMES[v].pixel_nm / model_nm)
-                raw[v] = np.mean([_probs(cache, (folder, v, tta, k), m, image) for k in scales], axis=0)
+                raw[v] = np.mean([_probs(cache, m, image, (folder, v), tta, k) for k in scales], axis=0)
             for zs in (False, True):
                 prob = {v: np.stack(list(smooth_z(iter(r)))) if zs else r for v, r in raw.items()}
                 for fill in (False, True):
@@ -66,11 +66,13 @@ def main(argv=None) -> int:
     return 0
 
 
-def _probs(cache: dict, key: tuple, model, image) -> np.ndarray:
-    """The probabilities of ``image``'s slices with the network at scale ``key[-1]``, once per key."""
+def _probs(cache: dict, model, image, where: tuple, tta: bool, scale: float) -> np.ndarray:
+    """The probabilities of ``image``'s slices with the network at ``scale``: computed once per
+    ``where`` (model folder, volume), ``tta`` and ``scale``, kept in ``cache``."""
+    key = (*where, tta, scale)
     if key not in cache:
-        m = at_scales(model, (key[-1],))[0]
-        cache[key] = np.stack([predict_slice(m, s, tta=key[2]) for s in image])
+        m = at_scales(model, (scale,))[0]
+        cache[key] = np.stack([predict_slice(m, s, tta=tta) for s in image])
     return cache[key]
 
 

@@ -394,3 +394,19 @@ def test_respec_changes_what_the_weights_do_not_fix(tiny_spec):
     assert out.pixel_size_nm == 5.0 and out.threshold == 0.4 and out.encoder == tiny_spec.encoder
     with pytest.raises(TrainingError, match="fix encoder"):
         respec(tiny_spec, {"encoder": "resnet34"})
+
+
+def test_training_steps_run_in_float32_even_where_inference_takes_bfloat16(sample, tiny_spec, monkeypatch):
+    monkeypatch.setenv("MITOSEG_PRECISION", "bfloat16")  # inference would run in bfloat16 here
+    seen = []
+
+    def record(module, _args):
+        if module.training:
+            seen.append(torch.is_autocast_cpu_enabled())
+
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(record)
+    try:
+        _run(*sample, tiny_spec, dataclasses.replace(SMALL, steps=2))
+    finally:
+        handle.remove()
+    assert seen and not any(seen)

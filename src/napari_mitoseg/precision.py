@@ -34,9 +34,10 @@ def precision(name: str):
 
 def cpu_bf16() -> bool:
     """Whether the network segments in bfloat16 on this CPU: where the CPU multiplies bfloat16
-    matrices in tiles (Intel AMX, ``amx_bf16`` in ``/proc/cpuinfo``), about 1.5x faster than float32
-    for the same IoU (``docs/benchmarks.md``); float32 elsewhere (CPUs with only AVX512-BF16 were
-    not measured; without either, bfloat16 is emulated and slower). ``MITOSEG_PRECISION``
+    matrices in tiles (Intel AMX, ``amx_bf16`` in ``/proc/cpuinfo``): the network about 2x and the
+    whole segmentation 1.25x faster than float32, for the same IoU (``docs/benchmarks.md``);
+    float32 elsewhere (CPUs with only AVX512-BF16 were not measured; without either, bfloat16 is
+    emulated and slower). ``MITOSEG_PRECISION``
     (``float32`` / ``bfloat16``) overrides: float32 gives the same probabilities on every CPU
     (cluster workers on machines of different CPUs)."""
     forced = _PRECISION.get() or os.environ.get(PRECISION_ENV, "").strip().lower()
@@ -63,8 +64,8 @@ def _native_bf16() -> bool:
 def autocast(device, cuda_dtype=None, cpu: bool = True):
     """The mixed precision the network runs in on ``device``: autocast on a CUDA GPU (float16, or
     ``cuda_dtype``), bfloat16 on a CPU where ``cpu`` and :func:`cpu_bf16`, float32 otherwise.
-    Inference takes bfloat16 (the same IoU, 1.5x faster); training does not (``cpu=False``): on
-    the CPU it cost fine-tunes 0.003-0.011 IoU for its 1.5x (``docs/benchmarks.md``)."""
+    Inference takes bfloat16 (the same IoU, 1.25x faster); training does not (``cpu=False``): on
+    the CPU it cost fine-tunes 0.003-0.011 IoU for steps 1.5x faster (``docs/benchmarks.md``)."""
     import torch
 
     if device.type == "cuda":
@@ -78,7 +79,8 @@ _FOLDED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 def inference_net(net):
     """``net`` as inference runs it: in eval mode, a copy with each batch norm folded into the
     convolution before it (:func:`fold_batch_norms`), made once and made again only when the weights
-    change (a model being fine-tuned); in training mode, ``net`` itself."""
+    change (a model being fine-tuned); in training mode, ``net`` itself. Telling whether the weights
+    changed reads every tensor's version counter, about 2 ms a call against 85-210 ms a forward pass."""
     import torch
 
     if net.training:
@@ -97,9 +99,9 @@ def inference_net(net):
 def fold_batch_norms(net):
     """``net`` (in eval mode) with every batch norm that directly follows a convolution in an
     ``nn.Sequential`` folded into that convolution's weights (torch's ``fuse_conv_bn_eval``) and
-    replaced by an identity: the same function, one layer fewer to run (about 1.4x faster on the
-    CPU, ``docs/benchmarks.md``). Only Sequential containers are folded, where the order of the
-    layers is the order they run in."""
+    replaced by an identity: the same function, one layer fewer to run (the network 1.4x faster in
+    bfloat16, the whole segmentation 10-15 %, ``docs/benchmarks.md``). Only Sequential containers
+    are folded, where the order of the layers is the order they run in."""
     from torch import nn
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 

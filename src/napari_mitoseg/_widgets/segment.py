@@ -92,7 +92,7 @@ class SegmentWidget(QWidget):
                             "views; smoother edges, 8x slower")
         self.multi_scale = QCheckBox("Multi-scale (3x slower)")
         self.multi_scale.setToolTip("Average the model at its working resolution and at 1.5x it; more "
-                                    "accurate outlines, about 3.3x slower")
+                                    "accurate outlines, about 3.2x slower")
         self.z_smooth = QCheckBox("Smooth along z")
         self.z_smooth.setToolTip("Average each slice's probabilities with its neighbours' before "
                                  "thresholding; set to the model's recommendation when you pick it")
