@@ -24,7 +24,15 @@ from napari_mitoseg.api import get_model
 from napari_mitoseg.inference import predict_slice
 from napari_mitoseg.io import read_stack
 from napari_mitoseg.metrics import score
-from napari_mitoseg.neighbours import MIN_CORRELATION, correlation, neighbour_pairs, signature, smooth_z
+from napari_mitoseg.neighbours import (
+    MIN_CORRELATION,
+    correlation,
+    estimate_z_step,
+    neighbour_pairs,
+    signature,
+    smooth_stack,
+    smooth_z,
+)
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -66,7 +74,8 @@ def smoothing(model, image, gt, name: str) -> None:
     raw = [predict_slice(model, s) for s in image]
     links = neighbour_pairs(image)
     rows = {"no z-smoothing (--no-z-smooth)": raw, "every pair smoothed (before)": list(smooth_z(iter(raw))),
-            "neighbours only (default)": list(smooth_z(iter(raw), links))}
+            "neighbours only, adjacent slices": list(smooth_z(iter(raw), map(signature, image))),
+            "neighbours only, z step estimated (default)": smooth_stack(raw, image)}
     for label, probs in rows.items():
         iou = score(np.stack(probs) > thr, gt).iou
         print(f"| {name} | {label} | {iou:.3f} |")
@@ -85,6 +94,13 @@ def main() -> None:
     correlations({"Lucchi++ training (z-series)": ltr, "Lucchi++ testing (z-series)": lt,
                   "SBEM training (z-series)": s_tr, "SBEM testing (z-series)": st,
                   "10 Lucchi++ + 10 SBEM interleaved (separate images)": inter})
+    print("\n| stack | z step estimated (pixels) |\n|---|---:|")
+    stacks = {"Lucchi++ training": ltr, "Lucchi++ testing": lt, "Lucchi++ testing, every 2nd slice": lt[::2],
+              "Lucchi++ testing, every 3rd slice": lt[::3], "SBEM training": s_tr, "SBEM testing": st,
+              "10 Lucchi++ + 10 SBEM interleaved": inter}
+    for name, stack in stacks.items():
+        step = estimate_z_step(stack)
+        print(f"| {name} | {'-' if step is None else f'{step:.2f}'} |")
     shuffled(lt, "Lucchi++ testing")
     shuffled(s_tr, "SBEM training")
     model = get_model(None, "cpu")

@@ -27,7 +27,7 @@ from napari_mitoseg.api import get_model
 from napari_mitoseg.inference import binarise, predict_planes
 from napari_mitoseg.io import read_stack
 from napari_mitoseg.metrics import score
-from napari_mitoseg.neighbours import neighbour_pairs, smooth_z
+from napari_mitoseg.neighbours import neighbour_pairs, smooth_stack
 from napari_mitoseg.uncertainty import slice_uncertainty
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "lucchipp"
@@ -103,7 +103,7 @@ def main() -> None:
     smoothed = {}
     for name, p in probs.items():
         plain = score(p > thr, gt).iou
-        smoothed[name] = np.stack(list(smooth_z(iter(p), links)))
+        smoothed[name] = np.stack(smooth_stack(p, image))
         smooth = np.stack([binarise(s, thr) for s in smoothed[name]])
         sec = sum(seconds.values()) if name == "mean" else seconds[name]
         print(f"| {name} | {plain:.3f} | {score(smooth, gt).iou:.3f} | {sec:.0f} |")

@@ -22,9 +22,10 @@ import sys
 import em_data  # beside this script
 import numpy as np
 
-from napari_mitoseg.inference import at_scales, binarise, for_stack, predict_slice, smooth_z
+from napari_mitoseg.inference import at_scales, binarise, for_stack, predict_slice
 from napari_mitoseg.metrics import score
 from napari_mitoseg.model import load_model
+from napari_mitoseg.neighbours import smooth_stack
 
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
 
@@ -50,7 +51,7 @@ def main(argv=None) -> int:
                 m = for_stack(model, em_data.VOLUMES[v].pixel_nm / model_nm)
                 raw[v] = np.mean([_probs(cache, m, image, (folder, v), tta, k) for k in scales], axis=0)
             for zs in (False, True):
-                prob = {v: np.stack(list(smooth_z(iter(r)))) if zs else r for v, r in raw.items()}
+                prob = {v: np.stack(smooth_stack(r, data[v][0])) if zs else r for v, r in raw.items()}
                 for fill in (False, True):
                     for thr in THRESHOLDS:
                         ious = {v: score(np.stack([binarise(p, thr, fill) for p in prob[v]]), data[v][1]).iou

@@ -23,7 +23,7 @@ from napari_mitoseg.api import get_model
 from napari_mitoseg.inference import predict_slice
 from napari_mitoseg.io import read_stack
 from napari_mitoseg.metrics import score
-from napari_mitoseg.neighbours import neighbour_pairs, smooth_z
+from napari_mitoseg.neighbours import estimate_z_step, neighbour_pairs, signature, smooth_z, smoothing_is_wide
 from napari_mitoseg.uncertainty import BAND, PRIOR_PIXELS, slice_uncertainty
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -81,16 +81,20 @@ def candidates(raw: np.ndarray, smooth: np.ndarray, links: np.ndarray, thr: floa
 
 
 def _probs(cache: Path, model, name: str, stack: str, sl: slice):
-    f = cache / (name.replace(" ", "_").replace("+", "p") + ".npz")
+    f = cache / (name.replace(" ", "_").replace("+", "p") + "_v2.npz")  # v2: with signatures and z step
     if not f.exists():
         image = np.asarray(read_stack(DATA / f"{stack}_image.tif"))[sl]
         gt = np.asarray(read_stack(DATA / f"{stack}_mask.tif"))[sl] > 0
         t = time.perf_counter()
         p = np.stack([predict_slice(model, s) for s in image]).astype(np.float16)
         links = neighbour_pairs(image)
-        np.savez(f, p=p, gt=gt, links=links, seconds=time.perf_counter() - t)
+        sigs = np.stack([signature(s) for s in image])
+        step = estimate_z_step(image)
+        np.savez(f, p=p, gt=gt, links=links, sigs=sigs, z_step=np.nan if step is None else step,
+                 seconds=time.perf_counter() - t)
     d = np.load(f)
-    return d["p"].astype(np.float32), d["gt"], d["links"]
+    step = float(d["z_step"])
+    return d["p"].astype(np.float32), d["gt"], d["links"], d["sigs"], None if np.isnan(step) else step
 
 
 def main() -> None:
@@ -102,8 +106,8 @@ def main() -> None:
     thr = model.spec.threshold
     rows, pooled = {}, {}
     for name, (stack, sl) in SETS.items():
-        raw, gt, links = _probs(args.cache, model, name, stack, sl)
-        smooth = np.stack(list(smooth_z(iter(raw), links)))
+        raw, gt, links, sigs, step = _probs(args.cache, model, name, stack, sl)
+        smooth = np.stack(list(smooth_z(iter(raw), iter(sigs), wide=smoothing_is_wide(step))))
         err = np.array([1 - score(smooth[i] > thr, gt[i]).iou for i in range(len(raw))])
         for k, v in candidates(raw, smooth, links, thr).items():
             rows.setdefault(k, {})[name] = spearmanr(v, err).statistic

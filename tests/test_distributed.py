@@ -16,7 +16,7 @@ from napari_mitoseg import api, ngff
 from napari_mitoseg import distributed as dist
 from napari_mitoseg.inference import PredictOptions
 from napari_mitoseg.io import read_stack, read_voxel_size
-from napari_mitoseg.synthetic import make_sample
+from napari_mitoseg.synthetic import make_isotropic, make_sample
 
 distributed = pytest.importorskip("distributed")
 
@@ -401,3 +401,21 @@ def test_multi_scale_on_a_cluster_gives_the_single_process_labels(client, tiny_m
     labels = np.asarray(read_stack(tmp_path / "out.zarr"))
     np.testing.assert_array_equal(labels, reference(tiny_model_dir, stack, opts))
     assert (labels != reference(tiny_model_dir, stack)).any()  # the second scale did count
+
+
+def test_wide_z_smoothing_of_a_near_isotropic_stack_on_a_cluster_gives_the_single_process_labels(
+        client, tiny_model_dir, tmp_path):
+    """The z step is estimated once for the stack; blocks of two slices read the wider halo."""
+    image = make_isotropic((16, 96, 112))
+    path = tmp_path / "plain.zarr"
+    zarr.open(str(path), mode="w", shape=image.shape, dtype=image.dtype, chunks=(1, *image.shape[1:]))[:] = image
+    opts = PredictOptions(z_smooth=True, threshold=0.5)
+    job = dist.prepare(path, tmp_path / "out.zarr", model=tiny_model_dir, device="cpu", options=opts,
+                       block_slices=2)
+    assert 0.8 < job.options.z_step < 1.3
+    dist.segment(path, tmp_path / "out.zarr", client=client, model=tiny_model_dir, device="cpu", options=opts,
+                 block_slices=2)
+    labels = np.asarray(read_stack(tmp_path / "out.zarr"))
+    np.testing.assert_array_equal(labels, reference(tiny_model_dir, image, opts))
+    narrow = reference(tiny_model_dir, image, PredictOptions(z_smooth=True, threshold=0.5, z_step=4.0))
+    assert (labels != narrow).any()  # the wide smoothing did count

@@ -22,6 +22,7 @@ from .finetune import FinetuneResult, _slice_indices, iter_finetune
 from .inference import InputError, PredictOptions, check_pixel_size, choose_pixel_ratio
 from .metrics import Report, evaluate
 from .model import LoadedModel
+from .neighbours import known_z_step
 from .pipeline import (
     NOTE,
     ProgressCallbackError,
@@ -109,7 +110,8 @@ def segment_file(
         raise InputError("nothing would be kept: give an output (-o OUT, .tif or .zarr) to write "
                          "the labels, or ground truth (--gt TRUTH) or --json for scores")
     ratio, note, voxel = _file_pixel_ratio(m, image_path, pixel_ratio, pixel_size_nm)
-    opts = dataclasses.replace(opts, pixel_ratio=ratio, ortho=_file_ortho(voxel, ortho, image))
+    opts = dataclasses.replace(opts, pixel_ratio=ratio, ortho=_file_ortho(voxel, ortho, image),
+                               z_step=known_z_step(voxel))
     shape = tuple(image.shape)
     out = check_label_path(out) if out else None
     record = UncertaintyRecorder(shape if uncertainty_out else None)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .model import LoadedModel, ModelError, ModelSpec, threshold_problem
-from .neighbours import are_neighbours, breaks_note, signature
+from .neighbours import breaks_note, estimate_z_step, reach, signature, smoothing_is_wide
 from .neighbours import smooth_z as smooth_z  # re-exported: smoothing lives with the neighbour decision
 from .normalisation import check_slice, non_finite, normalise, normalise01  # noqa: F401 - kept importable
 from .precision import autocast, inference_net
@@ -45,8 +45,8 @@ class PredictOptions:
     scales : run the network at each of these multiples of its working resolution and average
         the probabilities (multi-scale averaging; ``(1.0, 1.5)`` is 3.25x the network's work of
         ``(1.0,)``, the default, and measured 3.2x its time). Each lies in :data:`SCALE_RANGE`.
-    z_smooth : filter probabilities [1/4, 1/2, 1/4] along z before thresholding (see
-        :func:`smooth_z`); for stacks of thin serial sections. None: the model's own default
+    z_smooth : average probabilities along z before thresholding, over the neighbouring
+        slices weighted by how alike they are (see :func:`smooth_z`); for z-series. None: the model's own default
         (``default_z_smooth`` in its config, chosen on validation).
     fill_holes : fill holes enclosed by foreground in each slice's mask (a mitochondrion's
         pale matrix read as background). None: the model's default (``default_fill_holes``).
@@ -61,6 +61,10 @@ class PredictOptions:
         (for near-isotropic stacks; about 3x slower; see :mod:`napari_mitoseg.ortho`). None: the
         caller that knows the voxel size decides (:func:`~napari_mitoseg.ortho.choose_ortho`;
         api and cluster runs do); here it counts as off.
+    z_step : the stack's z step in Y/X pixels (z spacing over pixel size), for z-smoothing: a
+        near-isotropic stack (at most :data:`~napari_mitoseg.neighbours.ISOTROPIC_STEP`) is
+        smoothed over several slices, thicker sections over the adjacent ones. None: estimated
+        from the stack (:func:`~napari_mitoseg.neighbours.estimate_z_step`).
     """
 
     threshold: float | None = None
@@ -72,11 +76,14 @@ class PredictOptions:
     pixel_ratio: float = 1.0
     invert: bool = False
     ortho: bool | None = False
+    z_step: float | None = None
 
     def __post_init__(self) -> None:
         problem = None if self.threshold is None else threshold_problem(self.threshold)
         if problem:
             raise InputError(problem)
+        if self.z_step is not None and not (np.isfinite(self.z_step) and self.z_step > 0):
+            raise InputError(f"the z step must be a positive number of pixels, got {self.z_step!r}")
         object.__setattr__(self, "scales", check_scales(self.scales))
 
 
@@ -343,12 +350,14 @@ def iter_predict(
     ``options.ortho``, in windows of slices, see :mod:`napari_mitoseg.ortho`), so a stack
     larger than memory streams through. Cancel by closing the generator (or stop iterating).
     Smoothing along z joins only slices that are neighbours in space
-    (:func:`~napari_mitoseg.neighbours.are_neighbours`); a note names the pairs that are not.
+    (:func:`~napari_mitoseg.neighbours.are_neighbours`), each weighted by how alike they are
+    (:func:`smooth_z`); a note names the pairs that are not.
 
     ``zrange`` = (a, b): only slices a..b-1 (indices stay the stack's), made as a pass over the
-    whole stack makes them, except that z-smoothing sees no slice outside the range (read one
-    more on each side for that). ``on_work(done, total)``: called as each plane is predicted
-    (one per slice; with ortho, the XY, XZ and YZ planes of all three passes), for progress.
+    whole stack makes them, except that z-smoothing sees no slice outside the range (read
+    :func:`~napari_mitoseg.neighbours.smoothing_reach` more on each side for that).
+    ``on_work(done, total)``: called as each plane is predicted (one per slice; with ortho, the
+    XY, XZ and YZ planes of all three passes), for progress.
     """
     options = options or PredictOptions()
     image = as_stack(image)
@@ -365,6 +374,14 @@ def iter_predict(
         raise InputError(f"ortho planes need at least 8 slices along each axis; the stack is {image.shape}")
     z_smooth = _or_model_default(options.z_smooth, model, "default_z_smooth")
     fill = _or_model_default(options.fill_holes, model, "default_fill_holes")
+    wide = False
+    if z_smooth:  # from the whole stack, so that every slice range decides alike
+        step = options.z_step if options.z_step is not None else estimate_z_step(image)
+        wide = smoothing_is_wide(step)
+        if wide and not options.ortho and a == 0:
+            logger.info("z step about %.1f pixels (near-isotropic): each slice smoothed with up to %d on "
+                        "either side; ortho planes (--ortho) may do better, about 3x slower",
+                        step, reach(image.shape[1:]), extra=NOTE)
     bad: dict[int, np.ndarray | None] = {}  # non-finite pixels of the slices read so far
     sigs: dict[int, np.ndarray] = {}  # neighbour signatures of the slices read, until paired
     links: list[bool] = []
@@ -374,10 +391,9 @@ def iter_predict(
         if z_smooth:
             sigs[i] = signature(raw)
 
-    def link_stream() -> Iterator[bool]:
-        for i in range(a + 1, b):
-            links.append(are_neighbours(sigs.pop(i - 1), sigs[i]))
-            yield links[-1]
+    def signature_stream() -> Iterator[np.ndarray]:
+        for i in range(a, b):
+            yield sigs.pop(i)
 
     if options.ortho:
         from .ortho import iter_ortho
@@ -385,7 +401,7 @@ def iter_predict(
         raw = iter_ortho(model, image, options, seen, (a, b), on_work, predict=predict_planes)
     else:
         raw = _xy_probs(model, image, options, seen, (a, b), on_work)
-    probs = smooth_z(_zero_bad(raw, bad, a), link_stream()) if z_smooth else raw
+    probs = smooth_z(_zero_bad(raw, bad, a), signature_stream(), wide=wide, links=links) if z_smooth else raw
     for i, p in enumerate(probs, start=a):
         b = bad.pop(i)
         if b is not None:  # non-finite pixels are background, whatever their neighbours say

@@ -70,3 +70,12 @@ def make_sample(
     img += rng.normal(0, 12, shape).astype(np.float32)
     img = ndi.gaussian_filter(img, (0, 0.8, 0.8))
     return np.clip(img, 0, 255).astype(np.uint8), mask.astype(np.uint8)
+
+
+def make_isotropic(shape: tuple[int, int, int] = (36, 96, 112), seed: int = 0, blob: float = 3.0) -> np.ndarray:
+    """A (Z, Y, X) uint8 texture alike in every direction (3D noise smoothed over ``blob``
+    voxels): a stand-in for a near-isotropic FIB-SEM stack, whose z step equals its pixel size."""
+    from scipy.ndimage import gaussian_filter
+
+    v = gaussian_filter(np.random.default_rng(seed).standard_normal(shape).astype(np.float32), blob)
+    return ((v - v.min()) / (v.max() - v.min()) * 255).astype(np.uint8)

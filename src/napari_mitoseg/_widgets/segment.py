@@ -189,13 +189,16 @@ class SegmentWidget(QWidget):
         """The ``PredictOptions`` the controls say (raises ``InputError`` when the pixel size
         does not fit the model)."""
         from ..inference import MULTI_SCALE, PredictOptions
+        from ..neighbours import known_z_step
 
         thr = self.threshold.value()
+        layer = self.image_choice.layer()
+        voxel = layer.metadata.get("voxel_size_nm") if layer is not None else None
         return PredictOptions(threshold=thr if thr > 0 else None, tta=self.tta.isChecked(),
                               scales=MULTI_SCALE if self.multi_scale.isChecked() else (1.0,),
                               z_smooth=self.z_smooth.isChecked(),
                               pixel_ratio=self.pixel_size.pixel_ratio(), invert=self.invert.isChecked(),
-                              ortho=self.ortho.isChecked())
+                              ortho=self.ortho.isChecked(), z_step=known_z_step(voxel))
 
     def start(self) -> SegmentationRun | None:
         """Start segmenting the chosen image with the chosen model (returns the run)."""

@@ -1,7 +1,7 @@
 """Segment volumes that outgrow one machine on a ``dask.distributed`` cluster.
 
 The stack is cut into blocks of whole slices. Each block is a task: a worker reads its slices
-plus the one-slice halo that z-smoothing needs on each side, runs the same
+plus the halo that z-smoothing needs on each side (its reach, a few slices), runs the same
 :func:`~napari_mitoseg.inference.iter_predict` as a single process, and writes its own slices
 straight into the output zarr, whose chunks are one slice deep, so no two tasks ever write one
 chunk. The labels are the single-process labels, bit for bit.
