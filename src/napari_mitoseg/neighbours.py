@@ -192,15 +192,19 @@ def _weighted(window: list, sigs: list, linked: list, k: int, r: int, wide: bool
         hi += 1
     if lo == hi:
         return window[k]
-    acc, total = window[k].astype(np.float32, copy=True), 1.0
+    acc, total, tmp = window[k].astype(np.float32, copy=True), 1.0, None
     for j in range(lo, hi + 1):
         if j == k:
             continue
         w = weight(correlation(sigs[k], sigs[j])) if wide else 0.5  # not wide: the adjacent ones only
         if w > 0.0:
-            acc += np.float32(w) * window[j]
+            tmp = np.multiply(window[j], np.float32(w), out=tmp, dtype=np.float32)  # no new array per slice
+            acc += tmp
             total += w
-    return acc / np.float32(total) if total != 1.0 else window[k]
+    if total == 1.0:
+        return window[k]
+    acc /= np.float32(total)
+    return acc
 
 
 def smoothing_is_wide(z_step: float | None) -> bool:
