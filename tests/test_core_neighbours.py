@@ -18,6 +18,7 @@ from napari_mitoseg.neighbours import (
     reach,
     signature,
     smooth_z,
+    smoothing_is_wide,
     smoothing_reach,
     weight,
 )
@@ -173,3 +174,8 @@ def test_a_near_isotropic_stack_is_smoothed_over_several_slices_and_thick_sectio
             np.testing.assert_array_equal(got.prob, wide[got.index].prob)
     with pytest.raises(InputError, match="z step"):
         PredictOptions(z_step=0)
+
+
+def test_after_ortho_planes_a_near_isotropic_stack_is_smoothed_over_adjacent_slices_only():
+    assert smoothing_is_wide(1.0) and not smoothing_is_wide(1.0, ortho=True) and not smoothing_is_wide(2.0)
+    assert smoothing_reach((64, 64), 1.0, ortho=True) == 1 and smoothing_reach((64, 64), 1.0) == REACH

@@ -63,8 +63,9 @@ class PredictOptions:
         api and cluster runs do); here it counts as off.
     z_step : the stack's z step in Y/X pixels (z spacing over pixel size), for z-smoothing: a
         near-isotropic stack (at most :data:`~napari_mitoseg.neighbours.ISOTROPIC_STEP`) is
-        smoothed over several slices, thicker sections over the adjacent ones. None: estimated
-        from the stack (:func:`~napari_mitoseg.neighbours.estimate_z_step`).
+        smoothed over several slices, thicker sections (and any stack after ortho planes) over
+        the adjacent ones. None: estimated from the stack
+        (:func:`~napari_mitoseg.neighbours.estimate_z_step`).
     """
 
     threshold: float | None = None
@@ -375,10 +376,10 @@ def iter_predict(
     z_smooth = _or_model_default(options.z_smooth, model, "default_z_smooth")
     fill = _or_model_default(options.fill_holes, model, "default_fill_holes")
     wide = False
-    if z_smooth:  # from the whole stack, so that every slice range decides alike
+    if z_smooth and not options.ortho:  # from the whole stack, so that every slice range decides alike
         step = options.z_step if options.z_step is not None else estimate_z_step(image)
-        wide = smoothing_is_wide(step)
-        if wide and not options.ortho and a == 0:
+        wide = smoothing_is_wide(step, bool(options.ortho))
+        if wide and a == 0:
             logger.info("z step about %.1f pixels (near-isotropic): each slice smoothed with up to %d on "
                         "either side; ortho planes (--ortho) may do better, about 3x slower",
                         step, reach(image.shape[1:]), extra=NOTE)

@@ -124,7 +124,7 @@ def prepare(image, out, *, model=None, device: str = "auto", options: PredictOpt
     nm = read_voxel_size(image)
     options, name, note = _options_for(model_path, options or PredictOptions(), pixel_ratio, pixel_size_nm, nm)
     options = dataclasses.replace(options, ortho=_choose_ortho(options.ortho, nm, shape[0]))
-    if options.z_smooth and options.z_step is None:  # decided once, for every block alike
+    if options.z_smooth and not options.ortho and options.z_step is None:  # once, for every block alike
         step = known_z_step(nm)
         options = dataclasses.replace(options, z_step=step if step is not None else estimate_z_step(stack))
     voxel = ngff.VoxelSize(*nm, unit="nanometer") if nm else ngff.VoxelSize()
@@ -159,7 +159,8 @@ def _run_blocks(job: Job, client, partial: Path, retries: int, dash, t0: float,
         logger.info("resuming %s: %d of %d blocks already done", partial, skipped, len(job.plan))
     yield Progress("segment", skipped, len(job.plan), skipped, 0.0, dash)
     target = str(partial / (MASK_ARRAY if job.instances else "0"))
-    halo = smoothing_reach(job.shape[1:], job.options.z_step) if job.options.z_smooth else 0
+    opts = job.options
+    halo = smoothing_reach(job.shape[1:], opts.z_step, bool(opts.ortho)) if opts.z_smooth else 0
     token = uuid.uuid4().hex[:8]
     futures = [
         client.submit(segment_block, job.image, job.model_path, job.device, job.options, a, b, halo, target,
