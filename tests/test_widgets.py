@@ -105,6 +105,31 @@ def test_segment_instances_gives_one_id_per_object(viewer, qtbot, models):
     assert layer.metadata["mitoseg_instances"] is True
 
 
+def test_segment_says_how_it_smoothed_along_z(viewer, qtbot, models):
+    from napari_mitoseg.api import get_model, segment
+    from napari_mitoseg.synthetic import make_isotropic
+
+    iso = make_isotropic((12, 96, 112))
+    viewer.add_image(iso, name="fib")
+    w = _segment_widget(viewer)
+    w.z_smooth.setChecked(True)
+    layer = _run(qtbot, w)
+    assert "Near-isotropic stack" in w.message.text() and "Ortho planes" in w.message.text()
+    opts, tiny = w.options(), get_model(models / "tiny", "cpu")
+    assert opts.z_smooth and opts.z_step is None  # estimated from the stack, as the API does
+    expected = segment(iso, tiny, opts, instances=w.instances.isChecked())
+    np.testing.assert_array_equal(layer.data, expected)  # the same wide smoothing as the API
+    thick = segment(iso, tiny, dataclasses.replace(opts, z_step=4.0), instances=w.instances.isChecked())
+    assert (thick != expected).any()
+
+    separate = np.stack([make_sample((1, 96, 112), seed=10 + k)[0][0] for k in range(3)])
+    viewer.add_image(separate, name="grids")
+    w.image_choice.set_layer("grids")
+    w.z_smooth.setChecked(True)
+    _run(qtbot, w)
+    assert "No two adjacent slices are neighbours" in w.message.text() and "Near-isotropic" not in w.message.text()
+
+
 def test_segment_again_as_instances_undoes_to_the_mask_and_huge_changes_are_not_recorded(viewer, qtbot, models,
                                                                                          monkeypatch):
     from napari_mitoseg._widgets import _segment_run

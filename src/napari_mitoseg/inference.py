@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .model import LoadedModel, ModelError, ModelSpec, threshold_problem
-from .neighbours import breaks_note, estimate_z_step, reach, signature, smoothing_is_wide
+from .neighbours import breaks_note, plan_smoothing, signature
 from .neighbours import smooth_z as smooth_z  # re-exported: smoothing lives with the neighbour decision
 from .normalisation import check_slice, non_finite, normalise, normalise01  # noqa: F401 - kept importable
 from .precision import autocast, inference_net
@@ -375,14 +375,10 @@ def iter_predict(
         raise InputError(f"ortho planes need at least 8 slices along each axis; the stack is {image.shape}")
     z_smooth = _or_model_default(options.z_smooth, model, "default_z_smooth")
     fill = _or_model_default(options.fill_holes, model, "default_fill_holes")
-    wide = False
-    if z_smooth and not options.ortho:  # from the whole stack, so that every slice range decides alike
-        step = options.z_step if options.z_step is not None else estimate_z_step(image)
-        wide = smoothing_is_wide(step, bool(options.ortho))
-        if wide and a == 0:
-            logger.info("z step about %.1f pixels (near-isotropic): each slice smoothed with up to %d on "
-                        "either side; ortho planes (--ortho) may do better, about 3x slower",
-                        step, reach(image.shape[1:]), extra=NOTE)
+    # decided from the whole stack, so that every slice range decides alike
+    wide, wide_note = plan_smoothing(image, options.z_step, bool(options.ortho)) if z_smooth else (False, None)
+    if wide_note and a == 0:
+        logger.info(wide_note, extra=NOTE)
     bad: dict[int, np.ndarray | None] = {}  # non-finite pixels of the slices read so far
     sigs: dict[int, np.ndarray] = {}  # neighbour signatures of the slices read, until paired
     links: list[bool] = []

@@ -221,6 +221,20 @@ def smoothing_reach(slice_shape: Sequence[int], z_step: float | None, ortho: boo
     return reach(slice_shape) if smoothing_is_wide(z_step, ortho) else 1
 
 
+def plan_smoothing(image, z_step: float | None, ortho: bool = False) -> tuple[bool, str | None]:
+    """(wide, note) for z-smoothing the (Z, Y, X) ``image``: whether it is wide
+    (:func:`smoothing_is_wide`; ``z_step`` None: estimated, :func:`estimate_z_step`), and a
+    note for the user when it is."""
+    if ortho:
+        return False, None
+    step = z_step if z_step is not None else estimate_z_step(image)
+    if not smoothing_is_wide(step):
+        return False, None
+    return True, (f"z step about {step:.1f} pixels (near-isotropic): each slice smoothed with up to "
+                  f"{reach(image.shape[1:])} on either side; ortho planes (--ortho) may do better, "
+                  "about 3x slower")
+
+
 def known_z_step(voxel_nm) -> float | None:
     """The z step in Y/X pixels from a (Z, Y, X) voxel size, None when it is not known."""
     if voxel_nm is None or np.size(voxel_nm) != 3:

@@ -76,6 +76,8 @@ class SegmentOutcome:
     #: the voxels where ``labels`` differs from the old data (np.nonzero), for one undo step;
     #: None when there is no old data to undo to or the change is too large to record
     changed: tuple | None = None
+    #: sentences for the user about how the stack was smoothed along z
+    notes: list[str] = dataclasses.field(default_factory=list)
 
 
 def segment_job(
@@ -93,6 +95,7 @@ def segment_job(
     """
     from ..api import get_model, merge_unpainted
     from ..inference import iter_predict
+    from ..neighbours import breaks_note
 
     shape3 = tuple(image.shape) if image.ndim == 3 else (1, *image.shape)
     keep: list[int] = []
@@ -107,8 +110,12 @@ def segment_job(
     yield "Loading the model..."
     model = get_model(source, device)
     yield f"Segmenting with {model.name} on {model.device}..."
+    options, notes = _resolve_z_step(image, options)
     mask = np.zeros(shape3, np.uint8)
+    links: list[bool] = []
     for r in iter_predict(model, image, options):
+        if r.index > 0 and r.linked is not None:
+            links.append(r.linked)
         mask[r.index] = r.mask
         if r.index not in keep:
             buffer3[r.index] = r.mask
@@ -134,7 +141,28 @@ def segment_job(
         diff = old != labels
         if np.count_nonzero(diff) <= UNDO_MAX_VOXELS:
             changed = np.nonzero(diff)
-    return SegmentOutcome(model.name, output.reshape(image.shape), labels, list(keep), changed)
+    cut = breaks_note(links)
+    if cut:
+        notes.append(cut[0].upper() + cut[1:] + ".")
+    return SegmentOutcome(model.name, output.reshape(image.shape), labels, list(keep), changed, notes)
+
+
+def _resolve_z_step(image, options):
+    """(options with the stack's z step, estimated once here when not given; notes for the
+    user): the run says when a near-isotropic stack was smoothed over several slices."""
+    from ..inference import PredictOptions
+    from ..neighbours import estimate_z_step, reach, smoothing_is_wide
+
+    options = options or PredictOptions()
+    if options.z_smooth is False or options.ortho or image.ndim != 3:
+        return options, []
+    if options.z_step is None:
+        options = dataclasses.replace(options, z_step=estimate_z_step(image))
+    if not (options.z_smooth and smoothing_is_wide(options.z_step)):
+        return options, []
+    return options, [f"Near-isotropic stack (z step about {options.z_step:.1f} pixels): each slice was "
+                     f"smoothed with up to {reach(image.shape[1:])} on either side; Ortho planes may do "
+                     "better (about 3x slower)."]
 
 
 class SegmentationRun(QObject):
@@ -179,6 +207,8 @@ class SegmentationRun(QObject):
         self.undoable = False
         #: whether the finished run left the layer exactly as it was
         self.unchanged = False
+        #: what the finished run says about its z-smoothing (sentences)
+        self.notes: list[str] = []
 
     @property
     def undo_note(self) -> str:
@@ -299,6 +329,7 @@ class SegmentationRun(QObject):
 
     def _on_returned(self, out: SegmentOutcome) -> None:
         self._landing = True
+        self.notes = list(out.notes)
         layer = self.layer
         if layer not in self.viewer.layers:  # the user deleted it meanwhile
             layer = self._add_layer(out.labels, self._free_name(self.target_name))

@@ -270,6 +270,7 @@ class SegmentWidget(QWidget):
         note = f" Kept your painted slices {kept} exactly." if kept else ""
         if self.current_run is not None:
             note += self.current_run.undo_note
+            note += "".join(" " + n for n in self.current_run.notes)
             if self.current_run.recorder is not None:
                 self.uncertainty.show_result(self.current_run.image_layer, layer, self.current_run.recorder)
         self.message.setText(f"Done: '{layer.name}' ({layer.metadata.get('mitoseg_model')}).{note}")
