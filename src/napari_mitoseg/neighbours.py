@@ -6,9 +6,14 @@ the first and wrecks the second, so :func:`smooth_z` smooths only across pairs o
 :func:`are_neighbours` accepts.
 
 The decision is made per pair from the two slices alone (:func:`signature` of each, then their
-correlation against :data:`MIN_CORRELATION`): it streams with one slice of lag, and a block of a
-stack read with one slice of margin on each side decides every pair inside it as a pass over the
-whole stack does, so a cluster needs nothing global.
+correlation against :data:`MIN_CORRELATION`): it streams, and a block of a stack read with one
+slice of margin on each side decides every pair inside it as a pass over the whole stack does.
+
+How far the smoothing reaches follows the stack's z step (:func:`estimate_z_step` from the
+images, or the voxel size): a near-isotropic stack (FIB-SEM) is averaged over several slices,
+weighted by how alike they are, thicker serial sections over the adjacent ones. The z step is
+one figure for the whole stack, decided before a cluster's blocks are sent; a block then reads
+:func:`smoothing_reach` slices of margin on each side.
 
 Figures (``benchmarks/neighbours.py``; correlation of adjacent slices' signatures):
 z-series (Lucchi++ and SBEM training and testing stacks) 0.768-0.959, median 0.80 (SBEM) and
