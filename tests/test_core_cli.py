@@ -71,6 +71,29 @@ def test_segment_at_several_scales_says_so_and_refuses_a_bad_scale(files, tiny_m
     assert "between 0.5 and 2" in captured.err and captured.out == ""
 
 
+def test_segment_smooths_a_near_isotropic_stack_wide_unless_told_its_z_step(tiny_model_dir, tmp_path, capsys):
+    from napari_mitoseg.api import get_model, segment
+    from napari_mitoseg.inference import PredictOptions
+    from napari_mitoseg.synthetic import make_isotropic
+
+    iso = make_isotropic((14, 96, 112))
+    path = tmp_path / "fib.tif"
+    tifffile.imwrite(path, iso, photometric="minisblack")
+    tiny = get_model(tiny_model_dir, "cpu")
+    base = ["segment", str(path), "--model", str(tiny_model_dir), "--device", "cpu", "--z-smooth"]
+    assert main([*base, "-o", str(tmp_path / "wide.tif")]) == 0
+    assert "near-isotropic" in capsys.readouterr().err
+    wide = segment(iso, tiny, PredictOptions(z_smooth=True))
+    np.testing.assert_array_equal(read_stack(tmp_path / "wide.tif"), wide)
+    assert main([*base, "--z-step", "4", "-o", str(tmp_path / "thick.tif")]) == 0
+    assert "near-isotropic" not in capsys.readouterr().err
+    thick = segment(iso, tiny, PredictOptions(z_smooth=True, z_step=4.0))
+    np.testing.assert_array_equal(read_stack(tmp_path / "thick.tif"), thick)
+    assert (thick != read_stack(tmp_path / "wide.tif")).any()
+    assert main([*base, "--z-step", "0", "-o", str(tmp_path / "bad.tif")]) != 0
+    assert "z step must be a positive number" in capsys.readouterr().err and not (tmp_path / "bad.tif").exists()
+
+
 def test_evaluate(files, capsys):
     assert main(["evaluate", str(files["gt"]), str(files["gt"])]) == 0
     assert capsys.readouterr().out.strip() == "iou=1.0000  dice=1.0000  precision=1.0000  recall=1.0000"

@@ -61,7 +61,7 @@ def segment_file(
     image_path, *, model=None, device="auto", threshold=None, tta=False, z_smooth=None,
     instances=False, out=None, gt=None, pixel_ratio=None, invert=False, pixel_size_nm=None,
     progress: ProgressFn | None = None, client=None, keep_nothing: bool = True,
-    ortho: bool | None = None, uncertainty_out=None, scales=(1.0,),
+    ortho: bool | None = None, uncertainty_out=None, scales=(1.0,), z_step: float | None = None,
 ) -> SegmentResult:
     """Read, segment, optionally score against ``gt`` and write ``out`` (atomically).
 
@@ -75,7 +75,8 @@ def segment_file(
     :func:`~napari_mitoseg.ortho.choose_ortho`). ``uncertainty_out``: write the per-pixel
     uncertainty map there (uint8 TIFF or zarr, 255 = most unsure); each slice's uncertainty is in
     :attr:`SegmentResult.uncertainty` either way. ``scales``: multi-scale averaging, see
-    :class:`~napari_mitoseg.inference.PredictOptions`.
+    :class:`~napari_mitoseg.inference.PredictOptions`. ``z_step``: the stack's z spacing over its
+    pixel size, for z-smoothing (None: from the file's voxel size, else estimated from the images).
 
     Options, the output (a label suffix, a writable folder, never one of the inputs) and the
     inputs are checked before the model is loaded. ``progress(done, total)`` is called after
@@ -99,7 +100,7 @@ def segment_file(
         raise TypeError("api.segment_file runs in this process; to segment on a cluster call "
                         "napari_mitoseg.distributed.segment_file(..., client=client)")
     opts = PredictOptions(threshold=threshold, tta=tta, z_smooth=z_smooth, invert=invert, ortho=bool(ortho),
-                          scales=scales)
+                          scales=scales, z_step=z_step)
     _check_scale_args(pixel_ratio, pixel_size_nm)
     for path in (out, uncertainty_out):
         if path:
@@ -111,7 +112,7 @@ def segment_file(
                          "the labels, or ground truth (--gt TRUTH) or --json for scores")
     ratio, note, voxel = _file_pixel_ratio(m, image_path, pixel_ratio, pixel_size_nm)
     opts = dataclasses.replace(opts, pixel_ratio=ratio, ortho=_file_ortho(voxel, ortho, image),
-                               z_step=known_z_step(voxel))
+                               z_step=z_step if z_step is not None else known_z_step(voxel))
     shape = tuple(image.shape)
     out = check_label_path(out) if out else None
     record = UncertaintyRecorder(shape if uncertainty_out else None)

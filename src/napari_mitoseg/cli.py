@@ -72,7 +72,12 @@ def _segment_parser(sub) -> argparse.ArgumentParser:
                         "resolution and average, e.g. --scales 1 1.5 (about 3.3x slower, more accurate "
                         "outlines; default: 1)")
     s.add_argument("--z-smooth", action=argparse.BooleanOptionalAction, default=None,
-                   help="smooth probabilities along z over 3 slices (default: the model's choice)")
+                   help="smooth probabilities along z across slices that are neighbours in space (default: "
+                        "the model's choice)")
+    s.add_argument("--z-step", type=float, default=None, metavar="K",
+                   help="the stack's z spacing over its pixel size, for z-smoothing: up to 1.5 smooths over "
+                        "up to 6 slices on each side, more over the adjacent ones (default: from the file's "
+                        "voxel size, else estimated from the images)")
     _stack_flags(s, "slices are adapted to the model to match")
     s.add_argument("--instances", action="store_true",
                    help="one id per mitochondrion, 3D-connected (int32 labels; default: a 0/1 mask)")
@@ -356,6 +361,7 @@ def cmd_segment(args) -> int:
             gt=args.gt, pixel_ratio=args.pixel_ratio, invert=args.invert,
             pixel_size_nm=args.pixel_size, progress=progress, keep_nothing=args.json,
             ortho=args.ortho, uncertainty_out=args.uncertainty_out, scales=tuple(args.scales),
+            z_step=args.z_step,
         )
     finally:
         progress.close()

@@ -147,7 +147,7 @@ def run_cli(args) -> int:
     if problem:
         return _fail(problem)
     options = PredictOptions(threshold=args.threshold, tta=args.tta, z_smooth=args.z_smooth, invert=args.invert,
-                             scales=args.scales,
+                             scales=args.scales, z_step=getattr(args, "z_step", None),
                              ortho=getattr(args, "ortho", False))
     t0 = time.perf_counter()
     try:

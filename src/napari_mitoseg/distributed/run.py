@@ -261,6 +261,7 @@ def segment(image, out, **kw) -> DistributedResult:
 def segment_file(
     image_path, *, client, out, model=None, device="auto", threshold=None, tta=False, z_smooth=None,
     instances=False, gt=None, pixel_ratio=None, invert=False, pixel_size_nm=None, ortho=None, scales=(1.0,),
+    z_step=None,
 ):
     """:func:`napari_mitoseg.api.segment_file` on ``client``'s cluster (a ``distributed.Client``):
     the same arguments, the labels written in blocks into the OME-Zarr ``out`` (the same labels as
@@ -274,7 +275,7 @@ def segment_file(
     if not out:
         raise DistributedError("a cluster run writes its labels to a .zarr: give out=")
     opts = PredictOptions(threshold=threshold, tta=tta, z_smooth=z_smooth, invert=invert, ortho=ortho,
-                          scales=scales)
+                          scales=scales, z_step=z_step)
     r = segment(image_path, out, client=client, model=model, device=device, instances=instances, options=opts,
                 pixel_ratio=pixel_ratio, pixel_size_nm=pixel_size_nm)
     return SegmentResult(None, r.model_name, None, r.shape, r.pixel_ratio, r.note)
