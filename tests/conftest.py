@@ -25,6 +25,8 @@ TINY_SPEC_KW = dict(
 def _user_model_dir(tmp_path_factory, monkeypatch):
     """Fine-tuned models go to a fresh temporary folder, never to the user's data folder."""
     monkeypatch.setenv("MITOSEG_MODEL_DIR", str(tmp_path_factory.mktemp("user-models")))
+    # and the fine-tune times measured here go to one too
+    monkeypatch.setenv("MITOSEG_CACHE_DIR", str(tmp_path_factory.mktemp("user-cache")))
 
 
 @pytest.fixture(scope="session")

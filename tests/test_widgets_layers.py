@@ -274,3 +274,37 @@ def test_opening_the_segment_dock_does_not_import_torch(tmp_path):
     assert len(lines) == 2, out.stdout + out.stderr
     assert "Loading PyTorch" in lines[0]
     assert lines[1] == "READY True ON_MAIN [False] ''", lines
+
+
+def test_the_expected_time_follows_the_last_fine_tune_on_this_machine(viewer, qtbot, models):
+    from napari_mitoseg._widgets._finetune_time import base_seconds, network_key, remember, speed_file
+    from napari_mitoseg.training import FINETUNE, FINETUNE_SECONDS
+
+    tiny = network_key(models / "tiny")
+    assert tiny and base_seconds(tiny) == (FINETUNE_SECONDS, False)  # nothing measured here yet
+    image, gt = make_sample(shape=(3, 64, 64), seed=25)
+    viewer.add_image(image, name="em")
+    viewer.add_labels(gt, name="em mitochondria")
+    ft = _open(viewer, "Fine-tune model")
+    ft.add_slice(0)
+    ft.steps.setValue(4)
+    reference = ft.expected_seconds(threads=2, crowded=1.0)
+    assert "reference machine" in ft.estimate.text()
+    result = _wait(qtbot, ft, ft.finetuned, ft.run_button.click)[0]
+    assert result is not None
+    # the run finished: the next estimate of the same run is the time it took, scaled as it ran
+    seconds, measured = base_seconds(tiny)
+    assert measured and speed_file().exists()
+    assert network_key(ft.model_choice.source()) == tiny  # the new model: the same network
+    expected = ft.expected_seconds(threads=2, crowded=1.0)
+    assert expected != pytest.approx(reference)
+    threads, crowded = ft._timing[4], ft._timing[5]
+    assert ft.expected_seconds(threads=threads, crowded=crowded) == pytest.approx(result.seconds, rel=0.02)
+    ft.show_estimate()
+    assert "last fine-tune on this machine" in ft.estimate.text()
+    # another network keeps the reference figure; a corrupt cache is ignored
+    assert base_seconds("Unet/resnet18/other") == (FINETUNE_SECONDS, False)
+    speed_file().write_text("{not json")
+    assert base_seconds(tiny) == (FINETUNE_SECONDS, False)
+    remember(tiny, FINETUNE, 2, 1024 * 1024, 2, 1.0, 120.0)
+    assert base_seconds(tiny) == (120.0, True)

@@ -83,6 +83,8 @@ class FinetuneWidget(CorrectionFinder, SegmentAgain, ExportPackage, QWidget):
         self.segment_run: SegmentationRun | None = None
         self.losses: list[float] = []
         self._trained_on: tuple = (None, None)  # (labels layer, slices) of the running fine-tune
+        #: (network, config, slices, area, threads, load) of the running fine-tune on the CPU
+        self._timing: tuple | None = None
         self._init_finder()
 
         form = compact_form()
@@ -206,11 +208,21 @@ class FinetuneWidget(CorrectionFinder, SegmentAgain, ExportPackage, QWidget):
         if self.device_choice.device() not in ("cpu", "auto") or (
                 self.device_choice.device() == "auto" and self.device_choice.findText("cuda") >= 0):
             return None
-        layer = self.labels_choice.layer()
-        area = int(np.prod(layer.data.shape[-2:])) if layer is not None else 0
-        n = len(self.slices()) or 1
+        n, area = self._work()
         return expected_seconds(self.config(), n, area, threads or cpu_threads(),
-                                crowding() if crowded is None else crowded)
+                                crowding() if crowded is None else crowded, model=self._network())
+
+    def _network(self) -> str | None:
+        """The chosen model's network, what the time measured here is kept by."""
+        from ._finetune_time import network_key
+
+        source = self.model_choice.source()
+        return network_key(source) if source else None
+
+    def _work(self) -> tuple[int, int]:
+        """(corrected slices, pixels per slice) of the run the controls describe."""
+        layer = self.labels_choice.layer()
+        return len(self.slices()) or 1, int(np.prod(layer.data.shape[-2:])) if layer is not None else 0
 
     def show_estimate(self, *args) -> None:
         """Say how long the run should take on this stack and machine, before it starts."""
@@ -221,10 +233,14 @@ class FinetuneWidget(CorrectionFinder, SegmentAgain, ExportPackage, QWidget):
         if seconds is None:
             self.estimate.setText("Expected: seconds to a minute on the GPU.")
             return
+        from ._finetune_time import base_seconds
+
         threads, busy = cpu_threads(), crowding()
         note = f"; other work slows it {busy:.1f}x" if busy > 1.2 else ""
+        source = ("from the last fine-tune on this machine" if base_seconds(self._network())[1]
+                  else "from a reference machine")
         self.estimate.setText(f"Expected: about {format_duration(seconds)} here now ({threads} CPU "
-                              f"thread{'s' if threads > 1 else ''} free{note}).")
+                              f"thread{'s' if threads > 1 else ''} free{note}; {source}).")
 
     # ------------------------------------------------------------------ slices
 
@@ -292,6 +308,11 @@ class FinetuneWidget(CorrectionFinder, SegmentAgain, ExportPackage, QWidget):
         self._export_ready()
         self.progress.begin(cfg.steps, "step")
         self._trained_on = (labels, slices)
+        self._timing = None
+        if self.expected_seconds() is not None:  # on the CPU: what the run's measured time is scaled by
+            from ._finetune_time import cpu_threads, crowding
+
+            self._timing = (self._network(), cfg, *self._work(), cpu_threads(), crowding())
         self.worker = create_worker(
             finetune_job, img, np.array(labels.data), slices, base, cfg, self.device_choice.device(),
             ratio, self.invert.isChecked(), regions, _ignore_errors=True, _start_thread=False,
@@ -379,6 +400,10 @@ class FinetuneWidget(CorrectionFinder, SegmentAgain, ExportPackage, QWidget):
             f"IoU on {scored}: before {result.iou_before:.3f} -> after "
             f"{result.iou_after:.3f}\nNew model: {result.name} (saved in {result.path.parent})"
         )
+        if self._timing is not None and self._timing[0] is not None and result.seconds > 0:
+            from ._finetune_time import remember
+
+            remember(*self._timing, result.seconds)
         self.message.setText(f"Fine-tuned in {result.seconds:.0f} s. Segment again to use it.")
         self.segment_again_button.setEnabled(True)
         self._export_ready()
