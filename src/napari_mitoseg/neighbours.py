@@ -232,12 +232,22 @@ def plan_smoothing(image, z_step: float | None, ortho: bool = False) -> tuple[bo
     note for the user when it is."""
     if ortho:
         return False, None
-    step = z_step if z_step is not None else estimate_z_step(image)
+    step = resolve_z_step(image, z_step)
     if not smoothing_is_wide(step):
         return False, None
     return True, (f"z step about {step:.1f} pixels (near-isotropic): each slice smoothed with up to "
                   f"{reach(image.shape[1:])} on either side; ortho planes (--ortho) may do better, "
                   "about 3x slower")
+
+
+def resolve_z_step(image, z_step: float | None = None, voxel_nm=None) -> float | None:
+    """The z step to smooth the (Z, Y, X) ``image`` by: ``z_step`` when given, else from the
+    (Z, Y, X) voxel size ``voxel_nm`` when known (:func:`known_z_step`), else estimated from the
+    images (:func:`estimate_z_step`)."""
+    if z_step is not None:
+        return z_step
+    known = known_z_step(voxel_nm)
+    return known if known is not None else estimate_z_step(image)
 
 
 def known_z_step(voxel_nm) -> float | None:
@@ -300,6 +310,6 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
 def smooth_stack(probs: Sequence[np.ndarray], image, z_step: float | None = None) -> list[np.ndarray]:
     """The (Y, X) probabilities of the (Z, Y, X) ``image``'s slices, smoothed along z as
     segmenting smooths them (``z_step`` None: estimated from ``image``)."""
-    step = z_step if z_step is not None else estimate_z_step(image)
+    step = resolve_z_step(image, z_step)
     sigs = (signature(image[i]) for i in range(len(probs)))
     return list(smooth_z(iter(probs), sigs, wide=smoothing_is_wide(step)))

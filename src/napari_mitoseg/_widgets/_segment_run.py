@@ -151,13 +151,12 @@ def _resolve_z_step(image, options):
     """(options with the stack's z step, estimated once here when not given; notes for the
     user): the run says when a near-isotropic stack was smoothed over several slices."""
     from ..inference import PredictOptions
-    from ..neighbours import estimate_z_step, reach, smoothing_is_wide
+    from ..neighbours import reach, resolve_z_step, smoothing_is_wide
 
     options = options or PredictOptions()
     if options.z_smooth is False or options.ortho or image.ndim != 3:
         return options, []
-    if options.z_step is None:
-        options = dataclasses.replace(options, z_step=estimate_z_step(image))
+    options = dataclasses.replace(options, z_step=resolve_z_step(image, options.z_step))
     if not (options.z_smooth and smoothing_is_wide(options.z_step)):
         return options, []
     return options, [f"Near-isotropic stack (z step about {options.z_step:.1f} pixels): each slice was "

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..inference import PredictOptions
-from ..neighbours import estimate_z_step, known_z_step, smoothing_reach
+from ..neighbours import resolve_z_step, smoothing_reach
 from .blocks import sees, segment_block
 from .cluster import dashboard_link
 from .common import (
@@ -124,9 +124,8 @@ def prepare(image, out, *, model=None, device: str = "auto", options: PredictOpt
     nm = read_voxel_size(image)
     options, name, note = _options_for(model_path, options or PredictOptions(), pixel_ratio, pixel_size_nm, nm)
     options = dataclasses.replace(options, ortho=_choose_ortho(options.ortho, nm, shape[0]))
-    if options.z_smooth and not options.ortho and options.z_step is None:  # once, for every block alike
-        step = known_z_step(nm)
-        options = dataclasses.replace(options, z_step=step if step is not None else estimate_z_step(stack))
+    if options.z_smooth and not options.ortho:  # once, for every block alike
+        options = dataclasses.replace(options, z_step=resolve_z_step(stack, options.z_step, nm))
     voxel = ngff.VoxelSize(*nm, unit="nanometer") if nm else ngff.VoxelSize()
     sig = signature(image=image, shape=shape, dtype=str(stack.dtype), model=model_path,
                     model_mtime=os.stat(Path(model_path) / "model.safetensors").st_mtime_ns,
