@@ -308,3 +308,15 @@ def test_the_expected_time_follows_the_last_fine_tune_on_this_machine(viewer, qt
     assert base_seconds(tiny) == (FINETUNE_SECONDS, False)
     remember(tiny, FINETUNE, 2, 1024 * 1024, 2, 1.0, 120.0)
     assert base_seconds(tiny) == (120.0, True)
+
+
+def test_more_corrected_slices_add_only_their_scoring_time():
+    """The steps are fixed, so ten corrected slices take little longer than two (the corrected
+    slices are only segmented before and after): the estimate must not grow with them."""
+    from napari_mitoseg._widgets._finetune_time import expected_seconds
+    from napari_mitoseg.training import FINETUNE
+
+    two = expected_seconds(FINETUNE, 2, 1024 * 1024, threads=2)
+    ten = expected_seconds(FINETUNE, 10, 1024 * 1024, threads=2)
+    assert two < ten < 1.1 * two
+    assert expected_seconds(FINETUNE, 2, 1024 * 1024, threads=2, crowded=2.0) == pytest.approx(2 * two)
