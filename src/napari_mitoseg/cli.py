@@ -149,7 +149,7 @@ def _train_settings_flags(t: argparse.ArgumentParser) -> None:
     t.add_argument("--config", help="JSON training settings (TrainConfig fields) over the defaults, "
                                     "e.g. '{\"val_every\": 250}'; the flags below win")
     t.add_argument("--steps", type=int, default=None,
-                   help="optimiser steps in all (default: 3000 for a new model, 300 with --base)")
+                   help="optimiser steps in all (default: 3000 for a new model, 240 with --base)")
     t.add_argument("--batch-size", type=int, default=None,
                    help="crops per step (default: 8 for a new model, 4 with --base)")
     t.add_argument("--lr", type=float, default=None,
