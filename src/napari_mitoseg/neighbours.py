@@ -40,8 +40,8 @@ MIN_CORRELATION = 0.5
 REACH = 6
 #: the most memory the z-smoothing window of probability slices may take (see :func:`reach`)
 WINDOW_BYTES = 1 << 30
-#: a stack whose z step is at most this many Y/X pixels counts as near-isotropic (the ratio of
-#: :data:`napari_mitoseg.ortho.ISOTROPY`)
+#: a stack whose z step is at most this many Y/X pixels counts as near-isotropic (also the
+#: bound of :data:`napari_mitoseg.ortho.ISOTROPY`, which is this figure)
 ISOTROPIC_STEP = 1.5
 #: in-plane shifts (pixels) against which :func:`estimate_z_step` matches the z correlation
 XY_LAGS = (1, 2, 3, 4, 6, 8, 12, 16)

@@ -19,13 +19,15 @@ from collections.abc import Callable, Iterable, Iterator
 import numpy as np
 
 from .model import LoadedModel
+from .neighbours import ISOTROPIC_STEP, known_z_step
 
 logger = logging.getLogger(__name__)
 
 #: the float32 probabilities of one window's kept slices stay within this many bytes
 WINDOW_BYTES = 512 * 2**20
-#: ortho is on by default when the z step is within this factor of the Y/X pixel size ...
-ISOTROPY = 1.5
+#: ortho is on by default when the z step is within this factor of the Y/X pixel size (the
+#: near-isotropic bound z-smoothing uses too) ...
+ISOTROPY = ISOTROPIC_STEP
 #: ... and the stack has at least this many slices (XZ / YZ planes are Z pixels tall)
 MIN_SLICES = 32
 
@@ -127,8 +129,9 @@ def choose_ortho(ortho: bool | None, voxel_nm: tuple[float, float, float] | None
         return bool(ortho), None
     if not voxel_nm or z < MIN_SLICES:
         return False, None
-    dz, dy = float(voxel_nm[0]), float(voxel_nm[1])
-    if not (dz > 0 and dy > 0) or not 1 / ISOTROPY <= dz / dy <= ISOTROPY:
+    step = known_z_step(voxel_nm)
+    if step is None or not 1 / ISOTROPY <= step <= ISOTROPY:
         return False, None
+    dz, dy = float(voxel_nm[0]), float(voxel_nm[1])
     return True, (f"voxel size {dz:g} x {dy:g} nm is near-isotropic: XY, XZ and YZ planes averaged "
                   "(about 3x slower; --no-ortho to turn it off)")
