@@ -16,7 +16,11 @@ where the fine-tuning defaults (``training.FINETUNE``) are chosen, trying settin
 base model's scores ("before") computed once per case; ``{}`` is the defaults.
 
     python benchmarks/finetune_figures.py [--model mito-em-v3] [--volume sbem|lucchipp] \
-        [--cases same shifted] [--data test|val] [--config JSON ...] [--corrected Z ...] [--scales 1 1.5]
+        [--cases same shifted] [--data test|val] [--config JSON ...] [--corrected Z ...] [--scales 1 1.5] \
+        [--interpolate 0.9 0.8 ...]
+
+``--interpolate``: also score the fine-tuned weights interpolated with the base model's
+(``alpha * tuned + (1 - alpha) * base``, weight-space ensembling as in WiSE-FT).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from skimage.transform import rescale
 from napari_mitoseg.api import get_model, iter_finetune, segment
 from napari_mitoseg.inference import PredictOptions
 from napari_mitoseg.metrics import score
+from napari_mitoseg.model import load_model
 from napari_mitoseg.training import FINETUNE
 
 
@@ -53,8 +58,18 @@ def score_before(image, mask, model: str, corrected, pixel_ratio=1.0, invert=Fal
     return score(segment(image[others], get_model(model, "cpu"), told), mask[others]).iou
 
 
+def interpolated(tuned_path, base: str, alpha: float):
+    """The fine-tuned model with its weights ``alpha * tuned + (1 - alpha) * base``."""
+    base_sd = load_model(base, "cpu").net.state_dict()
+    m = load_model(tuned_path, "cpu")
+    sd = m.net.state_dict()
+    m.net.load_state_dict({k: alpha * v + (1 - alpha) * base_sd[k] if v.is_floating_point() else v
+                           for k, v in sd.items()})
+    return m
+
+
 def run_case(name: str, image, mask, model: str, corrected, config, pixel_ratio=1.0,
-             invert=False, before: float | None = None, scales=(1.0,)) -> dict:
+             invert=False, before: float | None = None, scales=(1.0,), alphas=()) -> dict:
     others = [z for z in range(image.shape[0]) if z not in corrected]
     if before is None:
         before = score_before(image, mask, model, corrected, pixel_ratio, invert, scales)
@@ -71,8 +86,12 @@ def run_case(name: str, image, mask, model: str, corrected, config, pixel_ratio=
         seconds = time.perf_counter() - t0
         tuned = get_model(res.path, "cpu")
         after = score(segment(image[others], tuned, PredictOptions(scales=scales)), mask[others]).iou
+        mixed = {str(a): round(score(segment(image[others], interpolated(res.path, model, a),
+                                             PredictOptions(scales=scales)), mask[others]).iou, 4)
+                 for a in alphas}
     return {"case": name, "shape": list(image.shape), "corrected_slices": list(corrected),
             "iou_others_before": round(before, 4), "iou_others_after": round(after, 4),
+            **({"iou_others_interpolated": mixed} if mixed else {}),
             "iou_corrected_before": round(res.iou_before, 4),
             "iou_corrected_after": round(res.iou_after, 4),
             "steps": res.steps, "lr": config.lr, "pixel_ratio": round(pixel_ratio, 3), "scales": list(scales),
@@ -93,6 +112,8 @@ def main(argv=None) -> int:
                     help="the corrected slices (default: 2 spread over the stack)")
     ap.add_argument("--scales", type=float, nargs="+", default=[1.0],
                     help="segment before and after at these scales (multi-scale averaging; default: 1)")
+    ap.add_argument("--interpolate", type=float, nargs="+", default=[], metavar="ALPHA",
+                    help="also score the tuned weights interpolated with the base's (alpha: the tuned share)")
     args = ap.parse_args(argv)
     configs = [(c, dataclasses.replace(FINETUNE, **json.loads(c))) for c in args.config]
     image, mask = em_data.load(args.data, args.volume)
@@ -108,7 +129,7 @@ def main(argv=None) -> int:
         before = score_before(im, mk, args.model, corrected, scales=tuple(args.scales), **told)
         for text, config in configs:
             row = run_case(case, im, mk, args.model, corrected, config, before=before, scales=tuple(args.scales),
-                           **told)
+                           alphas=args.interpolate, **told)
             print(json.dumps({"volume": args.volume, "data": args.data, "config": text, **row}), flush=True)
     return 0
 

@@ -8,12 +8,14 @@ testing stacks take no part.
     python benchmarks/smoothing_checks.py finetuned --model runs/ftcal/lucchipp-val-0/model
         # a model fine-tuned on slices 5 and 15 of Lucchi++'s validation block
         # (finetune_figures.py --data val --volume lucchipp --cases same, with a kept model)
+    python benchmarks/smoothing_checks.py small-objects
 
 ``upsampling``: the network's probabilities resized to the slice bilinearly as they are (what
 the pipeline does) or as logits; ``ortho-weights``: the weight of the XY pass in the average of
 the three passes, scored on slices 145-164 (the shipped model never trained on them; their XZ
 and YZ planes reach up to slice 100 for context); ``finetuned``: wide against adjacent
-z-smoothing for a fine-tuned model on Lucchi++'s validation block.
+z-smoothing for a fine-tuned model on Lucchi++'s validation block; ``small-objects``: the default
+segmentation with connected components under a size (pixels per slice or voxels in 3D) removed.
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ from pathlib import Path
 
 import em_data  # beside this script
 import numpy as np
+from scipy import ndimage as ndi
 
 import napari_mitoseg.inference as inference
+from napari_mitoseg.api import segment
 from napari_mitoseg.io import read_stack
 from napari_mitoseg.metrics import score
 from napari_mitoseg.model import load_model
@@ -92,9 +96,37 @@ def finetuned(model_folder: str) -> None:
                                             for how in ("none", "adjacent", "auto")}}), flush=True)
 
 
+def _drop_small(mask: np.ndarray, size: int, dims: int) -> np.ndarray:
+    out = mask.copy()
+    for part in ([out] if dims == 3 else list(out)):
+        lab, n = ndi.label(part)
+        if n:
+            small = np.bincount(lab.ravel()) < size
+            small[0] = False
+            part[small[lab]] = 0
+    return out
+
+
+def small_objects(model_name: str) -> None:
+    model = load_model(model_name, "cpu")
+    means: dict[tuple[int, int], list[float]] = {}
+    for v in ("sbem", "lucchipp"):
+        image, mask = em_data.load("val", v)
+        told = inference.PredictOptions(pixel_ratio=em_data.VOLUMES[v].pixel_nm / model.spec.pixel_size_nm)
+        pred = np.asarray(segment(image, model, told)) > 0
+        for dims in (2, 3):
+            for size in (0, 50, 200, 500, 1000, 2000, 5000):
+                iou = _iou(_drop_small(pred, size, dims), mask > 0)
+                means.setdefault((dims, size), []).append(iou)
+                print(json.dumps({"volume": v, "dims": dims, "min_size": size, "iou": iou}), flush=True)
+    for (dims, size), ious in means.items():
+        mean = round(float(np.mean(ious)), 4)
+        print(json.dumps({"volume": "mean", "dims": dims, "min_size": size, "iou": mean}))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("check", choices=["upsampling", "ortho-weights", "finetuned"])
+    ap.add_argument("check", choices=["upsampling", "ortho-weights", "finetuned", "small-objects"])
     ap.add_argument("--cache", type=Path, default=Path("/tmp/o100"))
     ap.add_argument("--model", default="mito-em-v3")
     args = ap.parse_args()
@@ -102,6 +134,8 @@ def main() -> None:
         upsampling(args.model)
     elif args.check == "ortho-weights":
         ortho_weights(args.cache)
+    elif args.check == "small-objects":
+        small_objects(args.model)
     else:
         finetuned(args.model)
 

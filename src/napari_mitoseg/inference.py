@@ -376,7 +376,8 @@ def iter_predict(
     z_smooth = _or_model_default(options.z_smooth, model, "default_z_smooth")
     fill = _or_model_default(options.fill_holes, model, "default_fill_holes")
     # decided from the whole stack, so that every slice range decides alike
-    wide, wide_note = plan_smoothing(image, options.z_step, bool(options.ortho)) if z_smooth else (False, None)
+    plan = plan_smoothing(image, options.z_step, bool(options.ortho)) if z_smooth else (False, None, None)
+    wide, wide_note = plan[0], plan[2]
     if wide_note and a == 0:
         logger.info(wide_note, extra=NOTE)
     bad: dict[int, np.ndarray | None] = {}  # non-finite pixels of the slices read so far

@@ -226,18 +226,19 @@ def smoothing_reach(slice_shape: Sequence[int], z_step: float | None, ortho: boo
     return reach(slice_shape) if smoothing_is_wide(z_step, ortho) else 1
 
 
-def plan_smoothing(image, z_step: float | None, ortho: bool = False) -> tuple[bool, str | None]:
-    """(wide, note) for z-smoothing the (Z, Y, X) ``image``: whether it is wide
-    (:func:`smoothing_is_wide`; ``z_step`` None: estimated, :func:`estimate_z_step`), and a
-    note for the user when it is."""
+def plan_smoothing(image, z_step: float | None, ortho: bool = False) -> tuple[bool, float | None, str | None]:
+    """(wide, step, note) for z-smoothing the (Z, Y, X) ``image``: whether it is wide
+    (:func:`smoothing_is_wide`), the z step that decided it (``z_step`` when given, else
+    estimated, :func:`estimate_z_step`; None with ``ortho``, which smooths adjacent slices only),
+    and a note for the user when it is wide."""
     if ortho:
-        return False, None
+        return False, z_step, None
     step = resolve_z_step(image, z_step)
     if not smoothing_is_wide(step):
-        return False, None
-    return True, (f"z step about {step:.1f} pixels (near-isotropic): each slice smoothed with up to "
-                  f"{reach(image.shape[1:])} on either side; ortho planes (--ortho) may do better, "
-                  "about 3x slower")
+        return False, step, None
+    return True, step, (f"z step about {step:.1f} pixels (near-isotropic): each slice smoothed with up to "
+                        f"{reach(image.shape[1:])} on either side; ortho planes (--ortho) may do better, "
+                        "about 3x slower")
 
 
 def resolve_z_step(image, z_step: float | None = None, voxel_nm=None) -> float | None:

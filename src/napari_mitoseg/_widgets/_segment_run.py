@@ -149,17 +149,20 @@ def segment_job(
 
 def _resolve_z_step(image, options):
     """(options with the stack's z step, estimated once here when not given; notes for the
-    user): the run says when a near-isotropic stack was smoothed over several slices."""
+    user): the run says when a near-isotropic stack was smoothed over several slices. The
+    decision is :func:`~napari_mitoseg.neighbours.plan_smoothing`'s, as on the command line; the
+    note names the widget's tick box instead of ``--ortho``."""
     from ..inference import PredictOptions
-    from ..neighbours import reach, resolve_z_step, smoothing_is_wide
+    from ..neighbours import plan_smoothing, reach
 
     options = options or PredictOptions()
-    if options.z_smooth is False or options.ortho or image.ndim != 3:
+    if not options.z_smooth or options.ortho or image.ndim != 3:
         return options, []
-    options = dataclasses.replace(options, z_step=resolve_z_step(image, options.z_step))
-    if not (options.z_smooth and smoothing_is_wide(options.z_step)):
+    wide, step, _ = plan_smoothing(image, options.z_step)
+    options = dataclasses.replace(options, z_step=step)
+    if not wide:
         return options, []
-    return options, [f"Near-isotropic stack (z step about {options.z_step:.1f} pixels): each slice was "
+    return options, [f"Near-isotropic stack (z step about {step:.1f} pixels): each slice was "
                      f"smoothed with up to {reach(image.shape[1:])} on either side; Ortho planes may do "
                      "better (about 3x slower)."]
 
