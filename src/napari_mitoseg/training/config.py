@@ -189,7 +189,7 @@ FINETUNE = TrainConfig(
 #: the 2 idle CPU cores of the reference machine (AMD EPYC), where 300 steps took 72-75 s
 #: (``benchmarks/finetune_figures.py --data test``; 0.24 s a step, scoring the corrected slices
 #: about 1 s): 240 steps there take 0.8 of that. Machines differ several-fold (a 2-core Xeon
-#: takes 3x as long); the Fine-tune widget shows the figure it measured on its own machine once
+#: takes 1.7-3x as long); the Fine-tune widget shows the figure it measured on its own machine once
 #: a fine-tune has finished there.
 FINETUNE_SECONDS = 60
 
