@@ -110,6 +110,8 @@ def test_breaks_note_names_the_pairs():
     assert breaks_note([True, True]) is None
     expected = "slices 1-2, 3-4 are not neighbours; not smoothed across them"
     assert breaks_note([True, False, True, False]) == expected
+    assert breaks_note([True, False, True]) == "slices 1-2 are not neighbours; not smoothed across them"
+    assert breaks_note([False]) == "slices 0-1 are not neighbours; not smoothed across them"
     assert "separate images" in breaks_note([False, False])
 
 

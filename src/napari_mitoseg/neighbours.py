@@ -115,8 +115,7 @@ def breaks_note(links: Sequence[bool], offset: int = 0) -> str | None:
     shown = ", ".join(pairs[:12]) + (f" and {len(pairs) - 12} more" if len(pairs) > 12 else "")
     if len(cut) == len(links) and len(links) > 1:
         return "no two adjacent slices are neighbours (separate images?); not smoothed along z"
-    verb = "is" if len(cut) == 1 else "are"
-    return f"slices {shown} {verb} not neighbours; not smoothed across them"
+    return f"slices {shown} are not neighbours; not smoothed across them"  # each pair: "slices 3-4 are"
 
 
 def weight(c: float) -> float:
