@@ -16,14 +16,15 @@ from napari_mitoseg.training import (
     CHECKPOINT,
     HISTORY,
     IGNORE,
+    LOSSES,
     CropSampler,
-    DiceBCELoss,
     TrainConfig,
     TrainingError,
     Volume,
     em_artefacts,
     iter_train,
     iter_train_volumes,
+    make_loss,
     prepare,
     respec,
     split_validation,
@@ -157,8 +158,9 @@ def test_fine_tuning_records_its_base(sample, tiny_model_dir, tmp_path):
     assert load_model(tmp_path / "ft" / "last", device="cpu").info["base_model"] == "tiny-v1"
 
 
-def test_ignored_pixels_do_not_change_the_loss(rng):
-    loss_fn = DiceBCELoss()
+@pytest.mark.parametrize("name", LOSSES)
+def test_ignored_pixels_do_not_change_the_loss(rng, name):
+    loss_fn = make_loss(name)
     target = torch.from_numpy(rng.choice([0.0, 1.0, float(IGNORE)], size=(2, 1, 32, 32)).astype(np.float32))
     ignored = target == IGNORE
     logits = torch.from_numpy(rng.normal(0, 2, (2, 1, 32, 32)).astype(np.float32))
@@ -207,7 +209,8 @@ def test_split_validation_holds_out_the_last_block():
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"augment": "heavy"}, "augment must be one of full, strong, basic"), ({"tile": 100}, "multiple of 32"),
+    [({"augment": "heavy"}, "augment must be one of full, strong, basic"),
+     ({"loss": "focal"}, "loss must be one of dice_bce, lovasz_bce"), ({"tile": 100}, "multiple of 32"),
      ({"steps": 0}, ">= 1")],
 )
 def test_train_config_validation(kwargs, message):

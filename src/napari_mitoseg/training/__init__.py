@@ -28,6 +28,7 @@ from .config import (
     FINETUNE,
     FINETUNE_SECONDS,
     IGNORE,
+    LOSSES,
     NOTE,
     TrainConfig,
     TrainingError,
@@ -36,7 +37,7 @@ from .config import (
     respec,
 )
 from .engine import iter_train, iter_train_volumes, train, validate
-from .loss import DiceBCELoss
+from .loss import DiceBCELoss, LovaszBCELoss, make_loss
 from .regions import (
     checked_regions,
     checked_shares,
@@ -51,10 +52,11 @@ from .volumes import Volume, ortho_planes, prepare, split_validation, training_m
 
 __all__ = [
     "ARCHITECTURE_FIELDS", "AUGMENTS", "AUTO", "CHECKPOINT", "FINETUNE", "FINETUNE_SECONDS", "HISTORY",
-    "IGNORE", "NOTE", "RUN_FILES", "CropSampler", "DiceBCELoss", "TrainConfig", "TrainProgress",
+    "IGNORE", "LOSSES", "NOTE", "RUN_FILES", "CropSampler", "DiceBCELoss", "LovaszBCELoss", "TrainConfig",
+    "TrainProgress",
     "ThreadChoice", "TrainingError", "Volume", "check_run_dir", "check_thread_setting",
     "check_val_fraction", "checked_regions", "checked_shares", "checked_training_masks",
-    "describe_shares", "em_artefacts", "iter_train", "iter_train_volumes", "mask_unchecked",
+    "describe_shares", "em_artefacts", "iter_train", "iter_train_volumes", "make_loss", "mask_unchecked",
     "ortho_planes", "overall_share",
     "prepare", "respec", "split_validation", "train", "training_masks", "validate", "volume_weights",
 ]

@@ -15,6 +15,8 @@ IGNORE = 255
 AUGMENTS = ("full", "strong", "basic")
 #: ``bn`` of :class:`TrainConfig`: what batch normalisation does while training
 BN_MODES = ("train", "frozen", "stack")
+#: ``loss`` of :class:`TrainConfig`
+LOSSES = ("dice_bce", "lovasz_bce")
 #: ``ignore_value`` of :func:`training_masks`: decide from the values the masks hold
 AUTO = "auto"
 #: ``extra`` of a log record that states a decision the user should see (the CLI prints it)
@@ -44,6 +46,8 @@ class TrainConfig:
         noise, debris and missing data) or ``"basic"`` (flips, rotations, brightness: the
         naive baseline).
     val_every, checkpoint_every : in steps (0 = only at the end).
+    loss : ``"dice_bce"`` (soft Dice + binary cross-entropy) or ``"lovasz_bce"`` (the Lovasz
+        hinge, a surrogate of the IoU, + binary cross-entropy).
 
     Adapting a trained model to a new stack from a few labelled slices (fine-tuning; each off
     by default, see :data:`FINETUNE` for what was chosen):
@@ -81,6 +85,7 @@ class TrainConfig:
     val_every: int = 250
     checkpoint_every: int = 50
     seed: int = 0
+    loss: str = "dice_bce"
     bn: str = "train"
     encoder_lr: float = 1.0
     pseudo_fraction: float = 0.0
@@ -91,6 +96,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.augment not in AUGMENTS:
             raise TrainingError(f"augment must be one of {', '.join(AUGMENTS)}, got {self.augment!r}")
+        if self.loss not in LOSSES:
+            raise TrainingError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         _check_int("steps", self.steps, 1)
         _check_int("batch_size", self.batch_size, 1)
         _check_int("tile", self.tile, 32)

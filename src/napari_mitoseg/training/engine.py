@@ -34,7 +34,7 @@ from .checkpoints import (
     write_checkpoint,
 )
 from .config import AUTO, IGNORE, NOTE, TrainConfig, TrainingError, TrainProgress
-from .loss import DiceBCELoss
+from .loss import make_loss
 from .sampling import CropSampler
 from .threads import ThreadChoice, check_thread_setting
 from .volumes import (
@@ -401,7 +401,8 @@ def _loop(run: _Run, vals: list, t_start: float, max_seconds: float | None) -> I
     """Step, validate and checkpoint until the last step, or until ``max_seconds`` pass."""
     import torch
 
-    cfg, loss_fn = run.cfg, DiceBCELoss()
+    cfg = run.cfg
+    loss_fn = make_loss(cfg.loss)
     threads_before = torch.get_num_threads()
     choice = ThreadChoice()
     choice.start(run.dev.type == "cpu")
