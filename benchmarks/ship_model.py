@@ -76,6 +76,9 @@ def main(argv=None) -> int:
     ap.add_argument("--threshold", type=float, required=True)
     ap.add_argument("--z-smooth", action="store_true", help="recorded as chosen on validation")
     ap.add_argument("--fill-holes", action="store_true", help="recorded as chosen on validation")
+    ap.add_argument("--guess-contrast", action="store_true",
+                    help="recorded as chosen on validation: invert a stack the model is clearly surer of "
+                         "inverted, unless told (benchmarks/guess_contrast.py)")
     ap.add_argument("--card-notes", help="markdown appended to the card (choices, baseline)")
     ap.add_argument("--volumes", nargs="+", choices=sorted(em_data.VOLUMES), default=["sbem", "lucchipp"])
     args = ap.parse_args(argv)
@@ -99,6 +102,7 @@ def main(argv=None) -> int:
                    + ", ".join(f"{v} {f['default']['iou']:.3f}" for v, f in figures.items()),
         "default_z_smooth": args.z_smooth,
         "default_fill_holes": args.fill_holes,
+        "default_guess_contrast": args.guess_contrast,
         "test_figures": figures,
         "hardware": f"{platform.processor() or platform.machine()}, "
                     f"{torch.get_num_threads()} CPU threads",

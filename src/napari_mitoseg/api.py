@@ -55,6 +55,8 @@ class SegmentResult:
     #: each slice's uncertainty (higher: more likely wrong), None where not measured (a cluster)
     uncertainty: list[float] | None = None
     ortho: bool = False
+    #: whether the contrast was taken as reversed (given, or guessed)
+    invert: bool = False
 
 
 def segment_file(
@@ -62,6 +64,7 @@ def segment_file(
     instances=False, out=None, gt=None, pixel_ratio=None, invert=False, pixel_size_nm=None,
     progress: ProgressFn | None = None, client=None, keep_nothing: bool = True,
     ortho: bool | None = None, uncertainty_out=None, scales=(1.0,), z_step: float | None = None,
+    guess_contrast: bool | None = None,
 ) -> SegmentResult:
     """Read, segment, optionally score against ``gt`` and write ``out`` (atomically).
 
@@ -77,6 +80,10 @@ def segment_file(
     :attr:`SegmentResult.uncertainty` either way. ``scales``: multi-scale averaging, see
     :class:`~napari_mitoseg.inference.PredictOptions`. ``z_step``: the stack's z spacing over its
     pixel size, for z-smoothing (None: from the file's voxel size, else estimated from the images).
+    ``guess_contrast``: without ``invert``, invert the stack when the model is clearly surer of
+    it inverted (:func:`~napari_mitoseg.stack_setup.guess_contrast`; about a second), with a
+    note; None: the model's own choice (on for the shipped model, off for a fine-tuned one,
+    which is set up for its stack).
 
     Options, the output (a label suffix, a writable folder, never one of the inputs) and the
     inputs are checked before the model is loaded. ``progress(done, total)`` is called after
@@ -111,7 +118,8 @@ def segment_file(
         raise InputError("nothing would be kept: give an output (-o OUT, .tif or .zarr) to write "
                          "the labels, or ground truth (--gt TRUTH) or --json for scores")
     ratio, note, voxel = _file_pixel_ratio(m, image_path, pixel_ratio, pixel_size_nm)
-    opts = dataclasses.replace(opts, pixel_ratio=ratio, ortho=_file_ortho(voxel, ortho, image),
+    inv, note = _settle(m, image, ratio, invert, guess_contrast, note)
+    opts = dataclasses.replace(opts, pixel_ratio=ratio, invert=inv, ortho=_file_ortho(voxel, ortho, image),
                                z_step=z_step if z_step is not None else known_z_step(voxel))
     shape = tuple(image.shape)
     out = check_label_path(out) if out else None
@@ -120,13 +128,26 @@ def segment_file(
         report = _segment_to_zarr(image, m, opts, out, gt_arr, progress, voxel, record)
         labels = None
     else:
-        labels = segment(image, m, opts, instances=instances, progress=progress, on_slice=record)
+        labels = segment(image, m, opts, instances=instances, progress=progress, on_slice=record,
+                         guess_contrast=False)
         report = evaluate(labels > 0, np.asarray(gt_arr) > 0) if gt_arr is not None else None
         if out:
             write_labels(out, labels, voxel_size=voxel)
     if uncertainty_out:
         write_labels(uncertainty_out, record.map)
-    return SegmentResult(labels, m.name, report, shape, ratio, note, record.values, opts.ortho)
+    return SegmentResult(labels, m.name, report, shape, ratio, note, record.values, opts.ortho, inv)
+
+
+def _settle(model: LoadedModel, image, ratio: float, invert: bool, guess: bool | None,
+            note: str | None = None) -> tuple[bool, str | None]:
+    """(invert, note) after :func:`~napari_mitoseg.stack_setup.settle_contrast`; its note
+    (logged) joins ``note``."""
+    from .stack_setup import settle_contrast
+
+    invert, guessed = settle_contrast(model, image, ratio, bool(invert), guess)
+    if guessed:
+        logger.info(guessed, extra=NOTE)
+    return invert, "; ".join(n for n in (note, guessed) if n) or None
 
 
 def _file_ortho(voxel, ortho: bool | None, image) -> bool:

@@ -74,6 +74,10 @@ def _segment_parser(sub) -> argparse.ArgumentParser:
     s.add_argument("--z-smooth", action=argparse.BooleanOptionalAction, default=None,
                    help="smooth probabilities along z across slices that are neighbours in space (default: "
                         "the model's choice)")
+    s.add_argument("--guess-contrast", action=argparse.BooleanOptionalAction, default=None,
+                   help="without --invert, invert a stack the model is clearly surer of inverted (bright "
+                        "membranes on dark), with a note (about a second); --no-guess-contrast takes the "
+                        "contrast as it is (default: the model's choice, on for the shipped model)")
     s.add_argument("--z-step", type=float, default=None, metavar="K",
                    help="the stack's z spacing over its pixel size, for z-smoothing: up to 1.5 smooths over "
                         "up to 6 slices on each side, more over the adjacent ones (default: from the file's "
@@ -361,14 +365,14 @@ def cmd_segment(args) -> int:
             gt=args.gt, pixel_ratio=args.pixel_ratio, invert=args.invert,
             pixel_size_nm=args.pixel_size, progress=progress, keep_nothing=args.json,
             ortho=args.ortho, uncertainty_out=args.uncertainty_out, scales=tuple(args.scales),
-            z_step=args.z_step,
+            z_step=args.z_step, guess_contrast=args.guess_contrast,
         )
     finally:
         progress.close()
     extra = {"seconds": round(time.perf_counter() - t0, 3), "model": result.model_name,
              "shape": list(result.shape), "tta": args.tta, "scales": list(args.scales),
              "pixel_ratio": result.pixel_ratio,
-             "invert": args.invert, "ortho": result.ortho, "uncertainty": result.uncertainty}
+             "invert": result.invert, "ortho": result.ortho, "uncertainty": result.uncertainty}
     if result.report is not None:
         _report(result.report.as_dict(), args, extra)
     elif args.json:

@@ -51,7 +51,7 @@ def segment(
     image, model: LoadedModel | str | os.PathLike | None = None,
     options: PredictOptions | dict | None = None, instances: bool = False,
     min_size: int = 64, progress: ProgressFn | None = None, pixel_size_nm: float | None = None,
-    on_slice: Callable[[SliceResult], None] | None = None,
+    on_slice: Callable[[SliceResult], None] | None = None, guess_contrast: bool | None = None,
 ) -> np.ndarray:
     """(Z, Y, X) image (an array, or a nested list of numbers) -> (Z, Y, X) uint8 mask (0/1)
     or int32 instance labels. ``progress(done, total)`` is called after each slice (with
@@ -62,18 +62,26 @@ def segment(
     ``model``: a loaded model, or a model name or folder (loaded with :func:`get_model`), or
     None for the default model. ``options``: :class:`PredictOptions`, or a dict of its fields.
     ``pixel_size_nm``: the stack's Y/X pixel size, turned into ``options.pixel_ratio`` with the
-    model's own pixel size (then ``options`` may not set a pixel ratio too)."""
+    model's own pixel size (then ``options`` may not set a pixel ratio too).
+    ``guess_contrast``: without ``options.invert``, invert the stack when the model is clearly
+    surer of it so, with a note (:func:`~napari_mitoseg.stack_setup.settle_contrast`; None: the
+    model's own choice, on for the shipped model); False takes the contrast as it is."""
+    from .stack_setup import settle_contrast
+
     image = as_stack(image)
     check_stack(image)
-    options = as_options(options)
+    options = as_options(options) or PredictOptions()
     if not isinstance(model, LoadedModel):
         model = get_model(model)
     if pixel_size_nm is not None:
-        options = options or PredictOptions()
         given = options.pixel_ratio if options.pixel_ratio != 1.0 else None
         ratio, note = choose_pixel_ratio(model.spec, given, pixel_size_nm)
         logger.info(note, extra=NOTE)
         options = dataclasses.replace(options, pixel_ratio=ratio)
+    invert, note = settle_contrast(model, image, options.pixel_ratio, options.invert, guess_contrast)
+    if note:
+        logger.info(note, extra=NOTE)
+    options = dataclasses.replace(options, invert=invert)
     mask = np.zeros(image.shape if image.ndim == 3 else (1, *image.shape), np.uint8)
     for r in _iter_slices(model, image, options, progress):
         mask[r.index] = r.mask

@@ -76,13 +76,16 @@ class SegmentOutcome:
     #: the voxels where ``labels`` differs from the old data (np.nonzero), for one undo step;
     #: None when there is no old data to undo to or the change is too large to record
     changed: tuple | None = None
-    #: sentences for the user about how the stack was smoothed along z
+    #: sentences for the user about how the stack was smoothed along z (and its contrast guessed)
     notes: list[str] = dataclasses.field(default_factory=list)
+    #: the ``PredictOptions`` the run used (the contrast as guessed, the z step as estimated)
+    options: object = None
 
 
 def segment_job(
     source: str, device: str, image, options, instances: bool, min_size: int,
     old: np.ndarray | None, outputs: tuple, extra_keep: Sequence[int], dtype, recorder=None,
+    guess_contrast: bool | None = None,
 ) -> Iterator:
     """Generator run in the worker thread: yields a :class:`Preview`, status strings and
     ``SliceResult``s (each already written into the preview buffer), returns a
@@ -91,7 +94,8 @@ def segment_job(
     ``old`` is the result layer's data (None for a new layer), ``outputs`` its recorded
     (last, earlier) model outputs; the painted slices found against them, with ``extra_keep``,
     are kept exactly. ``recorder`` (a callable, e.g. an ``UncertaintyRecorder``) is called with
-    each ``SliceResult`` in the worker.
+    each ``SliceResult`` in the worker. ``guess_contrast``: see
+    :func:`~napari_mitoseg.stack_setup.settle_contrast` (None: the model's choice).
     """
     from ..api import get_model, merge_unpainted
     from ..inference import iter_predict
@@ -111,6 +115,15 @@ def segment_job(
     model = get_model(source, device)
     yield f"Segmenting with {model.name} on {model.device}..."
     options, notes = _resolve_z_step(image, options)
+    if not options.invert and guess_contrast is not False:
+        from ..stack_setup import settle_contrast
+
+        yield "Checking the stack's contrast..."
+        invert, guessed = settle_contrast(model, image, options.pixel_ratio, False, guess_contrast)
+        if invert:
+            options = dataclasses.replace(options, invert=True)
+            notes.append("The contrast looks reversed (bright membranes on dark): inverted for the model "
+                         "(untick Guess reversed contrast to take it as it is).")
     mask = np.zeros(shape3, np.uint8)
     links: list[bool] = []
     for r in iter_predict(model, image, options):
@@ -144,7 +157,7 @@ def segment_job(
     cut = breaks_note(links)
     if cut:
         notes.append(cut[0].upper() + cut[1:] + ".")
-    return SegmentOutcome(model.name, output.reshape(image.shape), labels, list(keep), changed, notes)
+    return SegmentOutcome(model.name, output.reshape(image.shape), labels, list(keep), changed, notes, options)
 
 
 def _resolve_z_step(image, options):
@@ -183,7 +196,7 @@ class SegmentationRun(QObject):
         self, viewer, image_layer, source: str, *, device: str = "auto", options=None,
         instances: bool = False, min_size: int = 64, target_name: str | None = None,
         extra_keep: Sequence[int] = (), pixel_size_nm: float | None = None, recorder=None,
-        parent: QObject | None = None,
+        guess_contrast: bool | None = None, parent: QObject | None = None,
     ) -> None:
         super().__init__(parent)
         self.viewer, self.image_layer, self.source = viewer, image_layer, source
@@ -191,6 +204,7 @@ class SegmentationRun(QObject):
         self.target_name = target_name or f"{image_layer.name} mitochondria"
         self.extra_keep = sorted({int(z) for z in extra_keep})
         self.pixel_size_nm = pixel_size_nm
+        self.guess_contrast = guess_contrast
         #: called with each SliceResult in the worker (read it only once the run is done)
         self.recorder = recorder
         self.worker = None
@@ -276,7 +290,8 @@ class SegmentationRun(QObject):
         self.layer.editable = False  # painting now would be lost when the result lands
         self.worker = create_worker(
             segment_job, self.source, self.device, image, self.options, self.instances,
-            self.min_size, old, outputs, self.extra_keep, dtype, self.recorder, _ignore_errors=True,
+            self.min_size, old, outputs, self.extra_keep, dtype, self.recorder, self.guess_contrast,
+            _ignore_errors=True,
             _start_thread=False,
         )
         self.worker.yielded.connect(self._on_yielded)
@@ -332,6 +347,9 @@ class SegmentationRun(QObject):
     def _on_returned(self, out: SegmentOutcome) -> None:
         self._landing = True
         self.notes = list(out.notes)
+        if self.options is not None and out.options is not None and out.options.invert != self.options.invert:
+            # the contrast as the run took it (guessed): the fine-tune and Segment again follow it
+            self.options = dataclasses.replace(self.options, invert=out.options.invert)
         layer = self.layer
         if layer not in self.viewer.layers:  # the user deleted it meanwhile
             layer = self._add_layer(out.labels, self._free_name(self.target_name))

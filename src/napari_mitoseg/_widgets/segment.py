@@ -99,6 +99,11 @@ class SegmentWidget(QWidget):
         self.pixel_size = PixelSizeControls(self)
         self.pixel_ratio = self.pixel_size.ratio
         self.invert = invert_box(self)
+        self.guess_contrast = QCheckBox("Guess reversed contrast")
+        self.guess_contrast.setChecked(True)
+        self.guess_contrast.setToolTip("When Inverted contrast is not ticked, invert a stack the model is clearly "
+                                       "surer of inverted (bright membranes on dark), and say so; about a second. "
+                                       "Shipped models only: a fine-tuned model is set up for its stack")
         self.ortho = QCheckBox("Ortho planes (3x slower)")
         self.ortho.setToolTip("Average the model over the XY, XZ and YZ planes; for near-isotropic stacks "
                               "(FIB-SEM). Ticked when the image's voxel size says so")
@@ -110,8 +115,8 @@ class SegmentWidget(QWidget):
         boxes = QGridLayout()
         boxes.setContentsMargins(0, 0, 0, 0)
         boxes.setVerticalSpacing(2)
-        for i, box in enumerate((self.invert, self.tta, self.z_smooth, self.multi_scale, self.ortho,
-                                 self.instances)):
+        for i, box in enumerate((self.invert, self.guess_contrast, self.tta, self.z_smooth, self.multi_scale,
+                                 self.ortho, self.instances)):
             boxes.addWidget(box, i // 2, i % 2)
         form.addRow(boxes)
 
@@ -220,7 +225,8 @@ class SegmentWidget(QWidget):
         run = SegmentationRun(
             self.viewer, image, source, device=self.device_choice.device(), options=options,
             instances=self.instances.isChecked(), pixel_size_nm=self.pixel_size.pixel_size_nm(),
-            recorder=self.uncertainty.recorder(layer_array(image).shape), parent=self,
+            recorder=self.uncertainty.recorder(layer_array(image).shape),
+            guess_contrast=None if self.guess_contrast.isChecked() else False, parent=self,
         )
         run.progress.connect(self._on_progress)
         run.status.connect(self.message.setText)
@@ -271,6 +277,8 @@ class SegmentWidget(QWidget):
         if self.current_run is not None:
             note += self.current_run.undo_note
             note += "".join(" " + n for n in self.current_run.notes)
+            if getattr(self.current_run.options, "invert", False):
+                self.invert.setChecked(True)  # as the run took it (guessed, or ticked)
             if self.current_run.recorder is not None:
                 self.uncertainty.show_result(self.current_run.image_layer, layer, self.current_run.recorder)
         self.message.setText(f"Done: '{layer.name}' ({layer.metadata.get('mitoseg_model')}).{note}")

@@ -159,7 +159,8 @@ def run_cli(args) -> int:
             gen = iter_segment(args.image, out, client=client, model=args.model, device=args.device,
                                options=options, block_slices=args.block_slices, instances=args.instances,
                                pixel_ratio=args.pixel_ratio, pixel_size_nm=getattr(args, "pixel_size", None),
-                               timeout=args.timeout, lock=False)
+                               timeout=args.timeout, lock=False,
+                               guess_contrast=getattr(args, "guess_contrast", None))
             try:
                 result = _drive(gen)
             finally:
@@ -170,7 +171,7 @@ def run_cli(args) -> int:
         write_csv(result.measurements, args.measurements)
     extra = {"seconds": round(time.perf_counter() - t0, 3), "model": result.model_name,
              "shape": list(result.shape), "blocks": result.blocks, "resumed_blocks": result.resumed,
-             "objects": result.objects, "pixel_ratio": result.pixel_ratio}
+             "objects": result.objects, "pixel_ratio": result.pixel_ratio, "invert": result.invert}
     print(json.dumps(extra) if args.json else f"wrote {args.out}")
     return 0
 

@@ -54,7 +54,8 @@ class DistributedResult:
     measurements: list | None  # instances only: morphology.MitoMeasure per object
     voxel_size: object  # ngff.VoxelSize of the input in nm (1, 1, 1 without unit when unknown)
     pixel_ratio: float = 1.0
-    note: str | None = None  # where the pixel ratio came from, if anywhere
+    note: str | None = None  # where the pixel ratio came from, if anywhere (and what was guessed)
+    invert: bool = False  # whether the contrast was taken as reversed (given, or guessed)
 
 
 def plan_blocks(z: int, block_slices: int) -> list[tuple[int, int]]:

@@ -79,18 +79,28 @@ class Job:
     min_size: int
 
 
-def _options_for(model_path: str, options: PredictOptions, pixel_ratio, pixel_size_nm, nm):
-    """``options`` with the scale one process would choose (a given ratio, a given pixel size,
-    else the file's) and the model's default z-smoothing and hole filling; and the note."""
+def _options_for(model_path: str, options: PredictOptions, pixel_ratio, pixel_size_nm, nm, stack=None,
+                 guess_contrast: bool | None = False):
+    """``options`` with the scale and contrast one process would choose (a given ratio, a given
+    pixel size, else the file's; the contrast guessed from ``stack`` unless given, see
+    :func:`~napari_mitoseg.stack_setup.settle_contrast`) and the model's default z-smoothing
+    and hole filling; and the note."""
     from ..api import get_model
     from ..inference import _or_model_default, choose_pixel_ratio, for_stack
+    from ..stack_setup import settle_contrast
 
     if pixel_ratio is None and pixel_size_nm is None and options.pixel_ratio != 1.0:
         pixel_ratio = options.pixel_ratio
-    ratio, note = choose_pixel_ratio(get_model(model_path, "cpu").spec, pixel_ratio, pixel_size_nm,
-                                     nm[2] if nm else None)
+    base = get_model(model_path, "cpu")
+    ratio, note = choose_pixel_ratio(base.spec, pixel_ratio, pixel_size_nm, nm[2] if nm else None)
     if note:
         logger.info(note)
+    if stack is not None:
+        invert, guessed = settle_contrast(base, stack, ratio, options.invert, guess_contrast)
+        if guessed:
+            logger.info(guessed)
+        note = "; ".join(n for n in (note, guessed) if n) or None
+        options = dataclasses.replace(options, invert=invert)
     options = dataclasses.replace(options, pixel_ratio=ratio)
     net = for_stack(get_model(model_path, "cpu"), options.pixel_ratio, options.invert)
     options = dataclasses.replace(
@@ -111,8 +121,10 @@ def _choose_ortho(ortho: bool | None, nm, z: int) -> bool:
 
 def prepare(image, out, *, model=None, device: str = "auto", options: PredictOptions | None = None,
             block_slices: int = DEFAULT_BLOCK_SLICES, instances: bool = False, min_size: int = 64,
-            pixel_ratio: float | None = None, pixel_size_nm: float | None = None) -> Job:
-    """Check everything before any work; returns the :class:`Job`."""
+            pixel_ratio: float | None = None, pixel_size_nm: float | None = None,
+            guess_contrast: bool | None = None) -> Job:
+    """Check everything before any work; returns the :class:`Job`. ``guess_contrast``: see
+    :func:`napari_mitoseg.api.segment_file` (decided once here, for every block alike)."""
     from .. import ngff
     from ..io import read_voxel_size, warn_missing_chunks
     from ..model import DEFAULT_MODEL, resolve_model_path
@@ -122,7 +134,8 @@ def prepare(image, out, *, model=None, device: str = "auto", options: PredictOpt
     shape = tuple(int(s) for s in stack.shape)
     model_path = str(resolve_model_path(model or DEFAULT_MODEL).resolve())
     nm = read_voxel_size(image)
-    options, name, note = _options_for(model_path, options or PredictOptions(), pixel_ratio, pixel_size_nm, nm)
+    options, name, note = _options_for(model_path, options or PredictOptions(), pixel_ratio, pixel_size_nm, nm,
+                                       stack, guess_contrast)
     options = dataclasses.replace(options, ortho=_choose_ortho(options.ortho, nm, shape[0]))
     if options.z_smooth and not options.ortho:  # once, for every block alike
         options = dataclasses.replace(options, z_step=resolve_z_step(stack, options.z_step, nm))
@@ -208,13 +221,15 @@ def iter_segment(
     options: PredictOptions | None = None, block_slices: int = DEFAULT_BLOCK_SLICES,
     instances: bool = False, min_size: int = 64, retries: int = 2, pixel_ratio: float | None = None,
     pixel_size_nm: float | None = None, timeout: float | None = None, lock: bool = True,
+    guess_contrast: bool | None = None,
 ) -> Iterator[Progress]:
     """Segment the stack at ``image`` on ``client``'s cluster into the OME-Zarr ``out``.
 
     ``client``: a ``distributed.Client`` (None: the current one). The scale is chosen as for one
     process (:func:`~napari_mitoseg.inference.choose_pixel_ratio`): ``pixel_ratio``, else
     ``pixel_size_nm``, else the file's voxel size (``options.pixel_ratio`` counts as a given
-    ratio when it is not 1). Yields :class:`Progress` after
+    ratio when it is not 1); ``guess_contrast`` as :func:`napari_mitoseg.api.segment_file`, decided once
+    before the blocks are sent. Yields :class:`Progress` after
     each block and stage; returns (as the generator's value) a :class:`DistributedResult`. Closing
     the generator (or Ctrl+C while it runs) cancels the tasks still on the cluster; the finished
     blocks stay in :func:`partial_path` for the next run to skip.
@@ -225,7 +240,8 @@ def iter_segment(
     ``timeout`` seconds (None: wait, with a warning), the scheduler lost, a full disk.
     """
     job = prepare(image, out, model=model, device=device, options=options, block_slices=block_slices,
-                  instances=instances, min_size=min_size, pixel_ratio=pixel_ratio, pixel_size_nm=pixel_size_nm)
+                  instances=instances, min_size=min_size, pixel_ratio=pixel_ratio, pixel_size_nm=pixel_size_nm,
+                  guess_contrast=guess_contrast)
     client = _client_or_default(client)
     partial = partial_path(job.out)
     with output_lock(job.out) if lock else contextlib.nullcontext(), run_faults(client, partial):
@@ -247,7 +263,7 @@ def iter_segment(
         finish(partial, job.out)
     yield Progress("pyramid", 1, 1, 0, time.perf_counter() - t0, dash)
     return DistributedResult(job.out, job.shape, job.model_name, len(job.plan), resumed, objects, measurements,
-                             job.voxel, job.options.pixel_ratio, job.note)
+                             job.voxel, job.options.pixel_ratio, job.note, job.options.invert)
 
 
 def segment(image, out, **kw) -> DistributedResult:
@@ -260,7 +276,7 @@ def segment(image, out, **kw) -> DistributedResult:
 def segment_file(
     image_path, *, client, out, model=None, device="auto", threshold=None, tta=False, z_smooth=None,
     instances=False, gt=None, pixel_ratio=None, invert=False, pixel_size_nm=None, ortho=None, scales=(1.0,),
-    z_step=None,
+    z_step=None, guess_contrast=None,
 ):
     """:func:`napari_mitoseg.api.segment_file` on ``client``'s cluster (a ``distributed.Client``):
     the same arguments, the labels written in blocks into the OME-Zarr ``out`` (the same labels as
@@ -276,5 +292,5 @@ def segment_file(
     opts = PredictOptions(threshold=threshold, tta=tta, z_smooth=z_smooth, invert=invert, ortho=ortho,
                           scales=scales, z_step=z_step)
     r = segment(image_path, out, client=client, model=model, device=device, instances=instances, options=opts,
-                pixel_ratio=pixel_ratio, pixel_size_nm=pixel_size_nm)
-    return SegmentResult(None, r.model_name, None, r.shape, r.pixel_ratio, r.note)
+                pixel_ratio=pixel_ratio, pixel_size_nm=pixel_size_nm, guess_contrast=guess_contrast)
+    return SegmentResult(None, r.model_name, None, r.shape, r.pixel_ratio, r.note, invert=r.invert)

@@ -1,0 +1,92 @@
+"""A stack's contrast, when nobody says: reversed or not, by how sure the model is of each.
+
+The shipped model learned EM with dark membranes on a light background. A stack with the
+reverse contrast (bright membranes on dark, as some detectors and inverted exports give) is
+segmented as nothing at all unless the model is told (``invert``). :func:`guess_contrast` runs
+the model over the centre of a few slices as they are and inverted, and takes the one under
+which the model is clearly surer of its answer, by the per-slice measure that best tracks its
+errors (:func:`~napari_mitoseg.uncertainty.slice_uncertainty`: pixels near the threshold over
+those called mitochondria). On the validation blocks of both training stacks, resampled from
+0.5x to 2x and contrast-reversed, it decides right every time, with the reversed contrast at
+least 1.5x less sure than the right one (docs/benchmarks.md, *Reversed contrast, guessed*).
+
+The guess reads at most :data:`SLICES` slices (the centre :data:`SIDE` x :data:`SIDE` pixels of
+each), so it takes about a second on a CPU whatever the stack's size, and it depends on the
+stack alone: every path (command line, API, widget, cluster) that guesses decides alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .inference import as_stack, check_stack, for_stack, predict_slice
+from .model import LoadedModel
+
+#: slices read, spread evenly over the stack
+SLICES = 4
+#: side of the centre crop of each slice read, in the stack's pixels
+SIDE = 1024
+#: the stack is inverted only when the model's uncertainty on it inverted is below this share of
+#: its uncertainty on it as it is (a clear win, not a coin toss)
+MARGIN = 0.75
+
+
+@dataclass(frozen=True)
+class ContrastGuess:
+    """Whether to ``invert`` the stack, and the model's mean slice uncertainty on it as it is
+    (``plain``) and inverted (``inverted``): lower is surer."""
+
+    invert: bool
+    plain: float
+    inverted: float
+
+    def note(self) -> str | None:
+        """One line for the user when the stack is inverted; None otherwise."""
+        if not self.invert:
+            return None
+        return (f"the contrast looks reversed (bright membranes on dark; the model is surer of it inverted, "
+                f"uncertainty {self.inverted:.2f} against {self.plain:.2f}): inverted for the model "
+                "(--invert says so; --no-guess-contrast takes the stack as it is)")
+
+
+def _sample(image) -> list[np.ndarray]:
+    """The centre ``SIDE`` x ``SIDE`` pixels of up to ``SLICES`` slices spread over the stack."""
+    z, y, x = image.shape
+    idx = sorted({int(round(v)) for v in np.linspace(0, z - 1, min(SLICES, z))})
+    y0, x0 = max(0, (y - SIDE) // 2), max(0, (x - SIDE) // 2)
+    return [np.asarray(image[i, y0:y0 + SIDE, x0:x0 + SIDE]) for i in idx]
+
+
+def guess_contrast(model: LoadedModel, image, pixel_ratio: float = 1.0) -> ContrastGuess:
+    """Whether ``model`` (at ``pixel_ratio``) is clearly surer of ``image`` (a (Z, Y, X) or
+    (Y, X) array, numpy, dask or zarr) inverted than as it is (:data:`MARGIN`)."""
+    from .uncertainty import slice_uncertainty
+
+    image = as_stack(image)
+    check_stack(image)
+    if image.ndim == 2:
+        image = image[None]
+    slices = _sample(image)
+    u = []
+    for inv in (False, True):
+        m = for_stack(model, pixel_ratio, inv)
+        u.append(float(np.mean([slice_uncertainty(predict_slice(m, s), m.spec.threshold) for s in slices])))
+    return ContrastGuess(u[1] < MARGIN * u[0], u[0], u[1])
+
+
+def settle_contrast(model: LoadedModel, image, pixel_ratio: float, invert: bool,
+                    guess: bool | None = None) -> tuple[bool, str | None]:
+    """(invert, note): ``invert`` when the caller says so; else, when ``guess`` (None: the
+    model's own ``default_guess_contrast``, set for the shipped model on validation; a
+    fine-tuned model is set up for its stack and does not guess), what :func:`guess_contrast`
+    finds. The note says when the stack was inverted on a guess."""
+    if invert:
+        return True, None
+    if guess is None:
+        guess = bool(model.info.get("default_guess_contrast", False))
+    if not guess:
+        return False, None
+    g = guess_contrast(model, image, pixel_ratio)
+    return g.invert, g.note()
