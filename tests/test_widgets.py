@@ -156,6 +156,34 @@ def test_segment_again_as_instances_undoes_to_the_mask_and_huge_changes_are_not_
     np.testing.assert_array_equal(layer.data, layer.metadata["mitoseg_model_output"])
 
 
+def test_segment_inverts_a_stack_with_reversed_contrast_and_says_so(viewer, qtbot, models):
+    from napari_mitoseg._widgets.segment import SegmentWidget
+    from napari_mitoseg.api import get_model, segment
+    from test_core_stack_setup import SHIPPED
+
+    shutil.copytree(SHIPPED, models / "shipped-copy")
+    image, _ = make_sample((3, 192, 224), seed=2)
+    viewer.add_image(255 - image, name="reversed")
+    w = _dock(viewer, SegmentWidget(viewer))
+    assert w.model_choice.select("shipped-copy")
+    assert w.guess_contrast.isChecked() and not w.invert.isChecked()
+    layer = _run(qtbot, w)
+    assert "contrast looks reversed" in w.message.text() and w.invert.isChecked()
+    assert layer.metadata["mitoseg_options"]["invert"] is True  # the fine-tune follows it
+    opts = w.options()
+    assert opts.invert
+    expected = segment(255 - image, get_model(models / "shipped-copy", "cpu"), opts,
+                       instances=w.instances.isChecked())
+    np.testing.assert_array_equal(layer.data, expected)
+    assert (layer.data > 0).mean() > 0.02
+
+    w.invert.setChecked(False)
+    w.guess_contrast.setChecked(False)  # take the stack as it is
+    _run(qtbot, w)
+    assert "looks reversed" not in w.message.text() and not w.invert.isChecked()
+    assert layer.metadata["mitoseg_options"]["invert"] is False
+
+
 def test_segment_z_smoothing_follows_model_card(viewer, qtbot, models):
     import json
 

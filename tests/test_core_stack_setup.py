@@ -1,0 +1,90 @@
+"""The contrast guess (``stack_setup``): a stack with reversed contrast is inverted for the
+shipped model, one in the training data's contrast is not, what the caller says is kept, and the
+command line says what it did."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+import napari_mitoseg
+from napari_mitoseg import api
+from napari_mitoseg.cli import main
+from napari_mitoseg.model import DEFAULT_MODEL
+from napari_mitoseg.stack_setup import MARGIN, guess_contrast, settle_contrast
+from napari_mitoseg.synthetic import make_sample
+
+#: the shipped model's folder (found directly: some tests hide the shipped folder)
+SHIPPED = Path(napari_mitoseg.__file__).parent / "models" / DEFAULT_MODEL
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return api.get_model(SHIPPED, "cpu")
+
+
+@pytest.fixture(scope="module")
+def em():
+    return make_sample((6, 256, 320), seed=1)
+
+
+def _iou(a, b) -> float:
+    a, b = a > 0, b > 0
+    return float((a & b).sum() / max(1, (a | b).sum()))
+
+
+def test_the_shipped_model_is_surer_of_a_stack_in_its_training_contrast(shipped, em):
+    image, _ = em
+    plain, reversed_ = guess_contrast(shipped, image), guess_contrast(shipped, 255 - image)
+    assert not plain.invert and reversed_.invert
+    assert plain.plain < MARGIN * plain.inverted  # a clear difference, not a coin toss
+    # inverting the reversed stack gives the model back the original
+    assert reversed_.inverted == pytest.approx(plain.plain, abs=0.01)
+    assert reversed_.plain == pytest.approx(plain.inverted, abs=0.01)
+
+
+def test_a_reversed_stack_is_segmented_as_the_original_unless_told_not_to_guess(shipped, em):
+    image, mask = em
+    plain = api.segment(image, shipped)
+    assert _iou(plain, mask) > 0.5  # the model finds the synthetic mitochondria at all
+    assert _iou(api.segment(255 - image, shipped), plain) > 0.95
+    taken = api.segment(255 - image, shipped, guess_contrast=False)
+    assert _iou(taken, mask) < 0.5 * _iou(plain, mask)
+
+
+def test_what_the_caller_says_is_kept_and_models_without_the_choice_do_not_guess(shipped, tiny_model_dir, em):
+    image, _ = em
+    rev = 255 - image
+    assert shipped.info["default_guess_contrast"] is True
+    assert settle_contrast(shipped, rev, 1.0, True) == (True, None)  # told: nothing guessed
+    assert settle_contrast(shipped, rev, 1.0, False, guess=False) == (False, None)
+    invert, note = settle_contrast(shipped, rev, 1.0, False)
+    assert invert and "contrast looks reversed" in note
+    assert settle_contrast(shipped, image, 1.0, False) == (False, None)  # nothing to say
+    tiny = api.get_model(tiny_model_dir, "cpu")
+    assert "default_guess_contrast" not in tiny.info
+    assert settle_contrast(tiny, rev, 1.0, False) == (False, None)
+
+
+def test_the_command_line_inverts_a_reversed_stack_and_says_so(em, tmp_path, capsys):
+    image, mask = em
+    rev, gt = tmp_path / "reversed.tif", tmp_path / "gt.tif"
+    tifffile.imwrite(rev, 255 - image, photometric="minisblack")
+    tifffile.imwrite(gt, mask, photometric="minisblack")
+    args = ["segment", str(rev), "--device", "cpu", "--gt", str(gt), "--json"]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    guessed = json.loads(captured.out)
+    assert guessed["invert"] is True and "contrast looks reversed" in captured.err
+    assert main([*args, "--no-guess-contrast"]) == 0
+    captured = capsys.readouterr()
+    taken = json.loads(captured.out)
+    assert taken["invert"] is False and "contrast looks reversed" not in captured.err
+    assert guessed["iou"] > 0.5 > taken["iou"]
+    assert main([*args, "--invert"]) == 0  # told: the same result, no guess to report
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["iou"] == guessed["iou"] and "looks reversed" not in captured.err
