@@ -157,9 +157,10 @@ def test_segment_again_as_instances_undoes_to_the_mask_and_huge_changes_are_not_
 
 
 def test_segment_inverts_a_stack_with_reversed_contrast_and_says_so(viewer, qtbot, models):
+    from test_core_stack_setup import SHIPPED
+
     from napari_mitoseg._widgets.segment import SegmentWidget
     from napari_mitoseg.api import get_model, segment
-    from test_core_stack_setup import SHIPPED
 
     shutil.copytree(SHIPPED, models / "shipped-copy")
     image, _ = make_sample((3, 192, 224), seed=2)
