@@ -36,7 +36,7 @@ LAYERS: dict[str, int] = {
     "synthetic": 0, "_generators": 0, "_progress": 0,
     # 1: the network and what works on one volume's objects
     "model": 1, "inference": 1, "morphology": 1, "proofread": 1, "tiling": 1, "neighbours": 1, "ortho": 1,
-    "uncertainty": 1, "labelling": 1, "normalisation": 1, "precision": 1,
+    "uncertainty": 1, "labelling": 1, "normalisation": 1, "precision": 1, "stack_setup": 1,
     "model_spec": 1, "networks": 1, "regnet_unet": 1, "bioimageio_import": 1, "bioimageio_export": 1,
     # 2: learning, and the pipeline's last step
     "training": 2, "postprocess": 2, "pipeline": 2,
