@@ -87,3 +87,21 @@ def test_the_command_line_inverts_a_reversed_stack_and_says_so(em, tmp_path, cap
     assert main([*args, "--invert"]) == 0  # told: the same result, no guess to report
     captured = capsys.readouterr()
     assert json.loads(captured.out)["iou"] == guessed["iou"] and "looks reversed" not in captured.err
+
+
+def test_a_fine_tune_from_the_shipped_model_takes_a_reversed_stack_inverted(em, tmp_path, capsys):
+    from napari_mitoseg.model import load_model
+
+    image, mask = em
+    rev, gt = tmp_path / "reversed.tif", tmp_path / "mask.tif"
+    tifffile.imwrite(rev, 255 - image, photometric="minisblack")
+    tifffile.imwrite(gt, mask, photometric="minisblack")
+    args = ["train", "--base", str(SHIPPED), "--image", str(rev), "--mask", str(gt), "--device", "cpu",
+            "--config", '{"steps": 2, "batch_size": 2, "tile": 128, "warmup": 0, "val_every": 0}']
+    assert main([*args, "--out", str(tmp_path / "guessed")]) == 0
+    assert "contrast looks reversed" in capsys.readouterr().err
+    tuned = load_model(tmp_path / "guessed" / "last", device="cpu")
+    assert tuned.spec.invert and "default_guess_contrast" not in tuned.info  # set up for its stack
+    assert main([*args, "--no-guess-contrast", "--out", str(tmp_path / "taken")]) == 0
+    assert "looks reversed" not in capsys.readouterr().err
+    assert not load_model(tmp_path / "taken" / "last", device="cpu").spec.invert

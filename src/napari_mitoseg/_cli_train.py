@@ -163,9 +163,23 @@ def _train_model(args, sizes: list[float]):
         # one stack: the fine-tuned model is set up for it and needs no ratio afterwards
         from .inference import for_stack
 
-        base = for_stack(base, ratios[0], args.invert)
+        base = for_stack(base, ratios[0], _invert(args, base, ratios[0]))
         ratios = [1.0]
     return base, spec, ratios, sizes, model_nm
+
+
+def _invert(args, base, ratio: float) -> bool:
+    """--invert, else (one stack, with --base) the contrast the base model is clearly surer of
+    (:func:`~napari_mitoseg.stack_setup.settle_contrast`, as ``mitoseg segment`` decides), with a note."""
+    if args.invert:
+        return True
+    from .io import read_stack
+    from .stack_setup import settle_contrast
+
+    invert, note = settle_contrast(base, read_stack(args.image[0]), ratio, False, args.guess_contrast)
+    if note:
+        logger.info(note, extra={"note": True})
+    return invert
 
 
 def _train_volumes(args, ratios: list[float], fractions: list[float], sizes: list[float], model_nm):

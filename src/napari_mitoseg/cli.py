@@ -37,6 +37,10 @@ def _stack_flags(p: argparse.ArgumentParser, note: str, pixel_size: bool = True)
     p.add_argument("--invert", action="store_true",
                    help="the stack's contrast is the reverse of the model's training data "
                         f"(bright membranes on dark; default: off); {note}")
+    p.add_argument("--guess-contrast", action=argparse.BooleanOptionalAction, default=None,
+                   help="without --invert, invert a stack the model is clearly surer of inverted (bright "
+                        "membranes on dark), with a note (about a second); --no-guess-contrast takes the "
+                        f"contrast as it is (default: the model's choice, on for the shipped model); {note}")
 
 
 def _ignore_value(text: str) -> int | str | None:
@@ -74,10 +78,6 @@ def _segment_parser(sub) -> argparse.ArgumentParser:
     s.add_argument("--z-smooth", action=argparse.BooleanOptionalAction, default=None,
                    help="smooth probabilities along z across slices that are neighbours in space (default: "
                         "the model's choice)")
-    s.add_argument("--guess-contrast", action=argparse.BooleanOptionalAction, default=None,
-                   help="without --invert, invert a stack the model is clearly surer of inverted (bright "
-                        "membranes on dark), with a note (about a second); --no-guess-contrast takes the "
-                        "contrast as it is (default: the model's choice, on for the shipped model)")
     s.add_argument("--z-step", type=float, default=None, metavar="K",
                    help="the stack's z spacing over its pixel size, for z-smoothing: up to 1.5 smooths over "
                         "up to 6 slices on each side, more over the adjacent ones (default: from the file's "
