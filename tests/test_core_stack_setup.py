@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import tifffile
 
@@ -14,7 +15,7 @@ import napari_mitoseg
 from napari_mitoseg import api
 from napari_mitoseg.cli import main
 from napari_mitoseg.model import DEFAULT_MODEL
-from napari_mitoseg.stack_setup import MARGIN, guess_contrast, settle_contrast
+from napari_mitoseg.stack_setup import MARGIN, ContrastGuess, guess_contrast, settle_contrast
 from napari_mitoseg.synthetic import make_sample
 
 #: the shipped model's folder (found directly: some tests hide the shipped folder)
@@ -44,6 +45,15 @@ def test_the_shipped_model_is_surer_of_a_stack_in_its_training_contrast(shipped,
     # inverting the reversed stack gives the model back the original
     assert reversed_.inverted == pytest.approx(plain.plain, abs=0.01)
     assert reversed_.plain == pytest.approx(plain.inverted, abs=0.01)
+
+
+def test_a_stack_without_contrast_or_with_a_blank_slice_is_taken_as_it_is(shipped, em):
+    assert guess_contrast(shipped, np.zeros((3, 64, 64), np.uint8)) == ContrastGuess(False, 0.0, 0.0)
+    image, _ = em
+    rev = (255 - image).astype(np.float32)
+    rev[2] = np.nan  # a slice that is all NaN is left out, the others decide
+    rev[4] = 7.0  # and so is a blank one
+    assert guess_contrast(shipped, rev).invert
 
 
 def test_a_reversed_stack_is_segmented_as_the_original_unless_told_not_to_guess(shipped, em):

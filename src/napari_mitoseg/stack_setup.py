@@ -59,16 +59,24 @@ def _sample(image) -> list[np.ndarray]:
     return [np.asarray(image[i, y0:y0 + SIDE, x0:x0 + SIDE]) for i in idx]
 
 
+def _has_contrast(slice_: np.ndarray) -> bool:
+    finite = slice_[np.isfinite(slice_)] if slice_.dtype.kind == "f" else slice_
+    return finite.size > 0 and finite.min() != finite.max()
+
+
 def guess_contrast(model: LoadedModel, image, pixel_ratio: float = 1.0) -> ContrastGuess:
     """Whether ``model`` (at ``pixel_ratio``) is clearly surer of ``image`` (a (Z, Y, X) or
-    (Y, X) array, numpy, dask or zarr) inverted than as it is (:data:`MARGIN`)."""
+    (Y, X) array, numpy, dask or zarr) inverted than as it is (:data:`MARGIN`). Slices without
+    contrast (blank, or no finite pixel) are left out; a stack of only those is taken as it is."""
     from .uncertainty import slice_uncertainty
 
     image = as_stack(image)
     check_stack(image)
     if image.ndim == 2:
         image = image[None]
-    slices = _sample(image)
+    slices = [s for s in _sample(image) if _has_contrast(s)]
+    if not slices:  # nothing to tell the contrasts apart by: the stack as it is
+        return ContrastGuess(False, 0.0, 0.0)
     u = []
     for inv in (False, True):
         m = for_stack(model, pixel_ratio, inv)
