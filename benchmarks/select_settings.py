@@ -37,6 +37,8 @@ def main(argv=None) -> int:
     ap.add_argument("--tta", action="store_true", help="also try test-time augmentation (8x slower)")
     ap.add_argument("--scales", nargs="+", default=["1"], metavar="K[,K...]",
                     help="sets of scales to try, e.g. 1 1,1.5 (default: 1)")
+    ap.add_argument("--thresholds", nargs="+", type=float, default=list(THRESHOLDS),
+                    help="thresholds to try (default: %(default)s)")
     args = ap.parse_args(argv)
     sets = [tuple(float(k) for k in group.split(",")) for group in args.scales]
     data = {v: em_data.load("val", v) for v in args.volumes}
@@ -53,7 +55,7 @@ def main(argv=None) -> int:
             for zs in (False, True):
                 prob = {v: np.stack(smooth_stack(r, data[v][0])) if zs else r for v, r in raw.items()}
                 for fill in (False, True):
-                    for thr in THRESHOLDS:
+                    for thr in args.thresholds:
                         ious = {v: score(np.stack([binarise(p, thr, fill) for p in prob[v]]), data[v][1]).iou
                                 for v in data}
                         row = {"model": folder, "tta": tta, "scales": list(scales), "z_smooth": zs,
