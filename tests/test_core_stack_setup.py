@@ -115,3 +115,10 @@ def test_a_fine_tune_from_the_shipped_model_takes_a_reversed_stack_inverted(em, 
     assert main([*args, "--no-guess-contrast", "--out", str(tmp_path / "taken")]) == 0
     assert "looks reversed" not in capsys.readouterr().err
     assert not load_model(tmp_path / "taken" / "last", device="cpu").spec.invert
+
+
+def test_the_note_says_when_the_contrast_is_unclear():
+    assert "contrast looks reversed" in ContrastGuess(True, 0.3, 0.1).note()
+    assert ContrastGuess(False, 0.1, 0.3).note() is None  # clearly as it is: nothing to say
+    unclear = ContrastGuess(False, 0.2, 0.18).note()  # surer inverted, but within the margin
+    assert "may be reversed" in unclear and "--invert" in unclear

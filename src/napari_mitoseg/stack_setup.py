@@ -43,8 +43,13 @@ class ContrastGuess:
     inverted: float
 
     def note(self) -> str | None:
-        """One line for the user when the stack is inverted; None otherwise."""
+        """One line for the user when the stack is inverted, or when the model is surer of it
+        inverted but not clearly (it stays as it is); None otherwise."""
         if not self.invert:
+            if self.inverted < self.plain:
+                return (f"the contrast may be reversed (the model is nearly as sure of the stack inverted, "
+                        f"uncertainty {self.inverted:.2f} against {self.plain:.2f}): taken as it is; if "
+                        "membranes and mitochondria are bright on dark, give --invert")
             return None
         return (f"the contrast looks reversed (bright membranes on dark; the model is surer of it inverted, "
                 f"uncertainty {self.inverted:.2f} against {self.plain:.2f}): inverted for the model "
@@ -89,7 +94,8 @@ def settle_contrast(model: LoadedModel, image, pixel_ratio: float, invert: bool,
     """(invert, note): ``invert`` when the caller says so; else, when ``guess`` (None: the
     model's own ``default_guess_contrast``, set for the shipped model on validation; a
     fine-tuned model is set up for its stack and does not guess), what :func:`guess_contrast`
-    finds. The note says when the stack was inverted on a guess."""
+    finds. The note says when the stack was inverted on a guess, or might be reversed though it
+    was not inverted."""
     if invert:
         return True, None
     if guess is None:

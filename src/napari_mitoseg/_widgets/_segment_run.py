@@ -124,6 +124,9 @@ def segment_job(
             options = dataclasses.replace(options, invert=True)
             notes.append("The contrast looks reversed (bright membranes on dark): inverted for the model "
                          "(untick Guess reversed contrast to take it as it is).")
+        elif guessed:
+            notes.append("The contrast may be reversed (the model is nearly as sure of the stack inverted): "
+                         "tick Inverted contrast if membranes and mitochondria are bright on dark.")
     mask = np.zeros(shape3, np.uint8)
     links: list[bool] = []
     for r in iter_predict(model, image, options):
