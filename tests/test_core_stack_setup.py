@@ -15,7 +15,7 @@ import napari_mitoseg
 from napari_mitoseg import api
 from napari_mitoseg.cli import main
 from napari_mitoseg.model import DEFAULT_MODEL
-from napari_mitoseg.stack_setup import MARGIN, ContrastGuess, guess_contrast, settle_contrast
+from napari_mitoseg.stack_setup import MARGIN, ContrastGuess, guess_contrast, settle_contrast, will_guess
 from napari_mitoseg.synthetic import make_sample
 
 #: the shipped model's folder (found directly: some tests hide the shipped folder)
@@ -77,6 +77,9 @@ def test_what_the_caller_says_is_kept_and_models_without_the_choice_do_not_guess
     tiny = api.get_model(tiny_model_dir, "cpu")
     assert "default_guess_contrast" not in tiny.info
     assert settle_contrast(tiny, rev, 1.0, False) == (False, None)
+    assert will_guess(shipped, False) and will_guess(tiny, False, guess=True)
+    assert not will_guess(tiny, False) and not will_guess(shipped, True)
+    assert not will_guess(shipped, False, guess=False)
 
 
 def test_the_command_line_inverts_a_reversed_stack_and_says_so(em, tmp_path, capsys):

@@ -87,15 +87,19 @@ def test_cluster_runs_at_the_scale_one_process_chooses(client, tiny_model_dir, s
     assert (labels != plain).any()  # the ratio and the inversion did change the result
 
 
-def test_cluster_guesses_the_contrast_as_one_process_does(client, tmp_path):
+def test_cluster_guesses_the_contrast_as_one_process_does(client, tmp_path, caplog):
     from test_core_stack_setup import SHIPPED
 
     image, _ = make_sample((10, 160, 200), seed=3)
     path = write_ome(tmp_path / "reversed.ome.zarr", 255 - image)
     kw = dict(model=str(SHIPPED), device="cpu")
     one = api.segment_file(path, out=tmp_path / "one.zarr", **kw)
+    caplog.set_level("INFO")
+    caplog.clear()
     many = dist.segment_file(path, out=tmp_path / "many.zarr", client=client, **kw)
     assert one.invert and many.invert and "contrast looks reversed" in many.note
+    # said to the user as a note (the command line prints notes), as one process says it
+    assert any(getattr(r, "note", False) and "contrast looks reversed" in r.getMessage() for r in caplog.records)
     labels = np.asarray(read_stack(tmp_path / "many.zarr"))
     np.testing.assert_array_equal(labels, np.asarray(read_stack(tmp_path / "one.zarr")))
     assert labels.mean() > 0.02  # inverted back, the model finds the mitochondria

@@ -176,10 +176,7 @@ def _invert(args, base, ratio: float) -> bool:
     from .io import read_stack
     from .stack_setup import settle_contrast
 
-    invert, note = settle_contrast(base, read_stack(args.image[0]), ratio, False, args.guess_contrast)
-    if note:
-        logger.info(note, extra={"note": True})
-    return invert
+    return settle_contrast(base, read_stack(args.image[0]), ratio, False, args.guess_contrast)[0]
 
 
 def _train_volumes(args, ratios: list[float], fractions: list[float], sizes: list[float], model_nm):

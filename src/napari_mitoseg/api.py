@@ -33,6 +33,7 @@ from .pipeline import (
     report_progress,
     segment,
 )
+from .stack_setup import settle_contrast
 from .uncertainty import UncertaintyRecorder
 
 __all__ = [
@@ -118,7 +119,8 @@ def segment_file(
         raise InputError("nothing would be kept: give an output (-o OUT, .tif or .zarr) to write "
                          "the labels, or ground truth (--gt TRUTH) or --json for scores")
     ratio, note, voxel = _file_pixel_ratio(m, image_path, pixel_ratio, pixel_size_nm)
-    inv, note = _settle(m, image, ratio, invert, guess_contrast, note)
+    inv, guessed = settle_contrast(m, image, ratio, bool(invert), guess_contrast)
+    note = "; ".join(n for n in (note, guessed) if n) or None
     opts = dataclasses.replace(opts, pixel_ratio=ratio, invert=inv, ortho=_file_ortho(voxel, ortho, image),
                                z_step=z_step if z_step is not None else known_z_step(voxel))
     shape = tuple(image.shape)
@@ -136,18 +138,6 @@ def segment_file(
     if uncertainty_out:
         write_labels(uncertainty_out, record.map)
     return SegmentResult(labels, m.name, report, shape, ratio, note, record.values, opts.ortho, inv)
-
-
-def _settle(model: LoadedModel, image, ratio: float, invert: bool, guess: bool | None,
-            note: str | None = None) -> tuple[bool, str | None]:
-    """(invert, note) after :func:`~napari_mitoseg.stack_setup.settle_contrast`; its note
-    (logged) joins ``note``."""
-    from .stack_setup import settle_contrast
-
-    invert, guessed = settle_contrast(model, image, ratio, bool(invert), guess)
-    if guessed:
-        logger.info(guessed, extra=NOTE)
-    return invert, "; ".join(n for n in (note, guessed) if n) or None
 
 
 def _file_ortho(voxel, ortho: bool | None, image) -> bool:

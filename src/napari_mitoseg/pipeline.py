@@ -78,9 +78,7 @@ def segment(
         ratio, note = choose_pixel_ratio(model.spec, given, pixel_size_nm)
         logger.info(note, extra=NOTE)
         options = dataclasses.replace(options, pixel_ratio=ratio)
-    invert, note = settle_contrast(model, image, options.pixel_ratio, options.invert, guess_contrast)
-    if note:
-        logger.info(note, extra=NOTE)
+    invert, _ = settle_contrast(model, image, options.pixel_ratio, options.invert, guess_contrast)
     options = dataclasses.replace(options, invert=invert)
     mask = np.zeros(image.shape if image.ndim == 3 else (1, *image.shape), np.uint8)
     for r in _iter_slices(model, image, options, progress):

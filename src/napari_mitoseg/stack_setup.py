@@ -17,12 +17,15 @@ stack alone: every path (command line, API, widget, cluster) that guesses decide
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
 
-from .inference import as_stack, check_stack, for_stack, predict_slice
+from .inference import NOTE, as_stack, check_stack, for_stack, predict_slice
 from .model import LoadedModel
+
+logger = logging.getLogger(__name__)
 
 #: slices read, spread evenly over the stack
 SLICES = 4
@@ -89,18 +92,24 @@ def guess_contrast(model: LoadedModel, image, pixel_ratio: float = 1.0) -> Contr
     return ContrastGuess(u[1] < MARGIN * u[0], u[0], u[1])
 
 
+def will_guess(model: LoadedModel, invert: bool, guess: bool | None = None) -> bool:
+    """Whether :func:`settle_contrast` guesses: not when the caller says ``invert``; else
+    ``guess``, or (None) the model's own ``default_guess_contrast``, set for the shipped model on
+    validation (a fine-tuned model is set up for its stack and does not guess)."""
+    if invert:
+        return False
+    return bool(model.info.get("default_guess_contrast", False)) if guess is None else bool(guess)
+
+
 def settle_contrast(model: LoadedModel, image, pixel_ratio: float, invert: bool,
                     guess: bool | None = None) -> tuple[bool, str | None]:
-    """(invert, note): ``invert`` when the caller says so; else, when ``guess`` (None: the
-    model's own ``default_guess_contrast``, set for the shipped model on validation; a
-    fine-tuned model is set up for its stack and does not guess), what :func:`guess_contrast`
-    finds. The note says when the stack was inverted on a guess, or might be reversed though it
-    was not inverted."""
-    if invert:
-        return True, None
-    if guess is None:
-        guess = bool(model.info.get("default_guess_contrast", False))
-    if not guess:
-        return False, None
+    """(invert, note): ``invert`` as the caller says, or what :func:`guess_contrast` finds when
+    :func:`will_guess`. The note (also logged as a note for the user, on every path) says when
+    the stack was inverted on a guess, or might be reversed though it was not inverted."""
+    if not will_guess(model, invert, guess):
+        return bool(invert), None
     g = guess_contrast(model, image, pixel_ratio)
-    return g.invert, g.note()
+    note = g.note()
+    if note:
+        logger.info(note, extra=NOTE)
+    return g.invert, note

@@ -115,9 +115,9 @@ def segment_job(
     model = get_model(source, device)
     yield f"Segmenting with {model.name} on {model.device}..."
     options, notes = _resolve_z_step(image, options)
-    if not options.invert and guess_contrast is not False:
-        from ..stack_setup import settle_contrast
+    from ..stack_setup import settle_contrast, will_guess
 
+    if will_guess(model, options.invert, guess_contrast):
         yield "Checking the stack's contrast..."
         invert, guessed = settle_contrast(model, image, options.pixel_ratio, False, guess_contrast)
         if invert:

@@ -97,12 +97,10 @@ def _options_for(model_path: str, options: PredictOptions, pixel_ratio, pixel_si
         logger.info(note)
     if stack is not None:
         invert, guessed = settle_contrast(base, stack, ratio, options.invert, guess_contrast)
-        if guessed:
-            logger.info(guessed)
         note = "; ".join(n for n in (note, guessed) if n) or None
         options = dataclasses.replace(options, invert=invert)
     options = dataclasses.replace(options, pixel_ratio=ratio)
-    net = for_stack(get_model(model_path, "cpu"), options.pixel_ratio, options.invert)
+    net = for_stack(base, options.pixel_ratio, options.invert)
     options = dataclasses.replace(
         options, z_smooth=_or_model_default(options.z_smooth, net, "default_z_smooth"),
         fill_holes=_or_model_default(options.fill_holes, net, "default_fill_holes"))
